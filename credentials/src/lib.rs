@@ -1,0 +1,21 @@
+//! Credentials shared by every program in this project: the device, the handler and the emulator.
+//!
+//! Layout:
+//! - [`key`]: [`SharedAccessKey`], a base64 symmetric key that never prints itself, and the
+//!   derivation of a device key from an enrollment-group key.
+//! - [`sas`]: building, parsing and verifying `SharedAccessSignature` tokens for DPS and IoT Hub.
+//! - [`connection_string`]: parsing and printing the connection strings Azure hands out
+//!   (DPS and IoT Hub service policies, devices, storage accounts).
+//!
+//! Every type that holds a secret redacts it in `Debug` and `Display`; the secret is reachable only
+//! through a method whose name says so (`expose_*`).
+
+pub mod connection_string;
+pub mod key;
+pub mod sas;
+
+pub use connection_string::{
+    ConnectionStringError, DeviceConnectionString, ServiceConnectionString, StorageConnectionString,
+};
+pub use key::{derive_device_key, KeyError, SharedAccessKey};
+pub use sas::{SasError, SasToken, SignedSas};
