@@ -31,7 +31,8 @@ struct Fixture<T> {
 
 fn sas_vectors() -> Vec<SasVector> {
     let fixture: Fixture<SasVector> =
-        serde_json::from_str(include_str!("fixtures/sas-vectors.json")).unwrap();
+        serde_json::from_str(include_str!("fixtures/sas-vectors.json"))
+            .expect("sas-vectors.json parses");
     assert!(fixture.vectors.len() >= 20, "the fixture lost vectors");
     fixture.vectors
 }

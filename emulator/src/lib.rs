@@ -1,1 +1,284 @@
-//! x
+//! A local, protocol-faithful stand-in for Azure IoT Hub Device Provisioning Service and
+//! IoT Hub, good enough that Microsoft's own SDKs cannot tell the difference.
+//!
+//! Layout:
+//! - [`config`]: what to serve, where, with which development keys.
+//! - [`tls`]: the local CA (created on first start) and the server certificate.
+//! - [`store`], [`state`]: durable state (snapshot + journal) and the records it holds.
+//! - [`net`]: HTTPS and MQTT-over-TLS listeners, and the MQTT 3.1.1 codec.
+//! - [`dps`]: the Device Provisioning Service (service API, device registration, allocation).
+//! - [`hub`]: the IoT hubs (identity registry; service API).
+//! - [`endpoints`]: `endpoints.json`, how clients find the emulator.
+//! - [`fleet`]: clients of the emulator for the `fleet` tool (demo, load generator) and tests.
+//!
+//! [`start`] binds every listener (port 0 picks free ports, so tests run in parallel), writes
+//! endpoints.json and returns a handle that stops everything cleanly.
+
+pub mod config;
+pub mod dps;
+pub mod endpoints;
+pub mod fleet;
+pub mod hub;
+pub mod net;
+pub mod stamps;
+pub mod state;
+pub mod store;
+pub mod tls;
+
+use config::{EmulatorConfig, Persistence, DPS_SERVICE_POLICY, HUB_SERVICE_POLICY};
+use dps::{Dps, DpsSettings, LinkedHub};
+use endpoints::{DpsEndpoints, Endpoints, HubEndpoints};
+use hub::service_http::HubService;
+use hub::HubSettings;
+use iot_credentials::ServiceConnectionString;
+use state::CloudState;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use store::{Store, StoreError};
+use tls::{LocalCa, TlsError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Certificates could not be made or loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// State could not be loaded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}{hint}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+        /// Advice for the common cases.
+        hint: &'static str,
+    },
+    /// endpoints.json could not be written.
+    #[error("cannot write endpoints.json in {dir}: {source}")]
+    Endpoints {
+        /// The state directory.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A running emulator. Dropping it without [`RunningEmulator::shutdown`] stops the listeners
+/// when the runtime ends, but skips the final snapshot (the journal still has everything).
+pub struct RunningEmulator {
+    endpoints: Endpoints,
+    dps_https: SocketAddr,
+    dps_mqtt: SocketAddr,
+    hub_https: Vec<SocketAddr>,
+    ca_pem: String,
+    store: Arc<Store<CloudState>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningEmulator {
+    /// What endpoints.json says.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// Where DPS serves HTTPS.
+    pub fn dps_https_address(&self) -> SocketAddr {
+        self.dps_https
+    }
+
+    /// Where DPS serves MQTT.
+    pub fn dps_mqtt_address(&self) -> SocketAddr {
+        self.dps_mqtt
+    }
+
+    /// Where each hub serves HTTPS, in configuration order.
+    pub fn hub_https_addresses(&self) -> &[SocketAddr] {
+        &self.hub_https
+    }
+
+    /// The CA certificate clients must trust (PEM).
+    pub fn ca_certificate_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Stops every listener, lets open requests finish, and folds the journal into a snapshot.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.store.close()
+    }
+}
+
+async fn bind(address: IpAddr, port: u16) -> Result<TcpListener, StartError> {
+    let address = SocketAddr::new(address, port);
+    TcpListener::bind(address).await.map_err(|source| {
+        let hint = match source.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                " (ports below 1024 need root or CAP_NET_BIND_SERVICE; pass --https-port 0 to use a free port)"
+            }
+            std::io::ErrorKind::AddrInUse => " (another emulator may be running; stop it or choose other ports)",
+            std::io::ErrorKind::AddrNotAvailable => " (use a loopback address such as 127.0.0.2)",
+            _ => "",
+        };
+        StartError::Bind { address, source, hint }
+    })
+}
+
+/// How a host is written in a connection string: the bare host on Azure's port, `host:port`
+/// otherwise.
+fn host_with_port(host: &str, port: u16, default: u16) -> String {
+    if port == default {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Starts the emulator: loads (or creates) the CA and state, binds every listener, writes
+/// endpoints.json.
+pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError> {
+    let ca = LocalCa::load_or_create(&config.state_dir)?;
+    let store = Arc::new(match config.persistence {
+        Persistence::Durable => Store::open(&config.state_dir.join("cloud"))?,
+        Persistence::InMemory => Store::in_memory(),
+    });
+    let mut addresses = vec![config.dps_address];
+    addresses.extend(config.hubs.iter().map(|h| h.address));
+    let tls = ca.server_config(&addresses, &[])?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let dps_https_listener = bind(config.dps_address, config.https_port).await?;
+    let dps_mqtt_listener = bind(config.dps_address, config.mqtt_port).await?;
+    let dps_https = local(&dps_https_listener);
+    let dps_mqtt = local(&dps_mqtt_listener);
+    let dps_host = config.dps_address.to_string();
+    let dps_service_host = host_with_port(&dps_host, dps_https.port(), 443);
+
+    let mut hub_endpoints = Vec::new();
+    let mut hub_https = Vec::new();
+    for hub in &config.hubs {
+        let listener = bind(hub.address, config.https_port).await?;
+        let address = local(&listener);
+        let host = hub.host_name();
+        let service_host = host_with_port(&host, address.port(), 443);
+        let connection_string = ServiceConnectionString::new(
+            service_host.clone(),
+            HUB_SERVICE_POLICY,
+            config.hub_service_key.clone(),
+        );
+        let service = Arc::new(HubService {
+            settings: HubSettings {
+                name: hub.name.clone(),
+                host_name: host.clone(),
+                service_hosts: dedup(vec![host.clone(), service_host]),
+                service_policy: HUB_SERVICE_POLICY.into(),
+                service_key: config.hub_service_key.clone(),
+            },
+            store: store.clone(),
+        });
+        tasks.push(tokio::spawn(net::https::serve(
+            listener,
+            tls.clone(),
+            move |request| hub::service_http::handle(service.clone(), request),
+            shutdown_rx.clone(),
+        )));
+        hub_endpoints.push(HubEndpoints {
+            name: hub.name.clone(),
+            host_name: host,
+            connection_string: connection_string.expose(),
+        });
+        hub_https.push(address);
+    }
+
+    let dps = Arc::new(Dps::new(
+        DpsSettings {
+            id_scope: config.id_scope.clone(),
+            service_hosts: dedup(vec![dps_host.clone(), dps_service_host.clone()]),
+            service_policy: DPS_SERVICE_POLICY.into(),
+            service_key: config.dps_service_key.clone(),
+            linked_hubs: config
+                .hubs
+                .iter()
+                .map(|h| LinkedHub {
+                    host_name: h.host_name(),
+                    allocation_weight: h.allocation_weight,
+                })
+                .collect(),
+            retry_after: config.registration_retry_after,
+            webhook_timeout: config.webhook_timeout,
+        },
+        store.clone(),
+    ));
+    let https_dps = dps.clone();
+    tasks.push(tokio::spawn(net::https::serve(
+        dps_https_listener,
+        tls.clone(),
+        move |request| dps::device_http::handle(https_dps.clone(), request),
+        shutdown_rx.clone(),
+    )));
+    let mqtt_dps = dps.clone();
+    tasks.push(tokio::spawn(net::mqtt::serve(
+        dps_mqtt_listener,
+        tls.clone(),
+        dps::device_mqtt::MAX_PACKET_SIZE,
+        move |accepted| dps::device_mqtt::session(mqtt_dps.clone(), accepted),
+        shutdown_rx.clone(),
+    )));
+
+    let service_connection_string = ServiceConnectionString::new(
+        dps_service_host.clone(),
+        DPS_SERVICE_POLICY,
+        config.dps_service_key.clone(),
+    );
+    let endpoints = Endpoints {
+        ca_certificate_path: std::path::absolute(ca.certificate_path())
+            .unwrap_or_else(|_| ca.certificate_path().to_owned()),
+        dps: DpsEndpoints {
+            id_scope: config.id_scope.clone(),
+            service_connection_string: service_connection_string.expose(),
+            device_endpoint: dps_service_host,
+            mqtt_host: dps_host,
+            mqtt_port: dps_mqtt.port(),
+        },
+        hubs: hub_endpoints,
+    };
+    endpoints
+        .write(&config.state_dir)
+        .map_err(|source| StartError::Endpoints {
+            dir: config.state_dir.clone(),
+            source,
+        })?;
+    Ok(RunningEmulator {
+        endpoints,
+        dps_https,
+        dps_mqtt,
+        hub_https,
+        ca_pem: ca.certificate_pem().to_owned(),
+        store,
+        shutdown,
+        tasks,
+    })
+}
+
+fn local(listener: &TcpListener) -> SocketAddr {
+    // A bound listener always has a local address; fall back to unspecified defensively.
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn dedup(mut hosts: Vec<String>) -> Vec<String> {
+    hosts.dedup();
+    hosts
+}

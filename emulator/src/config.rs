@@ -1,0 +1,141 @@
+//! What the emulator serves, where, and with which credentials.
+//!
+//! Default keys and the ID scope are fixed development values, published here and in
+//! docs/emulator.md the way Azurite publishes `devstoreaccount1`: they protect nothing, and being
+//! the same on every machine lets examples and scripts work without copying secrets around.
+
+use iot_credentials::SharedAccessKey;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The default ID scope of the emulated DPS instance.
+pub const DEFAULT_ID_SCOPE: &str = "0ne00EMU001";
+/// The DPS service policy that the published connection string uses.
+pub const DPS_SERVICE_POLICY: &str = "provisioningserviceowner";
+/// Default key of the DPS service policy (development value, public).
+pub const DEFAULT_DPS_SERVICE_KEY: &str =
+    "RW11bGF0ZWQgRFBTIHNlcnZpY2Uga2V5OyBkZXZlbG9wbWVudCB1c2Ugb25seSEhISE=";
+/// The IoT Hub service policy that the published connection strings use.
+pub const HUB_SERVICE_POLICY: &str = "iothubowner";
+/// Default key of every hub's service policy (development value, public).
+pub const DEFAULT_HUB_SERVICE_KEY: &str =
+    "RW11bGF0ZWQgSW9UIEh1YiBvd25lciBrZXk7IGRldmVsb3BtZW50IHVzZSBvbmx5ISE=";
+/// Loopback address of the DPS endpoints when none is given.
+pub const DEFAULT_DPS_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// One emulated IoT hub linked to the DPS instance.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Short name, as in an Azure resource name (`hub-1`); shown in endpoints.json and events.
+    pub name: String,
+    /// The loopback address that serves this hub; its text is the hub's host name.
+    pub address: IpAddr,
+    /// Allocation weight for the hashed policy (0 takes the hub out of hashed allocation).
+    pub allocation_weight: u32,
+}
+
+impl HubConfig {
+    /// The host name devices and DPS use for this hub (the address, so it resolves anywhere).
+    pub fn host_name(&self) -> String {
+        self.address.to_string()
+    }
+}
+
+/// Where state lives.
+#[derive(Debug, Clone)]
+pub enum Persistence {
+    /// Enrollments, registrations and device identities survive restarts (journal in the state dir).
+    Durable,
+    /// Nothing is written but the CA and endpoints.json; used by tests.
+    InMemory,
+}
+
+/// Everything the emulator needs to start.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Holds the CA, the journal and endpoints.json.
+    pub state_dir: PathBuf,
+    /// Durable or in-memory state.
+    pub persistence: Persistence,
+    /// Address of the DPS HTTPS and MQTT endpoints.
+    pub dps_address: IpAddr,
+    /// The hubs linked to DPS.
+    pub hubs: Vec<HubConfig>,
+    /// HTTPS port on every address (443 as in Azure; 0 picks a free port per listener).
+    pub https_port: u16,
+    /// MQTT-over-TLS port on every address (8883 as in Azure; 0 picks a free port per listener).
+    pub mqtt_port: u16,
+    /// The DPS ID scope.
+    pub id_scope: String,
+    /// Key of the `provisioningserviceowner` policy.
+    pub dps_service_key: SharedAccessKey,
+    /// Key of each hub's `iothubowner` policy.
+    pub hub_service_key: SharedAccessKey,
+    /// The `Retry-After` DPS answers while a registration is assigning. Azure sends a few
+    /// seconds; the emulator defaults to one so tests and demos move quickly.
+    pub registration_retry_after: Duration,
+    /// How long a custom allocation webhook may take before the registration fails.
+    pub webhook_timeout: Duration,
+}
+
+impl EmulatorConfig {
+    /// The defaults: DPS on 127.0.0.2, two hubs on 127.0.0.3 and 127.0.0.4, Azure's ports.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            persistence: Persistence::Durable,
+            dps_address: IpAddr::V4(DEFAULT_DPS_ADDRESS),
+            hubs: vec![
+                HubConfig {
+                    name: "hub-1".into(),
+                    address: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
+                    allocation_weight: 1,
+                },
+                HubConfig {
+                    name: "hub-2".into(),
+                    address: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)),
+                    allocation_weight: 1,
+                },
+            ],
+            https_port: 443,
+            mqtt_port: 8883,
+            id_scope: DEFAULT_ID_SCOPE.into(),
+            dps_service_key: development_key(DEFAULT_DPS_SERVICE_KEY),
+            hub_service_key: development_key(DEFAULT_HUB_SERVICE_KEY),
+            registration_retry_after: Duration::from_secs(1),
+            webhook_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A configuration for tests: in memory, free ports, no waiting between polls.
+    pub fn for_tests(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            persistence: Persistence::InMemory,
+            https_port: 0,
+            mqtt_port: 0,
+            registration_retry_after: Duration::ZERO,
+            webhook_timeout: Duration::from_secs(5),
+            ..Self::new(state_dir)
+        }
+    }
+}
+
+fn development_key(text: &str) -> SharedAccessKey {
+    // The constants above are valid base64; a typo would fail every test at once.
+    #[allow(clippy::expect_used)]
+    SharedAccessKey::from_base64(text).expect("development keys are valid base64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_keys_are_valid_and_long_enough_for_azure() {
+        let config = EmulatorConfig::new("/tmp/x");
+        assert!(config.dps_service_key.len() >= 32);
+        assert!(config.hub_service_key.len() >= 32);
+        assert_ne!(config.dps_address, config.hubs[0].address);
+    }
+}

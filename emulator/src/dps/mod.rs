@@ -1,0 +1,91 @@
+//! The emulated Device Provisioning Service.
+//!
+//! - [`model`]: records in their wire shape.
+//! - [`enrollments`]: the service API for individual enrollments and enrollment groups.
+//! - [`registrations`]: the service API for registration records.
+//! - [`provisioning`]: device registration: authentication, allocation, assignment, operations.
+//! - [`allocation`]: picking a hub (hashed, static, custom webhook).
+//! - [`service_http`], [`device_http`], [`device_mqtt`]: the wire protocols over the above.
+//! - [`error`], [`validate`]: errors in Azure's shape, Azure's naming rules.
+
+pub mod allocation;
+pub mod device_http;
+pub mod device_mqtt;
+pub mod enrollments;
+pub mod error;
+pub mod model;
+pub mod provisioning;
+pub mod registrations;
+pub mod service_http;
+pub mod validate;
+
+use crate::state::CloudState;
+use crate::store::Store;
+use iot_credentials::SharedAccessKey;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A hub linked to DPS.
+#[derive(Debug, Clone)]
+pub struct LinkedHub {
+    /// Host name, as assigned to devices.
+    pub host_name: String,
+    /// Weight in hashed allocation.
+    pub allocation_weight: u32,
+}
+
+/// DPS configuration.
+#[derive(Debug, Clone)]
+pub struct DpsSettings {
+    /// The ID scope devices register under.
+    pub id_scope: String,
+    /// Host names a service token may name (with and without the port).
+    pub service_hosts: Vec<String>,
+    /// The service policy name (`skn`).
+    pub service_policy: String,
+    /// The service policy key.
+    pub service_key: SharedAccessKey,
+    /// Linked hubs, in configuration order.
+    pub linked_hubs: Vec<LinkedHub>,
+    /// `Retry-After` while assigning.
+    pub retry_after: Duration,
+    /// Custom allocation webhook timeout.
+    pub webhook_timeout: Duration,
+}
+
+/// The DPS instance: settings, durable records and registration operations in flight.
+pub struct Dps {
+    settings: DpsSettings,
+    store: Arc<Store<CloudState>>,
+    operations: provisioning::Operations,
+    webhooks: reqwest::Client,
+}
+
+impl Dps {
+    /// A DPS over `store`.
+    pub fn new(settings: DpsSettings, store: Arc<Store<CloudState>>) -> Self {
+        let webhooks = reqwest::Client::builder()
+            .timeout(settings.webhook_timeout)
+            .build()
+            .unwrap_or_default();
+        Self {
+            settings,
+            store,
+            operations: provisioning::Operations::default(),
+            webhooks,
+        }
+    }
+
+    /// The configuration.
+    pub fn settings(&self) -> &DpsSettings {
+        &self.settings
+    }
+
+    /// The linked hub with this host name (case-insensitive).
+    pub fn linked_hub(&self, host_name: &str) -> Option<&LinkedHub> {
+        self.settings
+            .linked_hubs
+            .iter()
+            .find(|hub| hub.host_name.eq_ignore_ascii_case(host_name))
+    }
+}

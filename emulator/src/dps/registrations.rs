@@ -1,0 +1,71 @@
+//! The service API for registration records: get, delete (with If-Match), and query the
+//! records of one enrollment group.
+
+use super::enrollments::{decode_continuation, page_of_filtered, Page};
+use super::error::DpsError;
+use super::model::{DeviceRegistrationState, QuerySpecification};
+use super::Dps;
+use crate::stamps;
+use crate::state::{id_key, Change};
+
+fn not_found(id: &str) -> DpsError {
+    DpsError::RegistrationNotFound(format!("no registration record for {id:?}"))
+}
+
+impl Dps {
+    /// Reads a registration record.
+    pub fn get_registration(&self, id: &str) -> Result<DeviceRegistrationState, DpsError> {
+        self.store
+            .read(|state| state.registrations.get(&id_key(id)).cloned())
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// Deletes a registration record. The device identity stays in its hub, as in Azure.
+    pub async fn delete_registration(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), DpsError> {
+        let key = id_key(id);
+        self.store
+            .transact(|state| {
+                let record = state.registrations.get(&key).ok_or_else(|| not_found(id))?;
+                if let Some(wanted) = if_match {
+                    let current = record.etag.as_deref().unwrap_or_default();
+                    if !stamps::etag_matches(wanted, current) {
+                        return Err(DpsError::PreconditionFailed(format!(
+                            "the etag of registration {id:?} has changed"
+                        )));
+                    }
+                }
+                Ok(((), vec![Change::DeleteRegistration(key.clone())]))
+            })
+            .await
+    }
+
+    /// One page of the registration records of devices admitted by enrollment group `group_id`.
+    pub fn query_group_registrations(
+        &self,
+        group_id: &str,
+        _spec: &QuerySpecification,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<Page<DeviceRegistrationState>, DpsError> {
+        let after = decode_continuation(continuation)?;
+        Ok(self.store.read(|state| {
+            page_of_filtered(
+                &state.registrations,
+                after.as_deref(),
+                page_size,
+                |record| {
+                    record
+                        .symmetric_key
+                        .as_ref()
+                        .and_then(|k| k.enrollment_group_id.as_deref())
+                        .is_some_and(|g| g.eq_ignore_ascii_case(group_id))
+                },
+                Clone::clone,
+            )
+        }))
+    }
+}

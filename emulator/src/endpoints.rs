@@ -1,0 +1,90 @@
+//! `endpoints.json`: how clients find and trust the emulator (the `emulator` object of
+//! ../shared/design.md, plus the ports when they are not Azure's).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// File name inside the state directory.
+pub const FILE_NAME: &str = "endpoints.json";
+
+/// Everything a client needs. Holds connection strings with keys, so `Debug` omits them.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// Absolute path of the CA certificate (PEM) to trust.
+    pub ca_certificate_path: PathBuf,
+    /// The provisioning service.
+    pub dps: DpsEndpoints,
+    /// The linked hubs.
+    pub hubs: Vec<HubEndpoints>,
+}
+
+/// How to reach DPS.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DpsEndpoints {
+    /// The ID scope.
+    pub id_scope: String,
+    /// `HostName=<host[:port]>;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=…`.
+    pub service_connection_string: String,
+    /// `<host[:port]>` of the HTTPS registration API (Azure: global.azure-devices-provisioning.net).
+    pub device_endpoint: String,
+    /// Host serving DPS over MQTT.
+    pub mqtt_host: String,
+    /// Its port (8883 unless configured otherwise).
+    pub mqtt_port: u16,
+}
+
+/// How to reach one hub.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubEndpoints {
+    /// Short name.
+    pub name: String,
+    /// Host name devices connect to (and DPS assigns).
+    pub host_name: String,
+    /// `HostName=<host[:port]>;SharedAccessKeyName=iothubowner;SharedAccessKey=…`.
+    pub connection_string: String,
+}
+
+impl fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoints")
+            .field("ca_certificate_path", &self.ca_certificate_path)
+            .field("id_scope", &self.dps.id_scope)
+            .field("device_endpoint", &self.dps.device_endpoint)
+            .field(
+                "hubs",
+                &self.hubs.iter().map(|h| &h.host_name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoints {
+    /// Writes `dir/endpoints.json` atomically (readers never see half a file), owner-readable
+    /// only since it holds keys.
+    pub fn write(&self, dir: &Path) -> io::Result<PathBuf> {
+        let path = dir.join(FILE_NAME);
+        let temp = dir.join(format!("{FILE_NAME}.tmp"));
+        let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        io::Write::write_all(&mut options.open(&temp)?, &text)?;
+        std::fs::rename(&temp, &path)?;
+        Ok(path)
+    }
+
+    /// Reads `dir/endpoints.json`.
+    pub fn read(dir: &Path) -> io::Result<Self> {
+        let bytes = std::fs::read(dir.join(FILE_NAME))?;
+        serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+}

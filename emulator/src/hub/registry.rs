@@ -1,0 +1,74 @@
+//! The identity registry of an emulated IoT hub: devices, their keys and their twins.
+//!
+//! DPS creates identities here when it assigns a device; the hub's own endpoints (device MQTT,
+//! service REST) read and change them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// `enabled` or `disabled`: whether the device may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum DeviceStatus {
+    /// May connect.
+    #[default]
+    Enabled,
+    /// Refused at connect.
+    Disabled,
+}
+
+/// A versioned property set (desired or reported).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PropertySet {
+    /// The properties, without `$version` or `$metadata`.
+    pub values: Map<String, Value>,
+    /// Starts at 1 and grows with every change.
+    pub version: u64,
+}
+
+impl PropertySet {
+    /// A fresh set at version 1.
+    pub fn new(values: Map<String, Value>) -> Self {
+        Self { values, version: 1 }
+    }
+}
+
+/// A device twin's mutable parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Twin {
+    /// Tags (service-only).
+    pub tags: Map<String, Value>,
+    /// Desired properties.
+    pub desired: PropertySet,
+    /// Reported properties.
+    pub reported: PropertySet,
+    /// Twin version, grows with every twin change.
+    pub version: u64,
+}
+
+/// One device identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceIdentity {
+    /// The device id (case-sensitive, as in IoT Hub).
+    pub device_id: String,
+    /// Distinguishes re-creations of the same id.
+    pub generation_id: String,
+    /// Changes on every identity write.
+    pub etag: String,
+    /// Whether the device may connect.
+    pub status: DeviceStatus,
+    /// Primary symmetric key (base64).
+    pub primary_key: String,
+    /// Secondary symmetric key (base64).
+    pub secondary_key: String,
+    /// IoT Edge capability.
+    pub iot_edge: bool,
+    /// The twin.
+    pub twin: Twin,
+    /// When the identity was created or last changed (ISO 8601).
+    pub last_updated: String,
+}
+
+/// The devices of one hub, keyed by device id.
+pub type Registry = std::collections::BTreeMap<String, DeviceIdentity>;

@@ -1,0 +1,64 @@
+//! Etags, identifiers and timestamps in the forms Azure uses.
+
+use time::OffsetDateTime;
+
+/// Now as Azure writes it: ISO 8601 UTC with seven fractional digits, e.g.
+/// `2022-07-15T21:02:29.5922255Z`.
+pub fn now() -> String {
+    format_time(OffsetDateTime::now_utc())
+}
+
+/// Formats a UTC time the way [`now`] does.
+pub fn format_time(t: OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond() / 100
+    )
+}
+
+/// A fresh etag, quoted as Azure sends them (`"\"…\""` in JSON).
+pub fn etag() -> String {
+    format!("\"{}\"", uuid::Uuid::new_v4())
+}
+
+/// Whether an `If-Match` value matches a record's etag: `*` matches anything; quotes and a weak
+/// prefix are ignored, since clients pass etags back in either form.
+pub fn etag_matches(if_match: &str, etag: &str) -> bool {
+    fn bare(value: &str) -> &str {
+        let value = value.trim();
+        let value = value.strip_prefix("W/").unwrap_or(value);
+        value.trim_matches('"')
+    }
+    if_match.trim() == "*" || bare(if_match) == bare(etag)
+}
+
+/// An identifier for an error report.
+pub fn tracking_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_seven_fractional_digits() {
+        let t = time::macros::datetime!(2022-07-15 21:02:29.592225512 UTC);
+        assert_eq!(format_time(t), "2022-07-15T21:02:29.5922255Z");
+    }
+
+    #[test]
+    fn etags_match_with_or_without_quotes() {
+        let tag = etag();
+        assert!(etag_matches(&tag, &tag));
+        assert!(etag_matches(tag.trim_matches('"'), &tag));
+        assert!(etag_matches("*", &tag));
+        assert!(!etag_matches(&etag(), &tag));
+    }
+}

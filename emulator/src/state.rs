@@ -1,0 +1,96 @@
+//! The emulated cloud's durable state: DPS records and each hub's identity registry.
+
+use crate::dps::model::{DeviceRegistrationState, EnrollmentGroup, IndividualEnrollment};
+use crate::hub::registry::{DeviceIdentity, Registry};
+use crate::store::Model;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Everything that survives a restart. DPS maps are keyed by the lower-cased id, because DPS
+/// ids are case-insensitive; hubs are keyed by host name and devices by their exact id.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CloudState {
+    /// Individual enrollments.
+    pub enrollments: BTreeMap<String, IndividualEnrollment>,
+    /// Enrollment groups.
+    pub groups: BTreeMap<String, EnrollmentGroup>,
+    /// Registration records.
+    pub registrations: BTreeMap<String, DeviceRegistrationState>,
+    /// Device registries by hub host name.
+    pub hubs: BTreeMap<String, Registry>,
+}
+
+/// One recorded change.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Change {
+    /// Create or replace an individual enrollment.
+    PutEnrollment(Box<IndividualEnrollment>),
+    /// Delete an individual enrollment (lower-cased id).
+    DeleteEnrollment(String),
+    /// Create or replace an enrollment group.
+    PutGroup(Box<EnrollmentGroup>),
+    /// Delete an enrollment group (lower-cased id).
+    DeleteGroup(String),
+    /// Create or replace a registration record.
+    PutRegistration(Box<DeviceRegistrationState>),
+    /// Delete a registration record (lower-cased id).
+    DeleteRegistration(String),
+    /// Create or replace a device identity in a hub.
+    PutDevice {
+        /// Hub host name.
+        hub: String,
+        /// The identity.
+        device: Box<DeviceIdentity>,
+    },
+    /// Delete a device identity.
+    DeleteDevice {
+        /// Hub host name.
+        hub: String,
+        /// Device id.
+        device_id: String,
+    },
+}
+
+/// DPS ids compare case-insensitively; maps are keyed by this form.
+pub fn id_key(id: &str) -> String {
+    id.to_ascii_lowercase()
+}
+
+impl Model for CloudState {
+    type Change = Change;
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::PutEnrollment(e) => {
+                self.enrollments.insert(id_key(&e.registration_id), *e);
+            }
+            Change::DeleteEnrollment(id) => {
+                self.enrollments.remove(&id);
+            }
+            Change::PutGroup(g) => {
+                self.groups.insert(id_key(&g.enrollment_group_id), *g);
+            }
+            Change::DeleteGroup(id) => {
+                self.groups.remove(&id);
+            }
+            Change::PutRegistration(r) => {
+                self.registrations.insert(id_key(&r.registration_id), *r);
+            }
+            Change::DeleteRegistration(id) => {
+                self.registrations.remove(&id);
+            }
+            Change::PutDevice { hub, device } => {
+                self.hubs
+                    .entry(hub)
+                    .or_default()
+                    .insert(device.device_id.clone(), *device);
+            }
+            Change::DeleteDevice { hub, device_id } => {
+                if let Some(registry) = self.hubs.get_mut(&hub) {
+                    registry.remove(&device_id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! The DPS service API: enrollments, groups and registration records, as a backend uses them.
+
+mod support;
+
+use iot_credentials::sas::unix_now;
+use iot_credentials::{SasToken, SharedAccessKey};
+use reqwest::Method;
+use serde_json::{json, Value};
+use support::TestEmulator;
+
+#[tokio::test]
+async fn enrollments_get_generated_keys_that_only_the_attestation_call_reveals() {
+    let emu = TestEmulator::start().await;
+    let created = emu
+        .service_call(
+            Method::PUT,
+            "enrollments/sensor-01",
+            Some(&json!({
+                "registrationId": "sensor-01",
+                "attestation": { "type": "symmetricKey" },
+                "initialTwin": { "tags": { "customer": "contoso" } },
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    assert_eq!(
+        created.body["attestation"]["symmetricKey"],
+        json!({}),
+        "PUT must not echo keys"
+    );
+    assert_eq!(created.body["provisioningStatus"], "enabled");
+    assert!(created.body["etag"].as_str().is_some_and(|e| !e.is_empty()));
+    assert!(created.body["createdDateTimeUtc"].is_string());
+
+    let fetched = emu
+        .service_call(Method::GET, "enrollments/SENSOR-01", None)
+        .await;
+    assert_eq!(fetched.status, 200, "ids are case-insensitive");
+    assert_eq!(fetched.body["attestation"]["symmetricKey"], json!({}));
+    assert_eq!(fetched.body["initialTwin"]["tags"]["customer"], "contoso");
+
+    let attestation = emu
+        .service_call(
+            Method::POST,
+            "enrollments/sensor-01/attestationmechanism",
+            None,
+        )
+        .await;
+    assert_eq!(attestation.status, 200);
+    for field in ["primaryKey", "secondaryKey"] {
+        let key = attestation.body["symmetricKey"][field]
+            .as_str()
+            .expect("key present");
+        assert_eq!(
+            SharedAccessKey::from_base64(key).unwrap().len(),
+            64,
+            "DPS generates 64-byte keys"
+        );
+    }
+    assert_ne!(
+        attestation.body["symmetricKey"]["primaryKey"],
+        attestation.body["symmetricKey"]["secondaryKey"]
+    );
+}
+
+#[tokio::test]
+async fn writing_back_a_record_read_without_keys_keeps_its_keys() {
+    let emu = TestEmulator::start().await;
+    let device = emu.enroll("keeps-keys", json!({})).await;
+    let mut record = emu
+        .service_call(Method::GET, "enrollments/keeps-keys", None)
+        .await
+        .body;
+    record["initialTwin"] = json!({ "tags": { "floor": 3 } });
+    let updated = emu
+        .service_call(Method::PUT, "enrollments/keeps-keys", Some(&record))
+        .await;
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    let key = emu.service.primary_key("keeps-keys").await.unwrap();
+    assert_eq!(key, device.key);
+}
+
+#[tokio::test]
+async fn a_stale_etag_is_refused_with_412_and_changes_nothing() {
+    let emu = TestEmulator::start().await;
+    emu.enroll("etagged", json!({})).await;
+    let first = emu
+        .service_call(Method::GET, "enrollments/etagged", None)
+        .await
+        .body;
+    let etag = first["etag"].as_str().unwrap().to_owned();
+
+    // A concurrent writer changes the record.
+    let mut other = first.clone();
+    other["deviceId"] = json!("renamed");
+    assert_eq!(
+        emu.service_call(Method::PUT, "enrollments/etagged", Some(&other))
+            .await
+            .status,
+        200
+    );
+
+    let token = emu.service_token();
+    let mut mine = first.clone();
+    mine["deviceId"] = json!("mine");
+    let stale = emu
+        .http
+        .put(emu.dps_url("enrollments/etagged?api-version=2021-10-01"))
+        .header("Authorization", &token)
+        .header("If-Match", &etag)
+        .json(&mine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 412);
+    let body: Value = stale.json().await.unwrap();
+    assert_eq!(body["errorCode"], 412002);
+    let now = emu
+        .service_call(Method::GET, "enrollments/etagged", None)
+        .await
+        .body;
+    assert_eq!(now["deviceId"], "renamed");
+
+    let stale_delete = emu
+        .http
+        .delete(emu.dps_url("enrollments/etagged?api-version=2021-10-01"))
+        .header("Authorization", &token)
+        .header("If-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale_delete.status(), 412);
+    let fresh_delete = emu
+        .http
+        .delete(emu.dps_url("enrollments/etagged?api-version=2021-10-01"))
+        .header("Authorization", &token)
+        .header("If-Match", now["etag"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh_delete.status(), 204);
+    assert_eq!(
+        emu.service_call(Method::GET, "enrollments/etagged", None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn queries_page_through_every_enrollment_with_continuation_tokens() {
+    let emu = TestEmulator::start().await;
+    for batch in 0..3 {
+        let items: Vec<Value> = (0..10)
+            .map(|i| json!({ "registrationId": format!("paged-{batch}{i}"), "attestation": { "type": "symmetricKey" } }))
+            .collect();
+        let answer = emu
+            .service_call(
+                Method::POST,
+                "enrollments",
+                Some(&json!({ "mode": "create", "enrollments": items })),
+            )
+            .await;
+        assert_eq!(answer.body["isSuccessful"], true, "{}", answer.body);
+    }
+    let token = emu.service_token();
+    let mut seen = Vec::new();
+    let mut continuation: Option<String> = None;
+    for _ in 0..10 {
+        let mut request = emu
+            .http
+            .post(emu.dps_url("enrollments/query?api-version=2021-10-01"))
+            .header("Authorization", &token)
+            .header("x-ms-max-item-count", "7")
+            .json(&json!({ "query": "*" }));
+        if let Some(c) = &continuation {
+            request = request.header("x-ms-continuation", c);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-ms-item-type"], "Enrollment");
+        continuation = response
+            .headers()
+            .get("x-ms-continuation")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let page: Vec<Value> = response.json().await.unwrap();
+        assert!(page.len() <= 7);
+        assert!(
+            page.iter()
+                .all(|e| e["attestation"]["symmetricKey"] == json!({})),
+            "queries never return keys"
+        );
+        seen.extend(
+            page.into_iter()
+                .map(|e| e["registrationId"].as_str().unwrap().to_owned()),
+        );
+        if continuation.is_none() {
+            break;
+        }
+    }
+    let mut expected: Vec<String> = (0..3)
+        .flat_map(|b| (0..10).map(move |i| format!("paged-{b}{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn bulk_operations_answer_per_item_and_respect_azures_cap() {
+    let emu = TestEmulator::start().await;
+    emu.enroll("bulk-existing", json!({})).await;
+    let answer = emu
+        .service_call(Method::POST, "enrollments", Some(&json!({
+            "mode": "create",
+            "enrollments": [
+                { "registrationId": "bulk-new", "attestation": { "type": "symmetricKey" } },
+                { "registrationId": "bulk-existing", "attestation": { "type": "symmetricKey" } },
+                { "registrationId": "-bad-id", "attestation": { "type": "symmetricKey" } },
+                { "registrationId": "bulk-new", "attestation": { "type": "symmetricKey" } },
+            ]
+        })))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body["isSuccessful"], false);
+    let errors = answer.body["errors"].as_array().unwrap();
+    let failed: Vec<(&str, u64)> = errors
+        .iter()
+        .map(|e| {
+            (
+                e["registrationId"].as_str().unwrap(),
+                e["errorCode"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(failed.contains(&("bulk-existing", 409201)), "{failed:?}");
+    assert!(failed.contains(&("-bad-id", 400004)), "{failed:?}");
+    assert!(
+        failed.contains(&("bulk-new", 409201)),
+        "a repeated id in one batch conflicts: {failed:?}"
+    );
+    assert_eq!(errors.len(), 3);
+    assert_eq!(
+        emu.service_call(Method::GET, "enrollments/bulk-new", None)
+            .await
+            .status,
+        200
+    );
+
+    let eleven: Vec<Value> = (0..11)
+        .map(|i| json!({ "registrationId": format!("eleven-{i}"), "attestation": { "type": "symmetricKey" } }))
+        .collect();
+    let too_many = emu
+        .service_call(
+            Method::POST,
+            "enrollments",
+            Some(&json!({ "mode": "create", "enrollments": eleven })),
+        )
+        .await;
+    assert_eq!(too_many.status, 400);
+    assert_eq!(
+        emu.service_call(Method::GET, "enrollments/eleven-0", None)
+            .await
+            .status,
+        404
+    );
+
+    let deleted = emu
+        .service_call(
+            Method::POST,
+            "enrollments",
+            Some(&json!({
+                "mode": "delete",
+                "enrollments": [
+                    { "registrationId": "bulk-new", "attestation": { "type": "symmetricKey" } },
+                    { "registrationId": "never-was", "attestation": { "type": "symmetricKey" } },
+                ]
+            })),
+        )
+        .await;
+    assert_eq!(deleted.body["errors"][0]["registrationId"], "never-was");
+    assert_eq!(deleted.body["errors"][0]["errorCode"], 404201);
+    assert_eq!(
+        emu.service_call(Method::GET, "enrollments/bulk-new", None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn enrollment_groups_support_create_read_keys_query_and_delete() {
+    let emu = TestEmulator::start().await;
+    let group_key = SharedAccessKey::generate(64);
+    let created = emu
+        .service_call(Method::PUT, "enrollmentGroups/factory-batch-7", Some(&json!({
+            "enrollmentGroupId": "factory-batch-7",
+            "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": group_key.expose_base64() } },
+        })))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    // The Node SDK writes this path in lower case.
+    let keys = emu
+        .service_call(
+            Method::POST,
+            "enrollmentgroups/factory-batch-7/attestationmechanism",
+            None,
+        )
+        .await;
+    assert_eq!(
+        keys.body["symmetricKey"]["primaryKey"],
+        group_key.expose_base64()
+    );
+    assert!(
+        keys.body["symmetricKey"]["secondaryKey"].is_string(),
+        "the missing secondary key is generated"
+    );
+    let listed = emu
+        .service_call(
+            Method::POST,
+            "enrollmentGroups/query",
+            Some(&json!({ "query": "*" })),
+        )
+        .await;
+    assert_eq!(listed.headers["x-ms-item-type"], "EnrollmentGroup");
+    assert_eq!(listed.body.as_array().unwrap().len(), 1);
+    assert_eq!(
+        emu.service_call(Method::DELETE, "enrollmentGroups/factory-batch-7", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        emu.service_call(Method::GET, "enrollmentGroups/factory-batch-7", None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn service_calls_without_valid_credentials_get_401() {
+    let emu = TestEmulator::start().await;
+    let path = "enrollments/x?api-version=2021-10-01";
+    let host = emu.running.endpoints().dps.device_endpoint.clone();
+    let right_key = iot_credentials::ServiceConnectionString::parse(
+        &emu.running.endpoints().dps.service_connection_string,
+    )
+    .unwrap()
+    .key()
+    .clone();
+    let forged = SasToken::sign(
+        &host,
+        &SharedAccessKey::generate(32),
+        Some("provisioningserviceowner"),
+        unix_now() + 600,
+    );
+    let expired = SasToken::sign(
+        &host,
+        &right_key,
+        Some("provisioningserviceowner"),
+        unix_now() - 10,
+    );
+    let wrong_policy = SasToken::sign(&host, &right_key, Some("enrollmentread"), unix_now() + 600);
+    let other_host = SasToken::sign(
+        "other-dps.azure-devices-provisioning.net",
+        &right_key,
+        Some("provisioningserviceowner"),
+        unix_now() + 600,
+    );
+    let cases: [(&str, Option<&str>); 6] = [
+        ("missing", None),
+        ("not a SAS", Some("Bearer abc")),
+        ("forged", Some(forged.expose())),
+        ("expired", Some(expired.expose())),
+        ("wrong policy", Some(wrong_policy.expose())),
+        ("other host", Some(other_host.expose())),
+    ];
+    for (case, auth) in cases {
+        let answer = emu.send(Method::GET, path, auth, None).await;
+        assert_eq!(answer.status, 401, "{case}");
+        assert_eq!(answer.body["errorCode"], 401002, "{case}");
+        assert_eq!(answer.headers["x-ms-error-code"], "401002", "{case}");
+        assert!(answer.body["trackingId"].is_string(), "{case}");
+    }
+    let answer = emu
+        .send(Method::GET, path, Some(expired.expose()), None)
+        .await;
+    assert!(answer.body["message"].as_str().unwrap().contains("expired"));
+}
+
+#[tokio::test]
+async fn bad_input_gets_dps_shaped_errors_and_changes_nothing() {
+    let emu = TestEmulator::start().await;
+    let token = emu.service_token();
+    let put = |path: &'static str, content_type: &'static str, body: String| {
+        let token = token.clone();
+        let emu = &emu;
+        async move {
+            emu.send(
+                Method::PUT,
+                path,
+                Some(&token),
+                Some((content_type, body.as_str())),
+            )
+            .await
+        }
+    };
+    let v = "?api-version=2021-10-01";
+    let cases = vec![
+        ("malformed JSON", put("enrollments/bad-1?api-version=2021-10-01", "application/json", "{\"registrationId\":".into()).await, 400),
+        ("id mismatch", put("enrollments/bad-2?api-version=2021-10-01", "application/json", json!({"registrationId": "other", "attestation": {"type": "symmetricKey"}}).to_string()).await, 400),
+        ("invalid id", put("enrollments/bad_3-?api-version=2021-10-01", "application/json", json!({"registrationId": "bad_3-", "attestation": {"type": "symmetricKey"}}).to_string()).await, 400),
+        ("no attestation", put("enrollments/bad-4?api-version=2021-10-01", "application/json", json!({"registrationId": "bad-4"}).to_string()).await, 400),
+        ("short key", put("enrollments/bad-5?api-version=2021-10-01", "application/json", json!({"registrationId": "bad-5", "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": "c2hvcnQ="}}}).to_string()).await, 400),
+        ("unlinked hub", put("enrollments/bad-6?api-version=2021-10-01", "application/json", json!({"registrationId": "bad-6", "attestation": {"type": "symmetricKey"}, "iotHubs": ["elsewhere.azure-devices.net"]}).to_string()).await, 400),
+        ("custom without webhook", put("enrollments/bad-7?api-version=2021-10-01", "application/json", json!({"registrationId": "bad-7", "attestation": {"type": "symmetricKey"}, "allocationPolicy": "custom"}).to_string()).await, 400),
+        ("bad device id", put("enrollments/bad-8?api-version=2021-10-01", "application/json", json!({"registrationId": "bad-8", "deviceId": "has space", "attestation": {"type": "symmetricKey"}}).to_string()).await, 400),
+        ("text body", put("enrollments/bad-9?api-version=2021-10-01", "text/plain", "hello".into()).await, 415),
+        ("oversize", put("enrollments/bad-10?api-version=2021-10-01", "application/json", format!("{{\"registrationId\":\"bad-10\",\"x\":\"{}\"}}", "a".repeat(2 << 20))).await, 413),
+        ("no api-version", put("enrollments/bad-11", "application/json", json!({"registrationId": "bad-11", "attestation": {"type": "symmetricKey"}}).to_string()).await, 400),
+    ];
+    for (case, answer, status) in cases {
+        assert_eq!(answer.status, status, "{case}: {}", answer.body);
+        assert!(
+            answer.body["errorCode"]
+                .as_u64()
+                .is_some_and(|c| c / 1000 == u64::from(status)),
+            "{case}: {}",
+            answer.body
+        );
+        assert!(
+            answer.body["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{case}"
+        );
+    }
+    assert_eq!(
+        emu.send(Method::GET, &format!("nowhere{v}"), Some(&token), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        emu.send(
+            Method::PATCH,
+            &format!("enrollments/x{v}"),
+            Some(&token),
+            None
+        )
+        .await
+        .status,
+        405
+    );
+    let all = emu
+        .service_call(
+            Method::POST,
+            "enrollments/query",
+            Some(&json!({ "query": "*" })),
+        )
+        .await;
+    assert_eq!(all.body, json!([]), "nothing was created by bad requests");
+}
+
+#[tokio::test]
+async fn registration_records_are_read_queried_by_group_and_deleted() {
+    let emu = TestEmulator::start().await;
+    let group_key = SharedAccessKey::generate(64);
+    emu.service_call(Method::PUT, "enrollmentGroups/line-a", Some(&json!({
+        "enrollmentGroupId": "line-a",
+        "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": group_key.expose_base64() } },
+    })))
+    .await;
+    for id in ["line-a-1", "line-a-2"] {
+        let device = emu.device(id, iot_credentials::derive_device_key(&group_key, id));
+        emu.register(&device).await.expect("group device registers");
+    }
+    let individual = emu.enroll("solo", json!({})).await;
+    emu.register(&individual).await.unwrap();
+
+    let record = emu
+        .service_call(Method::GET, "registrations/line-a-1", None)
+        .await;
+    assert_eq!(record.status, 200);
+    assert_eq!(record.body["status"], "assigned");
+    assert_eq!(record.body["symmetricKey"]["enrollmentGroupId"], "line-a");
+
+    let listed = emu
+        .service_call(
+            Method::POST,
+            "registrations/line-a/query",
+            Some(&json!({ "query": "*" })),
+        )
+        .await;
+    assert_eq!(listed.headers["x-ms-item-type"], "DeviceRegistration");
+    let ids: Vec<&str> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["registrationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["line-a-1", "line-a-2"]);
+
+    assert_eq!(
+        emu.service_call(Method::DELETE, "registrations/line-a-1", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        emu.service_call(Method::GET, "registrations/line-a-1", None)
+            .await
+            .status,
+        404
+    );
+    // The device stays in its hub: DPS does not deprovision hub identities.
+    let hub = record.body["assignedHub"].as_str().unwrap();
+    assert!(emu.hub_get(hub, "devices/line-a-1").await.is_some());
+
+    // Deleting an individual enrollment takes its registration record with it.
+    assert_eq!(
+        emu.service_call(Method::DELETE, "enrollments/solo", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        emu.service_call(Method::GET, "registrations/solo", None)
+            .await
+            .status,
+        404
+    );
+}

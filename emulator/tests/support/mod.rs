@@ -1,0 +1,293 @@
+//! Test harness: an emulator on free loopback ports with clients that trust its CA.
+#![allow(dead_code)]
+
+use emulator::config::EmulatorConfig;
+use emulator::dps::model::DeviceRegistrationState;
+use emulator::fleet::device::{register_mqtt, DeviceCredentials, HttpsRegistrar};
+use emulator::fleet::service::DpsService;
+use emulator::fleet::{client_tls, https_client, ClientError};
+use emulator::RunningEmulator;
+use iot_credentials::sas::unix_now;
+use iot_credentials::{ServiceConnectionString, SharedAccessKey};
+use serde_json::Value;
+use std::sync::Arc;
+use tempfile::TempDir;
+
+pub struct TestEmulator {
+    pub running: RunningEmulator,
+    pub state_dir: TempDir,
+    pub service: DpsService,
+    pub http: reqwest::Client,
+    pub registrar: HttpsRegistrar,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// A response as the tests look at it.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl TestEmulator {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut EmulatorConfig)) -> Self {
+        let state_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = EmulatorConfig::for_tests(state_dir.path());
+        adjust(&mut config);
+        Self::start_in(config, state_dir).await
+    }
+
+    pub async fn start_in(config: EmulatorConfig, state_dir: TempDir) -> Self {
+        let running = emulator::start(config).await.expect("the emulator starts");
+        let ca = running.ca_certificate_pem().to_owned();
+        let connection =
+            ServiceConnectionString::parse(&running.endpoints().dps.service_connection_string)
+                .expect("published connection string parses");
+        let http = https_client(&ca).expect("client TLS");
+        Self {
+            service: DpsService::new(connection, &ca).expect("service client"),
+            registrar: HttpsRegistrar::new(http.clone(), &running.endpoints().dps.device_endpoint),
+            tls: Arc::new(client_tls(&ca).expect("client TLS")),
+            http,
+            running,
+            state_dir,
+        }
+    }
+
+    pub fn id_scope(&self) -> String {
+        self.running.endpoints().dps.id_scope.clone()
+    }
+
+    pub fn hub_host(&self, index: usize) -> String {
+        self.running.endpoints().hubs[index].host_name.clone()
+    }
+
+    pub fn dps_url(&self, path_and_query: &str) -> String {
+        format!(
+            "https://{}/{path_and_query}",
+            self.running.endpoints().dps.device_endpoint
+        )
+    }
+
+    /// A valid service token.
+    pub fn service_token(&self) -> String {
+        ServiceConnectionString::parse(&self.running.endpoints().dps.service_connection_string)
+            .unwrap()
+            .sas_token(unix_now() + 600)
+            .expose()
+            .to_owned()
+    }
+
+    /// Sends a raw request to the DPS listener.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        authorization: Option<&str>,
+        body: Option<(&str, &str)>,
+    ) -> Answer {
+        let mut request = self.http.request(method, self.dps_url(path_and_query));
+        if let Some(auth) = authorization {
+            request = request.header("Authorization", auth);
+        }
+        if let Some((content_type, text)) = body {
+            request = request
+                .header("Content-Type", content_type)
+                .body(text.to_owned());
+        }
+        let response = request.send().await.expect("the request is answered");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A service API call with a valid token and a JSON body.
+    pub async fn service_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Answer {
+        let token = self.service_token();
+        let text = body.map(|b| b.to_string());
+        let path = if path.contains('?') {
+            path.to_owned()
+        } else {
+            format!("{path}?api-version=2021-10-01")
+        };
+        self.send(
+            method,
+            &path,
+            Some(&token),
+            text.as_deref().map(|t| ("application/json", t)),
+        )
+        .await
+    }
+
+    /// Enrolls `registration_id` (symmetric key, keys generated) with extra fields merged in,
+    /// and returns the device's credentials.
+    pub async fn enroll(&self, registration_id: &str, extra: Value) -> DeviceCredentials {
+        let mut enrollment = serde_json::json!({
+            "registrationId": registration_id,
+            "attestation": { "type": "symmetricKey" },
+        });
+        merge(&mut enrollment, extra);
+        self.service
+            .put_enrollment(&enrollment)
+            .await
+            .expect("enrollment is created");
+        DeviceCredentials {
+            id_scope: self.id_scope(),
+            registration_id: registration_id.to_owned(),
+            key: self
+                .service
+                .primary_key(registration_id)
+                .await
+                .expect("keys are readable"),
+        }
+    }
+
+    pub fn device(&self, registration_id: &str, key: SharedAccessKey) -> DeviceCredentials {
+        DeviceCredentials {
+            id_scope: self.id_scope(),
+            registration_id: registration_id.to_owned(),
+            key,
+        }
+    }
+
+    pub async fn register(
+        &self,
+        device: &DeviceCredentials,
+    ) -> Result<DeviceRegistrationState, ClientError> {
+        self.registrar.register(device, None).await
+    }
+
+    pub async fn register_mqtt(
+        &self,
+        device: &DeviceCredentials,
+        payload: Option<Value>,
+    ) -> Result<DeviceRegistrationState, ClientError> {
+        let address = self.running.dps_mqtt_address();
+        register_mqtt(
+            &address.ip().to_string(),
+            address.port(),
+            self.tls.clone(),
+            device,
+            payload,
+        )
+        .await
+    }
+
+    /// GET on a hub's service API (`devices/{id}`, `twins/{id}`); None on 404.
+    pub async fn hub_get(&self, hub_host: &str, path: &str) -> Option<Value> {
+        let index = self
+            .running
+            .endpoints()
+            .hubs
+            .iter()
+            .position(|h| h.host_name == hub_host)
+            .expect("a configured hub");
+        let hub = &self.running.endpoints().hubs[index];
+        let connection = ServiceConnectionString::parse(&hub.connection_string).unwrap();
+        let address = self.running.hub_https_addresses()[index];
+        let response = self
+            .http
+            .get(format!("https://{address}/{path}?api-version=2021-04-12"))
+            .header(
+                "Authorization",
+                connection.sas_token(unix_now() + 600).expose(),
+            )
+            .send()
+            .await
+            .expect("hub answers");
+        match response.status().as_u16() {
+            200 => Some(response.json().await.expect("JSON")),
+            404 => None,
+            other => panic!("hub answered {other} for {path}"),
+        }
+    }
+}
+
+/// Shallow-merges the members of `extra` into `target`.
+pub fn merge(target: &mut Value, extra: Value) {
+    if let (Some(target), Value::Object(extra)) = (target.as_object_mut(), extra) {
+        for (k, v) in extra {
+            target.insert(k, v);
+        }
+    }
+}
+
+/// A custom allocation webhook: records every request body and answers with `reply`.
+pub struct WebhookStub {
+    pub url: String,
+    pub received: Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl WebhookStub {
+    pub async fn start(status: u16, reply: Value) -> Self {
+        use http_body_util::{BodyExt, Full};
+        use hyper::server::conn::http1;
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/api/allocate?code=secret-function-key",
+            listener.local_addr().unwrap()
+        );
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                            let log = log.clone();
+                            let reply = reply.clone();
+                            async move {
+                                let body = request.into_body().collect().await.unwrap().to_bytes();
+                                log.lock()
+                                    .unwrap()
+                                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                                let mut response = hyper::Response::new(Full::new(
+                                    bytes::Bytes::from(reply.to_string()),
+                                ));
+                                *response.status_mut() =
+                                    hyper::StatusCode::from_u16(status).unwrap();
+                                response
+                                    .headers_mut()
+                                    .insert("content-type", "application/json".parse().unwrap());
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Self { url, received }
+    }
+
+    pub fn requests(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
