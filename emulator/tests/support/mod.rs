@@ -291,3 +291,82 @@ impl WebhookStub {
         self.received.lock().unwrap().clone()
     }
 }
+
+/// A raw TLS connection to an emulator listener, for speaking malformed or forbidden protocol.
+pub struct RawConnection {
+    pub stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    buf: bytes::BytesMut,
+}
+
+impl RawConnection {
+    pub async fn open(emu: &TestEmulator, address: std::net::SocketAddr) -> Self {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connects");
+        let connector = tokio_rustls::TlsConnector::from(emu.tls.clone());
+        let name = rustls_pki_types::ServerName::IpAddress(address.ip().into());
+        let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+        Self {
+            stream,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        // The server may already have closed; the read side tells the test what happened.
+        let _ = self.stream.write_all(bytes).await;
+        let _ = self.stream.flush().await;
+    }
+
+    pub async fn send(&mut self, packet: &emulator::net::mqtt_codec::Packet) {
+        let mut out = bytes::BytesMut::new();
+        emulator::net::mqtt_codec::encode(packet, &mut out);
+        self.write(&out).await;
+    }
+
+    /// The next packet, or None once the server closed the connection (within 5 s).
+    pub async fn next(&mut self) -> Option<emulator::net::mqtt_codec::Packet> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Ok(Some(packet)) = emulator::net::mqtt_codec::decode(&mut self.buf, 1 << 20) {
+                return Some(packet);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("the server neither answered nor closed within 5 s"),
+            }
+        }
+    }
+
+    /// True when the server closes the connection (ignoring packets sent before closing).
+    pub async fn is_closed_by_server(&mut self) -> bool {
+        for _ in 0..16 {
+            if self.next().await.is_none() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A CONNECT packet as a DPS device sends it.
+pub fn dps_connect(
+    device: &emulator::fleet::device::DeviceCredentials,
+) -> emulator::net::mqtt_codec::Packet {
+    emulator::net::mqtt_codec::Packet::Connect(Box::new(emulator::net::mqtt_codec::Connect {
+        protocol_name: "MQTT".into(),
+        protocol_level: 4,
+        client_id: device.registration_id.clone(),
+        clean_session: true,
+        keep_alive: 30,
+        username: Some(format!(
+            "{}/registrations/{}/api-version=2019-03-31",
+            device.id_scope, device.registration_id
+        )),
+        password: Some(bytes::Bytes::from(device.token().expose().to_owned())),
+        will: None,
+    }))
+}
