@@ -88,7 +88,7 @@ fn spawn_emulator(state_dir: &std::path::Path) -> Process {
 /// Waits for the emulator to write endpoints.json (its readiness signal), bounded.
 async fn wait_for_endpoints(state_dir: &std::path::Path, process: &mut Process) -> Endpoints {
     for _ in 0..600 {
-        if let Some(status) = process.0.try_wait().unwrap() {
+        if let Some(status) = process.0.try_wait().expect("the child can be polled") {
             panic!("the emulator exited early: {status}");
         }
         if let Ok(endpoints) = Endpoints::read(state_dir) {

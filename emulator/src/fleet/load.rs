@@ -25,6 +25,8 @@ pub struct Measurement {
     pub devices: usize,
     /// Registrations that failed.
     pub failures: usize,
+    /// The first failure's message.
+    pub first_error: Option<String>,
     /// Wall time of the registration phase.
     pub elapsed: Duration,
     /// Per-registration latencies, sorted.
@@ -79,41 +81,75 @@ pub async fn enroll(
     Ok(devices)
 }
 
-/// Registers every device, `concurrency` at a time, and measures.
+/// Where the devices register.
+#[derive(Clone)]
+pub struct Target {
+    /// DPS device endpoint for HTTPS (`host[:port]`).
+    pub https_endpoint: String,
+    /// DPS MQTT host.
+    pub mqtt_host: String,
+    /// DPS MQTT port.
+    pub mqtt_port: u16,
+    /// TLS settings trusting the emulator.
+    pub tls: Arc<ClientConfig>,
+}
+
+/// Registers every device, `concurrency` at a time, and measures. Each device uses its own
+/// connection, as separate devices do.
 pub async fn register_all(
     devices: &[DeviceCredentials],
     transport: DpsTransport,
     concurrency: usize,
-    https: &HttpsRegistrar,
-    mqtt: (&str, u16, Arc<ClientConfig>),
+    target: &Target,
 ) -> Measurement {
     let started = Instant::now();
-    let results: Vec<(Duration, bool)> = stream::iter(devices.iter().cloned())
-        .map(|device| {
-            let (host, port, tls) = (mqtt.0.to_owned(), mqtt.1, mqtt.2.clone());
-            async move {
-                let t0 = Instant::now();
-                let outcome = match transport {
-                    DpsTransport::Https => https.register(&device, None).await,
-                    DpsTransport::Mqtt => register_mqtt(&host, port, tls, &device, None).await,
-                };
-                if let Err(error) = &outcome {
-                    tracing::warn!(registration.id = %device.registration_id, %error, "registration failed");
+    let results: Vec<(Duration, Result<(), String>)> = stream::iter(devices.iter().cloned())
+        .map(|device| async move {
+            let t0 = Instant::now();
+            let outcome = match transport {
+                DpsTransport::Https => match one_connection_client(&target.tls) {
+                    Ok(http) => {
+                        HttpsRegistrar::new(http, &target.https_endpoint)
+                            .register(&device, None)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                },
+                DpsTransport::Mqtt => {
+                    register_mqtt(
+                        &target.mqtt_host,
+                        target.mqtt_port,
+                        target.tls.clone(),
+                        &device,
+                        None,
+                    )
+                    .await
                 }
-                (t0.elapsed(), outcome.is_ok())
-            }
+            };
+            (t0.elapsed(), outcome.map(|_| ()).map_err(|e| e.to_string()))
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     let elapsed = started.elapsed();
-    let failures = results.iter().filter(|(_, ok)| !ok).count();
+    let first_error = results.iter().find_map(|(_, r)| r.clone().err());
+    let failures = results.iter().filter(|(_, r)| r.is_err()).count();
     let mut latencies: Vec<Duration> = results.into_iter().map(|(d, _)| d).collect();
     latencies.sort();
     Measurement {
         devices: devices.len(),
         failures,
+        first_error,
         elapsed,
         latencies,
     }
+}
+
+/// An HTTPS client of its own, so the device opens its own TLS connection.
+pub fn one_connection_client(tls: &Arc<ClientConfig>) -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls((**tls).clone())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| ClientError::Transport(e.to_string()))
 }

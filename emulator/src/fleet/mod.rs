@@ -3,6 +3,7 @@
 //! registration over HTTPS and MQTT.
 
 pub mod device;
+pub mod hub;
 pub mod load;
 pub mod service;
 
