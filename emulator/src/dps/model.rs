@@ -43,8 +43,8 @@ pub enum AttestationType {
     SymmetricKey,
 }
 
-/// Primary and secondary symmetric keys (base64).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Primary and secondary symmetric keys (base64). `Debug` shows only whether each is set.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SymmetricKeyAttestation {
     /// Primary key; generated when left empty.
@@ -53,6 +53,16 @@ pub struct SymmetricKeyAttestation {
     /// Secondary key; generated when left empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary_key: Option<String>,
+}
+
+impl std::fmt::Debug for SymmetricKeyAttestation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |key: &Option<String>| key.as_ref().map(|_| "<redacted>");
+        f.debug_struct("SymmetricKeyAttestation")
+            .field("primary_key", &shown(&self.primary_key))
+            .field("secondary_key", &shown(&self.secondary_key))
+            .finish()
+    }
 }
 
 /// How devices of an enrollment prove who they are.

@@ -147,26 +147,26 @@ impl Dps {
             ));
         }
         let now = unix_now();
-        let (individual, groups) = self.store.read(|state| {
-            let groups: Vec<EnrollmentGroup> = state
-                .groups
-                .values()
-                .filter(|g| g.settings.attestation.kind == AttestationType::SymmetricKey)
-                .cloned()
-                .collect();
-            (
-                state.enrollments.get(&id_key(registration_id)).cloned(),
-                groups,
-            )
-        });
+        let individual = self
+            .store
+            .read(|state| state.enrollments.get(&id_key(registration_id)).cloned());
         let verify = |admission: &Admission| {
             let keys = admission.device_keys(registration_id);
             let refs: Vec<&SharedAccessKey> = keys.iter().collect();
             token.verify(&refs, now)
         };
+        // Groups are consulted only when the individual enrollment does not settle the matter.
         let group_match = || {
+            let groups: Vec<EnrollmentGroup> = self.store.read(|state| {
+                state
+                    .groups
+                    .values()
+                    .filter(|g| g.settings.attestation.kind == AttestationType::SymmetricKey)
+                    .cloned()
+                    .collect()
+            });
             let mut last = SasError::SignatureMismatch;
-            for group in groups.iter().cloned() {
+            for group in groups {
                 let admission = Admission::Group(Box::new(group));
                 match verify(&admission) {
                     Ok(()) => return Ok(admission),

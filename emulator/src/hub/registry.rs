@@ -46,8 +46,8 @@ pub struct Twin {
     pub version: u64,
 }
 
-/// One device identity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One device identity. `Debug` leaves the keys out.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceIdentity {
     /// The device id (case-sensitive, as in IoT Hub).
@@ -68,6 +68,18 @@ pub struct DeviceIdentity {
     pub twin: Twin,
     /// When the identity was created or last changed (ISO 8601).
     pub last_updated: String,
+}
+
+impl std::fmt::Debug for DeviceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceIdentity")
+            .field("device_id", &self.device_id)
+            .field("generation_id", &self.generation_id)
+            .field("status", &self.status)
+            .field("iot_edge", &self.iot_edge)
+            .field("twin", &self.twin)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The devices of one hub, keyed by device id.

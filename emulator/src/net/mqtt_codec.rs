@@ -27,8 +27,8 @@ impl QoS {
     }
 }
 
-/// The CONNECT packet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The CONNECT packet. `Debug` leaves the password (a SAS token) out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     /// Protocol name (`MQTT` for 3.1.1).
     pub protocol_name: String,
@@ -46,6 +46,21 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// Will message, if any.
     pub will: Option<Will>,
+}
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect")
+            .field("protocol_name", &self.protocol_name)
+            .field("protocol_level", &self.protocol_level)
+            .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
+            .field("keep_alive", &self.keep_alive)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("will", &self.will)
+            .finish()
+    }
 }
 
 /// A last-will message.
@@ -642,6 +657,21 @@ mod tests {
         round_trip(Packet::PingReq);
         round_trip(Packet::PingResp);
         round_trip(Packet::Disconnect);
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let connect = Connect {
+            protocol_name: "MQTT".into(),
+            protocol_level: 4,
+            client_id: "d".into(),
+            clean_session: true,
+            keep_alive: 0,
+            username: Some("u".into()),
+            password: Some(Bytes::from_static(b"SharedAccessSignature sig=secret")),
+            will: None,
+        };
+        assert!(!format!("{connect:?}").contains("secret"));
     }
 
     #[test]
