@@ -158,7 +158,12 @@ pub struct Page<T> {
     pub continuation: Option<String>,
 }
 
-fn check_if_match(if_match: Option<&str>, current: Option<&str>, id: &str) -> Result<(), DpsError> {
+/// Checks an `If-Match` header against a record's current etag (None: the record is missing).
+pub(super) fn check_if_match(
+    if_match: Option<&str>,
+    current: Option<&str>,
+    id: &str,
+) -> Result<(), DpsError> {
     match (if_match, current) {
         (None, _) => Ok(()),
         (Some(wanted), Some(etag)) if stamps::etag_matches(wanted, etag) => Ok(()),

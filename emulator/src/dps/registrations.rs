@@ -1,11 +1,10 @@
 //! The service API for registration records: get, delete (with If-Match), and query the
 //! records of one enrollment group.
 
-use super::enrollments::{decode_continuation, page_of_filtered, Page};
+use super::enrollments::{check_if_match, decode_continuation, page_of_filtered, Page};
 use super::error::DpsError;
 use super::model::{DeviceRegistrationState, QuerySpecification};
 use super::Dps;
-use crate::stamps;
 use crate::state::{id_key, Change};
 
 fn not_found(id: &str) -> DpsError {
@@ -30,14 +29,11 @@ impl Dps {
         self.store
             .transact(|state| {
                 let record = state.registrations.get(&key).ok_or_else(|| not_found(id))?;
-                if let Some(wanted) = if_match {
-                    let current = record.etag.as_deref().unwrap_or_default();
-                    if !stamps::etag_matches(wanted, current) {
-                        return Err(DpsError::PreconditionFailed(format!(
-                            "the etag of registration {id:?} has changed"
-                        )));
-                    }
-                }
+                check_if_match(
+                    if_match,
+                    Some(record.etag.as_deref().unwrap_or_default()),
+                    id,
+                )?;
                 Ok(((), vec![Change::DeleteRegistration(key.clone())]))
             })
             .await

@@ -26,30 +26,18 @@ pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     handler: H,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accepting an HTTPS connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = tcp.set_nodelay(true);
+    let connections = shutdown.clone();
+    super::accept_each(listener, shutdown, move |tcp, peer| {
         let acceptor = acceptor.clone();
         let handler = handler.clone();
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let mut shutdown = connections.clone();
+        async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
@@ -74,8 +62,9 @@ pub async fn serve<H, F>(
                     let _ = connection.await;
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Why a request body could not be read.

@@ -116,29 +116,18 @@ pub async fn serve<S, F>(
     tls: Arc<ServerConfig>,
     max_packet_size: usize,
     session: S,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: Fn(Accepted) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting an MQTT connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = tcp.set_nodelay(true);
+    let connections = shutdown.clone();
+    super::accept_each(listener, shutdown, move |tcp, peer| {
         let acceptor = acceptor.clone();
         let session = session.clone();
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let mut shutdown = connections.clone();
+        async move {
             let accepted = tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
                 open(acceptor, tcp, peer, max_packet_size),
@@ -160,8 +149,9 @@ pub async fn serve<S, F>(
                 _ = session(accepted) => {}
                 _ = shutdown.changed() => writer.close().await,
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn open(
