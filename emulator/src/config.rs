@@ -77,6 +77,10 @@ pub struct EmulatorConfig {
     pub registration_retry_after: Duration,
     /// How long a custom allocation webhook may take before the registration fails.
     pub webhook_timeout: Duration,
+    /// Partitions of each hub's event stream.
+    pub event_partitions: usize,
+    /// Events kept per partition (older ones are dropped, as retention does in Event Hubs).
+    pub event_retention: usize,
 }
 
 impl EmulatorConfig {
@@ -105,6 +109,8 @@ impl EmulatorConfig {
             hub_service_key: development_key(DEFAULT_HUB_SERVICE_KEY),
             registration_retry_after: Duration::from_secs(1),
             webhook_timeout: Duration::from_secs(10),
+            event_partitions: crate::events::log::DEFAULT_PARTITIONS,
+            event_retention: crate::events::log::DEFAULT_RETENTION,
         }
     }
 

@@ -47,6 +47,11 @@ pub struct HubEndpoints {
     pub host_name: String,
     /// `HostName=<host[:port]>;SharedAccessKeyName=iothubowner;SharedAccessKey=…`.
     pub connection_string: String,
+    /// Port of the device endpoint (MQTT over TLS; 8883 unless configured otherwise).
+    pub mqtt_port: u16,
+    /// The Event Hub-compatible connection string of the hub's event stream, as an
+    /// eventHubTrigger's `connection` setting names it (`EntityPath` is the hub's name).
+    pub event_hub_connection_string: String,
 }
 
 impl fmt::Debug for Endpoints {

@@ -17,6 +17,7 @@
 pub mod config;
 pub mod dps;
 pub mod endpoints;
+pub mod events;
 pub mod fleet;
 pub mod hub;
 pub mod net;
@@ -28,8 +29,8 @@ pub mod tls;
 use config::{EmulatorConfig, Persistence, DPS_SERVICE_POLICY, HUB_SERVICE_POLICY};
 use dps::{Dps, DpsSettings, LinkedHub};
 use endpoints::{DpsEndpoints, Endpoints, HubEndpoints};
-use hub::service_http::HubService;
-use hub::HubSettings;
+use events::log::EventStream;
+use hub::{Hub, HubSettings, Hubs};
 use iot_credentials::ServiceConnectionString;
 use state::CloudState;
 use std::net::{IpAddr, SocketAddr};
@@ -60,6 +61,9 @@ pub enum StartError {
         /// Advice for the common cases.
         hint: &'static str,
     },
+    /// An event stream could not be opened.
+    #[error("cannot open the event streams: {0}")]
+    Events(String),
     /// endpoints.json could not be written.
     #[error("cannot write endpoints.json in {dir}: {source}")]
     Endpoints {
@@ -76,11 +80,21 @@ pub struct RunningEmulator {
     endpoints: Endpoints,
     dps_https: SocketAddr,
     dps_mqtt: SocketAddr,
-    hub_https: Vec<SocketAddr>,
+    hubs: Vec<RunningHub>,
     ca_pem: String,
     store: Arc<Store<CloudState>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// One hub of a running emulator.
+pub struct RunningHub {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// Where it serves its service API.
+    pub https: SocketAddr,
+    /// Where devices connect.
+    pub mqtt: SocketAddr,
 }
 
 impl RunningEmulator {
@@ -99,9 +113,21 @@ impl RunningEmulator {
         self.dps_mqtt
     }
 
+    /// The hubs, in configuration order.
+    pub fn hubs(&self) -> &[RunningHub] {
+        &self.hubs
+    }
+
     /// Where each hub serves HTTPS, in configuration order.
-    pub fn hub_https_addresses(&self) -> &[SocketAddr] {
-        &self.hub_https
+    pub fn hub_https_addresses(&self) -> Vec<SocketAddr> {
+        self.hubs.iter().map(|h| h.https).collect()
+    }
+
+    /// The hub with this host name.
+    pub fn hub(&self, host_name: &str) -> Option<&RunningHub> {
+        self.hubs
+            .iter()
+            .find(|h| h.hub.settings().host_name == host_name)
     }
 
     /// The CA certificate clients must trust (PEM).
@@ -148,9 +174,11 @@ fn host_with_port(host: &str, port: u16, default: u16) -> String {
 /// endpoints.json.
 pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError> {
     let ca = LocalCa::load_or_create(&config.state_dir)?;
-    let store = Arc::new(match config.persistence {
-        Persistence::Durable => Store::open(&config.state_dir.join("cloud"))?,
-        Persistence::InMemory => Store::in_memory(),
+    let durable = matches!(config.persistence, Persistence::Durable);
+    let store = Arc::new(if durable {
+        Store::open(&config.state_dir.join("cloud"))?
+    } else {
+        Store::in_memory()
     });
     let mut addresses = vec![config.dps_address];
     addresses.extend(config.hubs.iter().map(|h| h.address));
@@ -158,49 +186,80 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
+    let mut hubs = Vec::new();
+    let mut hub_endpoints = Vec::new();
+    for hub_config in &config.hubs {
+        let https_listener = bind(hub_config.address, config.https_port).await?;
+        let mqtt_listener = bind(hub_config.address, config.mqtt_port).await?;
+        let (https, mqtt) = (local(&https_listener), local(&mqtt_listener));
+        let host = hub_config.host_name();
+        let service_host = host_with_port(&host, https.port(), 443);
+        let events = Arc::new(if durable {
+            EventStream::open(
+                &hub_config.name,
+                &config.state_dir.join("events").join(&hub_config.name),
+                config.event_partitions,
+                config.event_retention,
+            )
+            .map_err(|e| StartError::Events(e.to_string()))?
+        } else {
+            EventStream::in_memory(
+                &hub_config.name,
+                config.event_partitions,
+                config.event_retention,
+            )
+        });
+        let hub = Arc::new(Hub::new(
+            HubSettings {
+                name: hub_config.name.clone(),
+                host_name: host.clone(),
+                service_hosts: dedup(vec![host.clone(), service_host.clone()]),
+                service_policy: HUB_SERVICE_POLICY.into(),
+                service_key: config.hub_service_key.clone(),
+            },
+            store.clone(),
+            events,
+        ));
+        let service = hub.clone();
+        tasks.push(tokio::spawn(net::https::serve(
+            https_listener,
+            tls.clone(),
+            move |request| hub::service_http::handle(service.clone(), request),
+            shutdown_rx.clone(),
+        )));
+        let devices = hub.clone();
+        tasks.push(tokio::spawn(net::mqtt::serve(
+            mqtt_listener,
+            tls.clone(),
+            hub::device_mqtt::MAX_PACKET_SIZE,
+            move |accepted| hub::device_mqtt::session(devices.clone(), accepted),
+            shutdown_rx.clone(),
+        )));
+        let key = config.hub_service_key.clone();
+        hub_endpoints.push(HubEndpoints {
+            name: hub_config.name.clone(),
+            host_name: host.clone(),
+            connection_string: ServiceConnectionString::new(service_host, HUB_SERVICE_POLICY, key.clone()).expose(),
+            mqtt_port: mqtt.port(),
+            event_hub_connection_string: format!(
+                "Endpoint=sb://{host}/;SharedAccessKeyName={HUB_SERVICE_POLICY};SharedAccessKey={};EntityPath={}",
+                key.expose_base64(),
+                hub_config.name
+            ),
+        });
+        hubs.push(RunningHub { hub, https, mqtt });
+    }
+
     let dps_https_listener = bind(config.dps_address, config.https_port).await?;
     let dps_mqtt_listener = bind(config.dps_address, config.mqtt_port).await?;
     let dps_https = local(&dps_https_listener);
     let dps_mqtt = local(&dps_mqtt_listener);
     let dps_host = config.dps_address.to_string();
     let dps_service_host = host_with_port(&dps_host, dps_https.port(), 443);
-
-    let mut hub_endpoints = Vec::new();
-    let mut hub_https = Vec::new();
-    for hub in &config.hubs {
-        let listener = bind(hub.address, config.https_port).await?;
-        let address = local(&listener);
-        let host = hub.host_name();
-        let service_host = host_with_port(&host, address.port(), 443);
-        let connection_string = ServiceConnectionString::new(
-            service_host.clone(),
-            HUB_SERVICE_POLICY,
-            config.hub_service_key.clone(),
-        );
-        let service = Arc::new(HubService {
-            settings: HubSettings {
-                name: hub.name.clone(),
-                host_name: host.clone(),
-                service_hosts: dedup(vec![host.clone(), service_host]),
-                service_policy: HUB_SERVICE_POLICY.into(),
-                service_key: config.hub_service_key.clone(),
-            },
-            store: store.clone(),
-        });
-        tasks.push(tokio::spawn(net::https::serve(
-            listener,
-            tls.clone(),
-            move |request| hub::service_http::handle(service.clone(), request),
-            shutdown_rx.clone(),
-        )));
-        hub_endpoints.push(HubEndpoints {
-            name: hub.name.clone(),
-            host_name: host,
-            connection_string: connection_string.expose(),
-        });
-        hub_https.push(address);
-    }
-
+    let hub_map: Hubs = hubs
+        .iter()
+        .map(|h| (h.hub.settings().host_name.clone(), h.hub.clone()))
+        .collect();
     let dps = Arc::new(Dps::new(
         DpsSettings {
             id_scope: config.id_scope.clone(),
@@ -219,6 +278,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
             webhook_timeout: config.webhook_timeout,
         },
         store.clone(),
+        hub_map,
     ));
     let https_dps = dps.clone();
     tasks.push(tokio::spawn(net::https::serve(
@@ -263,7 +323,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
         endpoints,
         dps_https,
         dps_mqtt,
-        hub_https,
+        hubs,
         ca_pem: ca.certificate_pem().to_owned(),
         store,
         shutdown,

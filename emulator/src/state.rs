@@ -1,7 +1,7 @@
 //! The emulated cloud's durable state: DPS records and each hub's identity registry.
 
 use crate::dps::model::{DeviceRegistrationState, EnrollmentGroup, IndividualEnrollment};
-use crate::hub::registry::{DeviceIdentity, Registry};
+use crate::hub::registry::{CloudMessage, CloudQueues, DeviceIdentity, Registry};
 use crate::store::Model;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,6 +18,9 @@ pub struct CloudState {
     pub registrations: BTreeMap<String, DeviceRegistrationState>,
     /// Device registries by hub host name.
     pub hubs: BTreeMap<String, Registry>,
+    /// Cloud-to-device messages not yet acknowledged, by hub host name.
+    #[serde(default)]
+    pub cloud_messages: BTreeMap<String, CloudQueues>,
 }
 
 /// One recorded change.
@@ -43,12 +46,30 @@ pub enum Change {
         /// The identity.
         device: Box<DeviceIdentity>,
     },
-    /// Delete a device identity.
+    /// Delete a device identity (and its queued messages).
     DeleteDevice {
         /// Hub host name.
         hub: String,
         /// Device id.
         device_id: String,
+    },
+    /// Queue a cloud-to-device message.
+    EnqueueCloudMessage {
+        /// Hub host name.
+        hub: String,
+        /// Device id.
+        device_id: String,
+        /// The message.
+        message: Box<CloudMessage>,
+    },
+    /// Remove a cloud-to-device message (acknowledged or expired).
+    RemoveCloudMessage {
+        /// Hub host name.
+        hub: String,
+        /// Device id.
+        device_id: String,
+        /// Its id.
+        message_id: String,
     },
 }
 
@@ -89,6 +110,34 @@ impl Model for CloudState {
             Change::DeleteDevice { hub, device_id } => {
                 if let Some(registry) = self.hubs.get_mut(&hub) {
                     registry.remove(&device_id);
+                }
+                if let Some(queues) = self.cloud_messages.get_mut(&hub) {
+                    queues.remove(&device_id);
+                }
+            }
+            Change::EnqueueCloudMessage {
+                hub,
+                device_id,
+                message,
+            } => {
+                self.cloud_messages
+                    .entry(hub)
+                    .or_default()
+                    .entry(device_id)
+                    .or_default()
+                    .push_back(*message);
+            }
+            Change::RemoveCloudMessage {
+                hub,
+                device_id,
+                message_id,
+            } => {
+                if let Some(queue) = self
+                    .cloud_messages
+                    .get_mut(&hub)
+                    .and_then(|q| q.get_mut(&device_id))
+                {
+                    queue.retain(|m| m.message_id != message_id);
                 }
             }
         }

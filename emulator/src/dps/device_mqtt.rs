@@ -33,18 +33,14 @@ pub async fn session(dps: Arc<Dps>, accepted: Accepted) {
         code,
     };
     if connect.protocol_name != "MQTT" || connect.protocol_level != 4 {
-        writer
-            .send(refuse(ConnectReturnCode::BadProtocolVersion))
-            .await;
-        return writer.close().await;
+        writer.send(refuse(ConnectReturnCode::BadProtocolVersion));
+        return writer.close();
     }
     let registration_id = connect.client_id.clone();
     let Some(scope) = scope_from_username(connect.username.as_deref(), &registration_id) else {
         tracing::debug!(%peer, "DPS MQTT user name does not name this registration");
-        writer
-            .send(refuse(ConnectReturnCode::BadUsernameOrPassword))
-            .await;
-        return writer.close().await;
+        writer.send(refuse(ConnectReturnCode::BadUsernameOrPassword));
+        return writer.close();
     };
     let password = connect
         .password
@@ -54,17 +50,15 @@ pub async fn session(dps: Arc<Dps>, accepted: Accepted) {
         Ok(admission) => admission,
         Err(error) => {
             tracing::info!(%peer, registration.id = %registration_id, %error, "DPS MQTT connection refused");
-            writer.send(refuse(ConnectReturnCode::NotAuthorized)).await;
-            return writer.close().await;
+            writer.send(refuse(ConnectReturnCode::NotAuthorized));
+            return writer.close();
         }
     };
     reader.set_keep_alive(connect.keep_alive);
-    writer
-        .send(Packet::ConnAck {
-            session_present: false,
-            code: ConnectReturnCode::Accepted,
-        })
-        .await;
+    writer.send(Packet::ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::Accepted,
+    });
     let mut state = Session {
         dps: &dps,
         writer: &writer,
@@ -85,7 +79,7 @@ pub async fn session(dps: Arc<Dps>, accepted: Accepted) {
             break;
         }
     }
-    writer.close().await;
+    writer.close();
 }
 
 /// The ID scope from `{idScope}/registrations/{registrationId}/api-version=…[&…]`, if the user
@@ -131,16 +125,16 @@ impl Session<'_> {
                         }
                     })
                     .collect();
-                self.writer.send(Packet::SubAck { pkid, codes }).await
+                self.writer.send(Packet::SubAck { pkid, codes })
             }
             Packet::Unsubscribe { pkid, filters } => {
                 if filters.iter().any(|f| f == RESPONSE_FILTER) {
                     self.response_qos = None;
                 }
-                self.writer.send(Packet::UnsubAck(pkid)).await
+                self.writer.send(Packet::UnsubAck(pkid))
             }
             Packet::Publish(publish) => self.on_publish(publish).await,
-            Packet::PingReq => self.writer.send(Packet::PingResp).await,
+            Packet::PingReq => self.writer.send(Packet::PingResp),
             Packet::PubAck(_) => true,
             Packet::Disconnect => false,
             // QoS 2 and anything a client must not send end the connection, as on Azure.
@@ -152,8 +146,7 @@ impl Session<'_> {
         if publish.qos == QoS::ExactlyOnce {
             return false;
         }
-        if publish.qos == QoS::AtLeastOnce && !self.writer.send(Packet::PubAck(publish.pkid)).await
-        {
+        if publish.qos == QoS::AtLeastOnce && !self.writer.send(Packet::PubAck(publish.pkid)) {
             return false;
         }
         let (request, params) = if let Some(params) = publish.topic.strip_prefix(REGISTER_PREFIX) {
@@ -232,16 +225,14 @@ impl Session<'_> {
             self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
             self.next_pkid
         };
-        self.writer
-            .send(Packet::Publish(Publish {
-                dup: false,
-                qos,
-                retain: false,
-                topic,
-                pkid,
-                payload: body,
-            }))
-            .await
+        self.writer.send(Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic,
+            pkid,
+            payload: body,
+        }))
     }
 }
 

@@ -19,6 +19,7 @@ pub mod registrations;
 pub mod service_http;
 pub mod validate;
 
+use crate::hub::Hubs;
 use crate::state::CloudState;
 use crate::store::Store;
 use iot_credentials::SharedAccessKey;
@@ -57,13 +58,14 @@ pub struct DpsSettings {
 pub struct Dps {
     settings: DpsSettings,
     store: Arc<Store<CloudState>>,
+    hubs: Hubs,
     operations: provisioning::Operations,
     webhooks: reqwest::Client,
 }
 
 impl Dps {
-    /// A DPS over `store`.
-    pub fn new(settings: DpsSettings, store: Arc<Store<CloudState>>) -> Self {
+    /// A DPS over `store`, assigning devices to `hubs`.
+    pub fn new(settings: DpsSettings, store: Arc<Store<CloudState>>, hubs: Hubs) -> Self {
         let webhooks = reqwest::Client::builder()
             .timeout(settings.webhook_timeout)
             .build()
@@ -71,6 +73,7 @@ impl Dps {
         Self {
             settings,
             store,
+            hubs,
             operations: provisioning::Operations::default(),
             webhooks,
         }

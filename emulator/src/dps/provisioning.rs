@@ -281,7 +281,8 @@ impl Dps {
             }
         };
         let group_id = admission.group_id();
-        self.store
+        let (record, notices) = self
+            .store
             .transact(|state| {
                 let previous = state.registrations.get(&key);
                 let (record, mut changes) = match decision {
@@ -297,9 +298,23 @@ impl Dps {
                     ..record
                 };
                 changes.push(Change::PutRegistration(Box::new(record.clone())));
-                Ok::<_, DpsError>((record, changes))
+                let notices = hub_notices(state, &changes);
+                Ok::<_, DpsError>(((record, notices), changes))
             })
-            .await
+            .await?;
+        for notice in notices {
+            let Some(hub) = self.hubs.get(notice.hub()) else {
+                continue;
+            };
+            match notice {
+                HubNotice::Created(_, device) => {
+                    hub.lifecycle_event(&device, "createDeviceIdentity")
+                }
+                HubNotice::Replaced(_, device) => hub.twin_replaced(&device),
+                HubNotice::Deleted(_, device) => hub.device_deleted(&device),
+            }
+        }
+        Ok(record)
     }
 
     /// A device's current registration record (the device-side status lookup).
@@ -309,6 +324,42 @@ impl Dps {
     ) -> Result<DeviceRegistrationState, DpsError> {
         self.get_registration(registration_id)
     }
+}
+
+/// What the hubs must announce after an assignment (IoT Hub emits these events itself).
+enum HubNotice {
+    Created(String, DeviceIdentity),
+    Replaced(String, DeviceIdentity),
+    Deleted(String, DeviceIdentity),
+}
+
+impl HubNotice {
+    fn hub(&self) -> &str {
+        match self {
+            Self::Created(hub, _) | Self::Replaced(hub, _) | Self::Deleted(hub, _) => hub,
+        }
+    }
+}
+
+/// Compares device changes with the state they will change.
+fn hub_notices(state: &CloudState, changes: &[Change]) -> Vec<HubNotice> {
+    let existing = |hub: &str, id: &str| state.hubs.get(hub).and_then(|r| r.get(id));
+    changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::PutDevice { hub, device } => match existing(hub, &device.device_id) {
+                None => Some(HubNotice::Created(hub.clone(), (**device).clone())),
+                Some(old) if old.generation_id != device.generation_id => {
+                    Some(HubNotice::Replaced(hub.clone(), (**device).clone()))
+                }
+                Some(_) => None,
+            },
+            Change::DeleteDevice { hub, device_id } => {
+                existing(hub, device_id).map(|old| HubNotice::Deleted(hub.clone(), old.clone()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The record and hub changes of a successful assignment.
@@ -347,6 +398,7 @@ fn assignment(
         desired: PropertySet::new(initial_twin.desired()),
         reported: PropertySet::new(Default::default()),
         version: 1,
+        etag: stamps::etag(),
     };
     let device_in = |hub: &str, id: &str| state.hubs.get(hub).and_then(|r| r.get(id));
     let existing = device_in(&hub, &device_id);
@@ -384,6 +436,7 @@ fn assignment(
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         etag: stamps::etag(),
         status: existing.map_or(DeviceStatus::Enabled, |d| d.status),
+        status_reason: existing.and_then(|d| d.status_reason.clone()),
         primary_key: key_text(0),
         secondary_key: key_text(1),
         iot_edge: settings.capabilities.as_ref().is_some_and(|c| c.iot_edge),

@@ -1,10 +1,11 @@
-//! The identity registry of an emulated IoT hub: devices, their keys and their twins.
-//!
-//! DPS creates identities here when it assigns a device; the hub's own endpoints (device MQTT,
-//! service REST) read and change them.
+//! The identity registry of an emulated IoT hub: devices, their keys, twins and queued
+//! cloud-to-device messages. DPS creates identities here when it assigns a device; the hub's
+//! device and service endpoints read and change them.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::{BTreeMap, VecDeque};
 
 /// `enabled` or `disabled`: whether the device may connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -24,12 +25,19 @@ pub struct PropertySet {
     pub values: Map<String, Value>,
     /// Starts at 1 and grows with every change.
     pub version: u64,
+    /// When the set last changed (ISO 8601).
+    #[serde(default)]
+    pub last_updated: String,
 }
 
 impl PropertySet {
     /// A fresh set at version 1.
     pub fn new(values: Map<String, Value>) -> Self {
-        Self { values, version: 1 }
+        Self {
+            values,
+            version: 1,
+            last_updated: crate::stamps::now(),
+        }
     }
 }
 
@@ -44,9 +52,12 @@ pub struct Twin {
     pub reported: PropertySet,
     /// Twin version, grows with every twin change.
     pub version: u64,
+    /// Changes with every twin change.
+    #[serde(default)]
+    pub etag: String,
 }
 
-/// One device identity. `Debug` leaves the keys out.
+/// One device identity.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceIdentity {
@@ -58,6 +69,9 @@ pub struct DeviceIdentity {
     pub etag: String,
     /// Whether the device may connect.
     pub status: DeviceStatus,
+    /// Why the device is disabled, if it is.
+    #[serde(default)]
+    pub status_reason: Option<String>,
     /// Primary symmetric key (base64).
     pub primary_key: String,
     /// Secondary symmetric key (base64).
@@ -82,5 +96,52 @@ impl std::fmt::Debug for DeviceIdentity {
     }
 }
 
+/// A cloud-to-device message waiting for the device to acknowledge it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudMessage {
+    /// Unique per message.
+    pub message_id: String,
+    /// Optional correlation id.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// Content type (`$.ct`).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Content encoding (`$.ce`).
+    #[serde(default)]
+    pub content_encoding: Option<String>,
+    /// Application properties.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Expiry, milliseconds since the Unix epoch.
+    pub expires_at_ms: i64,
+    /// The payload.
+    #[serde(with = "payload")]
+    pub body: Bytes,
+}
+
+mod payload {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD
+            .decode(text)
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The devices of one hub, keyed by device id.
-pub type Registry = std::collections::BTreeMap<String, DeviceIdentity>;
+pub type Registry = BTreeMap<String, DeviceIdentity>;
+
+/// Queued cloud-to-device messages of one hub, by device id, oldest first.
+pub type CloudQueues = BTreeMap<String, VecDeque<CloudMessage>>;

@@ -1,35 +1,44 @@
-//! The IoT Hub service REST API, read side (api-version 2021-04-12 shapes): device identities
-//! (`GET /devices`, `GET /devices/{id}`) and twins (`GET /twins/{id}`), authorized with a
-//! service-policy SAS token. Errors use IoT Hub's shape: `{"Message": "ErrorCode:<code>;…"}` and
-//! the `iothub-errorcode` header.
+//! The IoT Hub service REST API (api-version 2021-04-12 shapes), authorized with a service
+//! policy SAS:
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /devices` | list identities |
+//! | `PUT /devices/{id}` | create (no `If-Match`) or update (`If-Match`) |
+//! | `GET`, `DELETE /devices/{id}` | read, delete (`If-Match` optional) |
+//! | `GET`, `PATCH`, `PUT /twins/{id}` | read, patch tags/desired, replace (`If-Match` optional) |
+//! | `POST /twins/{id}/methods` | invoke a direct method |
+//! | `POST /devices/{id}/messages/devicebound` | send a cloud-to-device message (emulator only: Azure takes these over AMQP) |
+//!
+//! Errors use IoT Hub's shape: `{"Message": "ErrorCode:<code>;<text>", "ExceptionMessage": …}`
+//! with the `iothub-errorcode` header.
 
-use super::registry::{DeviceIdentity, PropertySet, Registry};
-use super::HubSettings;
-use crate::net::https::{header, json, path_segments, Body};
-use crate::state::CloudState;
-use crate::store::Store;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use super::registry::{CloudMessage, DeviceStatus};
+use super::{twin, DeviceSpec, Hub, HubError, DEFAULT_MESSAGE_TTL};
+use crate::net::https::{header, json, path_segments, query_param, read_body, Body, BodyError};
+use crate::stamps;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use iot_credentials::sas::unix_now;
 use iot_credentials::SignedSas;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// What a hub's HTTPS listener needs.
-pub struct HubService {
-    /// Configuration.
-    pub settings: HubSettings,
-    /// Shared state.
-    pub store: Arc<Store<CloudState>>,
-}
+/// Largest request body (a cloud-to-device message may be 64 KB; twins 32 KB per section).
+pub const BODY_LIMIT: usize = 256 * 1024;
 
-struct HubError {
+/// An error as IoT Hub reports it.
+struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
 }
 
-impl HubError {
+impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -38,10 +47,14 @@ impl HubError {
         }
     }
 
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ArgumentInvalid", message)
+    }
+
     fn into_response(self) -> Response<Body> {
         let body = json!({
             "Message": format!("ErrorCode:{};{}", self.code, self.message),
-            "ExceptionMessage": format!("Tracking ID:{} TimestampUtc:{}", crate::stamps::tracking_id(), crate::stamps::now()),
+            "ExceptionMessage": format!("Tracking ID:{} TimestampUtc:{}", stamps::tracking_id(), stamps::now()),
         });
         let mut response = json(self.status, &body);
         response
@@ -51,50 +64,164 @@ impl HubError {
     }
 }
 
-/// Answers one request to a hub's HTTPS listener.
-pub async fn handle(hub: Arc<HubService>, request: Request<Incoming>) -> Response<Body> {
-    serve(&hub, &request).unwrap_or_else(HubError::into_response)
+/// The one place hub errors become HTTP statuses.
+impl From<HubError> for ApiError {
+    fn from(error: HubError) -> Self {
+        let (status, code) = match &error {
+            HubError::BadRequest(_) | HubError::Twin(_) => {
+                (StatusCode::BAD_REQUEST, "ArgumentInvalid")
+            }
+            HubError::DeviceNotFound(_) => (StatusCode::NOT_FOUND, "DeviceNotFound"),
+            HubError::DeviceAlreadyExists(_) => (StatusCode::CONFLICT, "DeviceAlreadyExists"),
+            HubError::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "PreconditionFailed"),
+            HubError::DeviceNotOnline => (StatusCode::NOT_FOUND, "DeviceNotOnline"),
+            HubError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout"),
+            HubError::QueueFull => (StatusCode::FORBIDDEN, "DeviceMaximumQueueDepthExceeded"),
+            HubError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        };
+        Self::new(status, code, error.to_string())
+    }
 }
 
-fn serve(hub: &HubService, request: &Request<Incoming>) -> Result<Response<Body>, HubError> {
-    let segments = path_segments(request.uri().path()).ok_or_else(|| {
-        HubError::new(
-            StatusCode::BAD_REQUEST,
-            "ArgumentInvalid",
-            "the path is not valid UTF-8",
-        )
-    })?;
-    authorize(hub, request)?;
+/// Answers one request to a hub's HTTPS listener.
+pub async fn handle(hub: Arc<Hub>, request: Request<Incoming>) -> Response<Body> {
+    serve(&hub, request)
+        .await
+        .unwrap_or_else(ApiError::into_response)
+}
+
+async fn serve(hub: &Hub, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let segments = path_segments(parts.uri.path())
+        .ok_or_else(|| ApiError::bad_request("the path is not valid UTF-8"))?;
+    authorize(hub, &parts.headers)?;
+    if query_param(&parts.uri, "api-version").is_none() {
+        return Err(ApiError::bad_request(
+            "the api-version query parameter is required",
+        ));
+    }
     let is = |s: &String, word: &str| s.eq_ignore_ascii_case(word);
-    let read = |f: &dyn Fn(Option<&Registry>) -> Result<Value, HubError>| {
-        hub.store
-            .read(|state| f(state.hubs.get(&hub.settings.host_name)))
-            .map(|value| json(StatusCode::OK, &value))
-    };
-    match (request.method(), segments.as_slice()) {
-        (&Method::GET, [devices]) if is(devices, "devices") => read(&|devices| {
-            Ok(Value::Array(
-                devices
-                    .into_iter()
-                    .flat_map(|r| r.values())
-                    .map(device_json)
-                    .collect(),
-            ))
-        }),
+    let if_match = header(&parts.headers, http::header::IF_MATCH).map(str::to_owned);
+    let presence = |id: &str| hub.presence(id);
+    match (&parts.method, segments.as_slice()) {
+        (&Method::GET, [devices]) if is(devices, "devices") => {
+            let top = query_param(&parts.uri, "top")
+                .and_then(|t| t.parse::<usize>().ok())
+                .unwrap_or(1000);
+            let list: Vec<Value> = hub
+                .devices()
+                .iter()
+                .take(top)
+                .map(|d| twin::device_json(d, &presence(&d.device_id)))
+                .collect();
+            Ok(json(StatusCode::OK, &list))
+        }
         (&Method::GET, [devices, id]) if is(devices, "devices") => {
-            read(&|devices| Ok(device_json(find(devices, id)?)))
+            let device = hub
+                .device(id)
+                .ok_or_else(|| HubError::DeviceNotFound(id.clone()))?;
+            Ok(json(
+                StatusCode::OK,
+                &twin::device_json(&device, &presence(id)),
+            ))
+        }
+        (&Method::PUT, [devices, id]) if is(devices, "devices") => {
+            crate::dps::validate::device_id(id)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let body: DeviceBody = json_body(&parts.headers, body).await?;
+            let spec = body.into_spec(id)?;
+            let device = match if_match.as_deref() {
+                None => hub.create_device(id, spec).await?,
+                Some(etag) => hub.update_device(id, etag, spec).await?,
+            };
+            Ok(json(
+                StatusCode::OK,
+                &twin::device_json(&device, &presence(id)),
+            ))
+        }
+        (&Method::DELETE, [devices, id]) if is(devices, "devices") => {
+            hub.delete_device(id, if_match.as_deref()).await?;
+            Ok(crate::net::https::empty(StatusCode::NO_CONTENT))
+        }
+        (&Method::POST, [devices, id, messages, bound])
+            if is(devices, "devices") && is(messages, "messages") && is(bound, "devicebound") =>
+        {
+            let payload = read_limited(body).await?;
+            let message = cloud_message(&parts.headers, payload);
+            let message_id = message.message_id.clone();
+            hub.send_message(id, message).await?;
+            let mut response = crate::net::https::empty(StatusCode::NO_CONTENT);
+            if let Ok(value) = HeaderValue::from_str(&message_id) {
+                response.headers_mut().insert("iothub-messageid", value);
+            }
+            Ok(response)
         }
         (&Method::GET, [twins, id]) if is(twins, "twins") => {
-            read(&|devices| Ok(twin_json(find(devices, id)?)))
-        }
-        (_, [collection, ..]) if is(collection, "devices") || is(collection, "twins") => {
-            Err(HubError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                format!("{} is not supported here yet", request.method()),
+            let device = hub
+                .device(id)
+                .ok_or_else(|| HubError::DeviceNotFound(id.clone()))?;
+            Ok(json(
+                StatusCode::OK,
+                &twin::twin_json(&device, &presence(id)),
             ))
         }
-        _ => Err(HubError::new(
+        (&Method::PATCH | &Method::PUT, [twins, id]) if is(twins, "twins") => {
+            let replace = parts.method == Method::PUT;
+            let body: Value = json_body(&parts.headers, body).await?;
+            let (tags, desired) = twin_change(&body)?;
+            let device = if replace {
+                hub.replace_twin(
+                    id,
+                    if_match.as_deref(),
+                    tags.unwrap_or_default(),
+                    desired.unwrap_or_default(),
+                )
+                .await?
+            } else {
+                hub.patch_twin(id, if_match.as_deref(), tags, desired)
+                    .await?
+            };
+            Ok(json(
+                StatusCode::OK,
+                &twin::twin_json(&device, &presence(id)),
+            ))
+        }
+        (&Method::POST, [twins, id, methods]) if is(twins, "twins") && is(methods, "methods") => {
+            let call: MethodCall = json_body(&parts.headers, body).await?;
+            let response_timeout = call.response_timeout_in_seconds.unwrap_or(30);
+            let connect_timeout = call.connect_timeout_in_seconds.unwrap_or(0);
+            if !(5..=300).contains(&response_timeout) || connect_timeout > 300 {
+                return Err(ApiError::bad_request(
+                    "responseTimeoutInSeconds must be 5 to 300 and connectTimeoutInSeconds 0 to 300",
+                ));
+            }
+            if call.method_name.is_empty() || call.method_name.contains('/') {
+                return Err(ApiError::bad_request(
+                    "methodName must be a non-empty name without '/'",
+                ));
+            }
+            let reply = hub
+                .invoke_method(
+                    id,
+                    &call.method_name,
+                    &call.payload,
+                    Duration::from_secs(response_timeout),
+                    Duration::from_secs(connect_timeout),
+                )
+                .await?;
+            Ok(json(
+                StatusCode::OK,
+                &json!({ "status": reply.status, "payload": reply.payload }),
+            ))
+        }
+        (_, [collection, ..]) if is(collection, "devices") || is(collection, "twins") => {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{} is not supported on this resource", parts.method),
+            ))
+        }
+        _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "NotFound",
             "no such resource",
@@ -102,28 +229,18 @@ fn serve(hub: &HubService, request: &Request<Incoming>) -> Result<Response<Body>
     }
 }
 
-fn find<'a>(devices: Option<&'a Registry>, id: &str) -> Result<&'a DeviceIdentity, HubError> {
-    devices.and_then(|r| r.get(id)).ok_or_else(|| {
-        HubError::new(
-            StatusCode::NOT_FOUND,
-            "DeviceNotFound",
-            format!("Device {id} not registered"),
-        )
-    })
-}
-
-fn authorize(hub: &HubService, request: &Request<Incoming>) -> Result<(), HubError> {
+fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
     let unauthorized = |message: String| {
-        HubError::new(
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
             "IotHubUnauthorizedAccess",
             message,
         )
     };
-    let credential = header(request.headers(), http::header::AUTHORIZATION)
+    let credential = header(headers, http::header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("the Authorization header is missing".into()))?;
     let token = SignedSas::parse(credential).map_err(|e| unauthorized(e.to_string()))?;
-    let settings = &hub.settings;
+    let settings = hub.settings();
     if !token
         .key_name()
         .is_some_and(|n| n.eq_ignore_ascii_case(&settings.service_policy))
@@ -141,50 +258,182 @@ fn authorize(hub: &HubService, request: &Request<Incoming>) -> Result<(), HubErr
         .map_err(|e| unauthorized(e.to_string()))
 }
 
-/// A device identity in IoT Hub's registry shape (keys included, as IoT Hub returns them to
-/// `iothubowner`).
-pub fn device_json(device: &DeviceIdentity) -> Value {
-    json!({
-        "deviceId": device.device_id,
-        "generationId": device.generation_id,
-        "etag": device.etag,
-        "connectionState": "Disconnected",
-        "status": device.status,
-        "statusReason": null,
-        "connectionStateUpdatedTime": "0001-01-01T00:00:00Z",
-        "statusUpdatedTime": device.last_updated,
-        "lastActivityTime": "0001-01-01T00:00:00Z",
-        "cloudToDeviceMessageCount": 0,
-        "authentication": {
-            "symmetricKey": { "primaryKey": device.primary_key, "secondaryKey": device.secondary_key },
-            "x509Thumbprint": { "primaryThumbprint": null, "secondaryThumbprint": null },
-            "type": "sas"
-        },
-        "capabilities": { "iotEdge": device.iot_edge }
-    })
+async fn read_limited(body: Incoming) -> Result<Bytes, ApiError> {
+    read_body(body, BODY_LIMIT)
+        .await
+        .map_err(|error| match error {
+            BodyError::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "MessageTooLarge",
+                format!("the body exceeds {BODY_LIMIT} bytes"),
+            ),
+            BodyError::Broken => ApiError::bad_request("the request body could not be read"),
+        })
 }
 
-fn properties(set: &PropertySet) -> Value {
-    let mut values: Map<String, Value> = set.values.clone();
-    values.insert("$version".into(), json!(set.version));
-    Value::Object(values)
+async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<T, ApiError> {
+    if let Some(content_type) = header(headers, http::header::CONTENT_TYPE) {
+        if !content_type
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/json")
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!("the body must be application/json, not {content_type:?}"),
+            ));
+        }
+    }
+    let bytes = read_limited(body).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid: {e}")))
 }
 
-/// A device twin in IoT Hub's shape.
-pub fn twin_json(device: &DeviceIdentity) -> Value {
-    json!({
-        "deviceId": device.device_id,
-        "etag": device.etag,
-        "deviceEtag": device.etag,
-        "status": device.status,
-        "version": device.twin.version,
-        "tags": device.twin.tags,
-        "properties": {
-            "desired": properties(&device.twin.desired),
-            "reported": properties(&device.twin.reported),
-        },
-        "capabilities": { "iotEdge": device.iot_edge },
-        "authenticationType": "sas",
-        "connectionState": "Disconnected",
-    })
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceBody {
+    #[serde(default)]
+    device_id: Option<String>,
+    #[serde(default)]
+    status: Option<DeviceStatus>,
+    #[serde(default)]
+    status_reason: Option<String>,
+    #[serde(default)]
+    authentication: Option<Authentication>,
+    #[serde(default)]
+    capabilities: Option<Capabilities>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Authentication {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    symmetric_key: Option<SymmetricKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SymmetricKey {
+    #[serde(default)]
+    primary_key: Option<String>,
+    #[serde(default)]
+    secondary_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Capabilities {
+    #[serde(default)]
+    iot_edge: bool,
+}
+
+impl DeviceBody {
+    fn into_spec(self, path_id: &str) -> Result<DeviceSpec, ApiError> {
+        if self.device_id.as_deref().is_some_and(|id| id != path_id) {
+            return Err(ApiError::bad_request(
+                "deviceId in the body must equal the id in the URL",
+            ));
+        }
+        let mut spec = DeviceSpec {
+            status: self.status,
+            status_reason: self.status_reason,
+            iot_edge: self.capabilities.map(|c| c.iot_edge),
+            ..DeviceSpec::default()
+        };
+        if let Some(auth) = self.authentication {
+            if auth
+                .kind
+                .as_deref()
+                .is_some_and(|k| !k.eq_ignore_ascii_case("sas"))
+            {
+                return Err(ApiError::bad_request(
+                    "emulated devices authenticate with SAS keys (authentication.type \"sas\")",
+                ));
+            }
+            if let Some(keys) = auth.symmetric_key {
+                for (name, key) in [
+                    ("primaryKey", &keys.primary_key),
+                    ("secondaryKey", &keys.secondary_key),
+                ] {
+                    if let Some(key) = key.as_deref().filter(|k| !k.is_empty()) {
+                        crate::dps::validate::symmetric_key(name, key)
+                            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    }
+                }
+                spec.primary_key = keys.primary_key.filter(|k| !k.is_empty());
+                spec.secondary_key = keys.secondary_key.filter(|k| !k.is_empty());
+            }
+        }
+        Ok(spec)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MethodCall {
+    method_name: String,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    response_timeout_in_seconds: Option<u64>,
+    #[serde(default)]
+    connect_timeout_in_seconds: Option<u64>,
+}
+
+/// The tags and desired properties of a twin PATCH or PUT body. Reported properties belong to
+/// the device and are refused.
+fn twin_change(
+    body: &Value,
+) -> Result<(Option<Map<String, Value>>, Option<Map<String, Value>>), ApiError> {
+    let object = body
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("a twin body must be a JSON object"))?;
+    let properties = object.get("properties").and_then(Value::as_object);
+    if properties.is_some_and(|p| p.contains_key("reported")) {
+        return Err(ApiError::bad_request(
+            "reported properties can only be changed by the device",
+        ));
+    }
+    let section = |value: Option<&Value>| -> Result<Option<Map<String, Value>>, ApiError> {
+        value
+            .filter(|v| !v.is_null())
+            .map(|v| twin::validated_patch(v).map_err(|e| ApiError::bad_request(e.to_string())))
+            .transpose()
+    };
+    Ok((
+        section(object.get("tags"))?,
+        section(properties.and_then(|p| p.get("desired")))?,
+    ))
+}
+
+/// A cloud-to-device message from the emulator-only route: the body is the payload; headers
+/// carry `iothub-messageid`, `iothub-correlationid`, `iothub-expiry` (seconds from now),
+/// `content-type`, `content-encoding` and `iothub-app-<name>` application properties.
+fn cloud_message(headers: &HeaderMap, body: Bytes) -> CloudMessage {
+    let text = |name: &str| header(headers, name).map(str::to_owned);
+    let properties: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.as_str().strip_prefix("iothub-app-")?;
+            Some((name.to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let ttl = text("iothub-expiry")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(DEFAULT_MESSAGE_TTL, Duration::from_secs);
+    CloudMessage {
+        message_id: text("iothub-messageid").unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        correlation_id: text("iothub-correlationid"),
+        content_type: text("content-type"),
+        content_encoding: text("content-encoding"),
+        properties,
+        expires_at_ms: super::now_ms() + ttl.as_millis() as i64,
+        body,
+    }
 }

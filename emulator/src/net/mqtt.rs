@@ -69,11 +69,13 @@ impl PacketReader {
     }
 }
 
-/// A handle to send packets to one client; cloneable. Sending after the connection closed is a
-/// no-op that reports false.
+/// A handle to send packets to one client; cloneable. Packets go out in the order they were
+/// sent. The queue is unbounded because only server-originated packets (answers, twin updates,
+/// methods, cloud messages) pass through it, and the socket's own backpressure holds the writer.
+/// Sending after the connection closed is a no-op that reports false.
 #[derive(Clone)]
 pub struct PacketWriter {
-    queue: mpsc::Sender<Outgoing>,
+    queue: mpsc::UnboundedSender<Outgoing>,
 }
 
 enum Outgoing {
@@ -83,13 +85,13 @@ enum Outgoing {
 
 impl PacketWriter {
     /// Queues a packet; false when the connection is gone.
-    pub async fn send(&self, packet: Packet) -> bool {
-        self.queue.send(Outgoing::Packet(packet)).await.is_ok()
+    pub fn send(&self, packet: Packet) -> bool {
+        self.queue.send(Outgoing::Packet(packet)).is_ok()
     }
 
     /// Flushes what is queued, then closes the socket.
-    pub async fn close(&self) {
-        let _ = self.queue.send(Outgoing::Close).await;
+    pub fn close(&self) {
+        let _ = self.queue.send(Outgoing::Close);
     }
 
     /// Whether the connection is closed.
@@ -147,7 +149,7 @@ pub async fn serve<S, F>(
             let writer = accepted.writer.clone();
             tokio::select! {
                 _ = session(accepted) => {}
-                _ = shutdown.changed() => writer.close().await,
+                _ = shutdown.changed() => writer.close(),
             }
         }
     })
@@ -176,7 +178,7 @@ async fn open(
             )))
         }
     };
-    let (queue, mut outgoing) = mpsc::channel::<Outgoing>(64);
+    let (queue, mut outgoing) = mpsc::unbounded_channel::<Outgoing>();
     tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(1024);
         while let Some(item) = outgoing.recv().await {

@@ -1,0 +1,247 @@
+//! Twin rules: JSON merge-patch (`null` deletes), IoT Hub's limits on names, depth and size, and
+//! the JSON shapes of twins and device identities on the wire (api-version 2021-04-12).
+
+use super::registry::{DeviceIdentity, PropertySet, Twin};
+use serde_json::{json, Map, Value};
+
+/// Largest desired or reported section, as serialized (IoT Hub: 32 KB each).
+pub const MAX_SECTION_BYTES: usize = 32 * 1024;
+/// Deepest nesting of objects in tags and properties (IoT Hub: 10 levels).
+pub const MAX_DEPTH: usize = 10;
+
+/// Why a twin change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TwinError {
+    /// The patch is not a JSON object.
+    #[error("a twin patch must be a JSON object")]
+    NotAnObject,
+    /// A property name IoT Hub forbids.
+    #[error("property name {0:?} is not allowed: names must be non-empty and may not contain '.', '$', '#' or spaces")]
+    BadName(String),
+    /// Nested too deeply.
+    #[error("twin objects may be nested at most {MAX_DEPTH} levels")]
+    TooDeep,
+    /// The result would be too large.
+    #[error("the twin section would exceed {MAX_SECTION_BYTES} bytes")]
+    TooLarge,
+}
+
+fn check_names(value: &Value, depth: usize) -> Result<(), TwinError> {
+    if depth > MAX_DEPTH {
+        return Err(TwinError::TooDeep);
+    }
+    if let Value::Object(map) = value {
+        for (name, inner) in map {
+            if name.is_empty() || name.contains(['.', '$', '#', ' ']) {
+                return Err(TwinError::BadName(name.chars().take(64).collect()));
+            }
+            check_names(inner, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Merges `patch` into `target`: objects merge recursively, `null` removes, anything else
+/// replaces.
+pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (name, value) in patch {
+        match value {
+            Value::Null => {
+                target.remove(name);
+            }
+            Value::Object(inner) => {
+                let slot = target
+                    .entry(name.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !slot.is_object() {
+                    *slot = Value::Object(Map::new());
+                }
+                if let Value::Object(existing) = slot {
+                    merge(existing, inner);
+                    if existing.is_empty() {
+                        target.remove(name);
+                    }
+                }
+            }
+            other => {
+                target.insert(name.clone(), other.clone());
+            }
+        }
+    }
+}
+
+/// Checks a patch for a section (tags, desired or reported) and returns it as an object.
+/// `$`-prefixed members (`$version`, `$metadata`) that SDKs echo back are ignored.
+pub fn validated_patch(patch: &Value) -> Result<Map<String, Value>, TwinError> {
+    let Value::Object(map) = patch else {
+        return Err(TwinError::NotAnObject);
+    };
+    let cleaned: Map<String, Value> = map
+        .iter()
+        .filter(|(name, _)| !name.starts_with('$'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    check_names(&Value::Object(cleaned.clone()), 1)?;
+    Ok(cleaned)
+}
+
+/// Applies a validated patch to a property set, bumping its version; refuses oversize results.
+pub fn apply_to_set(set: &mut PropertySet, patch: &Map<String, Value>) -> Result<(), TwinError> {
+    let mut values = set.values.clone();
+    merge(&mut values, patch);
+    if serde_json::to_vec(&values).map_or(0, |v| v.len()) > MAX_SECTION_BYTES {
+        return Err(TwinError::TooLarge);
+    }
+    set.values = values;
+    set.version += 1;
+    set.last_updated = crate::stamps::now();
+    Ok(())
+}
+
+/// A property set as the service sees it: values plus `$metadata` and `$version`.
+pub fn service_section(set: &PropertySet, desired: bool) -> Value {
+    let mut values = set.values.clone();
+    let mut metadata = Map::new();
+    metadata.insert("$lastUpdated".into(), json!(set.last_updated));
+    if desired {
+        metadata.insert("$lastUpdatedVersion".into(), json!(set.version));
+    }
+    values.insert("$metadata".into(), Value::Object(metadata));
+    values.insert("$version".into(), json!(set.version));
+    Value::Object(values)
+}
+
+/// A property set as a device receives it over MQTT: values plus `$version`.
+pub fn device_section(set: &PropertySet) -> Value {
+    let mut values = set.values.clone();
+    values.insert("$version".into(), json!(set.version));
+    Value::Object(values)
+}
+
+/// Runtime facts about a device that the registry does not store.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    /// Whether a session is open now.
+    pub connected: bool,
+    /// When the connection state last changed.
+    pub connection_state_updated: Option<String>,
+    /// When the device last sent anything.
+    pub last_activity: Option<String>,
+    /// Messages queued for the device.
+    pub cloud_to_device_message_count: usize,
+}
+
+const NEVER: &str = "0001-01-01T00:00:00Z";
+
+fn connection_state(presence: &Presence) -> &'static str {
+    if presence.connected {
+        "Connected"
+    } else {
+        "Disconnected"
+    }
+}
+
+/// A device identity in the registry's shape (keys included, as IoT Hub returns them to a
+/// registry-read policy).
+pub fn device_json(device: &DeviceIdentity, presence: &Presence) -> Value {
+    json!({
+        "deviceId": device.device_id,
+        "moduleId": null,
+        "generationId": device.generation_id,
+        "etag": device.etag,
+        "connectionState": connection_state(presence),
+        "status": device.status,
+        "statusReason": device.status_reason,
+        "connectionStateUpdatedTime": presence.connection_state_updated.as_deref().unwrap_or(NEVER),
+        "statusUpdatedTime": device.last_updated,
+        "lastActivityTime": presence.last_activity.as_deref().unwrap_or(NEVER),
+        "cloudToDeviceMessageCount": presence.cloud_to_device_message_count,
+        "authentication": {
+            "symmetricKey": { "primaryKey": device.primary_key, "secondaryKey": device.secondary_key },
+            "x509Thumbprint": { "primaryThumbprint": null, "secondaryThumbprint": null },
+            "type": "sas"
+        },
+        "capabilities": { "iotEdge": device.iot_edge }
+    })
+}
+
+/// A device twin in the service's shape.
+pub fn twin_json(device: &DeviceIdentity, presence: &Presence) -> Value {
+    let twin: &Twin = &device.twin;
+    json!({
+        "deviceId": device.device_id,
+        "etag": twin.etag,
+        "deviceEtag": device.etag,
+        "status": device.status,
+        "statusUpdateTime": device.last_updated,
+        "connectionState": connection_state(presence),
+        "lastActivityTime": presence.last_activity.as_deref().unwrap_or(NEVER),
+        "cloudToDeviceMessageCount": presence.cloud_to_device_message_count,
+        "authenticationType": "sas",
+        "x509Thumbprint": { "primaryThumbprint": null, "secondaryThumbprint": null },
+        "modelId": "",
+        "version": twin.version,
+        "tags": twin.tags,
+        "properties": {
+            "desired": service_section(&twin.desired, true),
+            "reported": service_section(&twin.reported, false),
+        },
+        "capabilities": { "iotEdge": device.iot_edge },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn merge_patch_merges_objects_replaces_values_and_deletes_nulls() {
+        let mut target = map(json!({ "a": 1, "b": { "x": 1, "y": 2 }, "c": "keep" }));
+        merge(
+            &mut target,
+            &map(json!({ "a": 2, "b": { "x": null, "z": 3 }, "d": [1, 2] })),
+        );
+        assert_eq!(
+            Value::Object(target.clone()),
+            json!({ "a": 2, "b": { "y": 2, "z": 3 }, "c": "keep", "d": [1, 2] })
+        );
+        merge(&mut target, &map(json!({ "b": { "y": null, "z": null } })));
+        assert!(!target.contains_key("b"), "an emptied object disappears");
+    }
+
+    #[test]
+    fn patches_with_forbidden_names_or_depth_are_refused() {
+        assert!(matches!(
+            validated_patch(&json!({ "a.b": 1 })),
+            Err(TwinError::BadName(_))
+        ));
+        assert!(matches!(
+            validated_patch(&json!({ "has space": 1 })),
+            Err(TwinError::BadName(_))
+        ));
+        assert_eq!(validated_patch(&json!([1])), Err(TwinError::NotAnObject));
+        let mut deep = json!(1);
+        for _ in 0..12 {
+            deep = json!({ "n": deep });
+        }
+        assert_eq!(validated_patch(&deep), Err(TwinError::TooDeep));
+        assert_eq!(
+            validated_patch(&json!({ "$version": 4, "ok": 1 })).unwrap(),
+            map(json!({ "ok": 1 }))
+        );
+    }
+
+    #[test]
+    fn oversize_sections_are_refused_and_leave_the_set_unchanged() {
+        let mut set = PropertySet::new(Map::new());
+        let big = map(json!({ "blob": "x".repeat(MAX_SECTION_BYTES) }));
+        assert_eq!(apply_to_set(&mut set, &big), Err(TwinError::TooLarge));
+        assert_eq!(set.version, 1);
+        apply_to_set(&mut set, &map(json!({ "small": true }))).unwrap();
+        assert_eq!(set.version, 2);
+    }
+}
