@@ -21,6 +21,11 @@ pub const HUB_SERVICE_POLICY: &str = "iothubowner";
 /// Default key of every hub's service policy (development value, public).
 pub const DEFAULT_HUB_SERVICE_KEY: &str =
     "RW11bGF0ZWQgSW9UIEh1YiBvd25lciBrZXk7IGRldmVsb3BtZW50IHVzZSBvbmx5ISE=";
+/// Default function key of the Functions host stand-in (development value, public).
+pub const DEFAULT_FUNCTION_KEY: &str = "local-function-key-for-development-only";
+/// Default master key of the Functions host stand-in (development value, public).
+pub const DEFAULT_MASTER_KEY: &str = "local-master-key-for-development-only";
+
 /// Loopback address of the DPS endpoints when none is given.
 pub const DEFAULT_DPS_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
@@ -49,6 +54,31 @@ pub enum Persistence {
     Durable,
     /// Nothing is written but the CA and endpoints.json; used by tests.
     InMemory,
+}
+
+/// The Functions host stand-in: which app to run and where.
+#[derive(Debug, Clone)]
+pub struct FunctionsConfig {
+    /// The app root (host.json, function folders, local.settings.json).
+    pub app_root: PathBuf,
+    /// Port on 127.0.0.1 (7071 as `func start`; 0 picks a free port).
+    pub port: u16,
+    /// The function key.
+    pub function_key: String,
+    /// The master key.
+    pub master_key: String,
+}
+
+impl FunctionsConfig {
+    /// The app at `app_root` on port 7071 with the development keys.
+    pub fn new(app_root: impl Into<PathBuf>) -> Self {
+        Self {
+            app_root: app_root.into(),
+            port: 7071,
+            function_key: DEFAULT_FUNCTION_KEY.into(),
+            master_key: DEFAULT_MASTER_KEY.into(),
+        }
+    }
 }
 
 /// Everything the emulator needs to start.
@@ -81,6 +111,8 @@ pub struct EmulatorConfig {
     pub event_partitions: usize,
     /// Events kept per partition (older ones are dropped, as retention does in Event Hubs).
     pub event_retention: usize,
+    /// The Functions host stand-in, if an app is to run.
+    pub functions: Option<FunctionsConfig>,
 }
 
 impl EmulatorConfig {
@@ -111,6 +143,7 @@ impl EmulatorConfig {
             webhook_timeout: Duration::from_secs(10),
             event_partitions: crate::events::log::DEFAULT_PARTITIONS,
             event_retention: crate::events::log::DEFAULT_RETENTION,
+            functions: None,
         }
     }
 

@@ -19,6 +19,21 @@ pub struct Endpoints {
     pub dps: DpsEndpoints,
     /// The linked hubs.
     pub hubs: Vec<HubEndpoints>,
+    /// The Functions host stand-in, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<FunctionsEndpoints>,
+}
+
+/// How to reach the Functions host stand-in.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionsEndpoints {
+    /// `http://127.0.0.1:7071/api` (with the route prefix).
+    pub base_url: String,
+    /// The function key (`x-functions-key`).
+    pub function_key: String,
+    /// The host's readiness URL.
+    pub status_url: String,
 }
 
 /// How to reach DPS.

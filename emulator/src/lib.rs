@@ -9,6 +9,8 @@
 //! - [`dps`]: the Device Provisioning Service (service API, device registration, allocation).
 //! - [`hub`]: the IoT hubs (identity registry; service API).
 //! - [`endpoints`]: `endpoints.json`, how clients find the emulator.
+//! - [`events`]: each hub's event stream and consumer checkpoints.
+//! - [`functions`]: the Azure Functions host stand-in for a custom-handler app.
 //! - [`fleet`]: clients of the emulator for the `fleet` tool (demo, load generator) and tests.
 //!
 //! [`start`] binds every listener (port 0 picks free ports, so tests run in parallel), writes
@@ -19,6 +21,7 @@ pub mod dps;
 pub mod endpoints;
 pub mod events;
 pub mod fleet;
+pub mod functions;
 pub mod hub;
 pub mod net;
 pub mod stamps;
@@ -28,7 +31,8 @@ pub mod tls;
 
 use config::{EmulatorConfig, Persistence, DPS_SERVICE_POLICY, HUB_SERVICE_POLICY};
 use dps::{Dps, DpsSettings, LinkedHub};
-use endpoints::{DpsEndpoints, Endpoints, HubEndpoints};
+use endpoints::{DpsEndpoints, Endpoints, FunctionsEndpoints, HubEndpoints};
+use events::checkpoints::Checkpoints;
 use events::log::EventStream;
 use hub::{Hub, HubSettings, Hubs};
 use iot_credentials::ServiceConnectionString;
@@ -61,6 +65,9 @@ pub enum StartError {
         /// Advice for the common cases.
         hint: &'static str,
     },
+    /// The Functions host stand-in could not start.
+    #[error("the Functions host stand-in cannot start: {0}")]
+    Functions(#[from] functions::FunctionsError),
     /// An event stream could not be opened.
     #[error("cannot open the event streams: {0}")]
     Events(String),
@@ -81,6 +88,7 @@ pub struct RunningEmulator {
     dps_https: SocketAddr,
     dps_mqtt: SocketAddr,
     hubs: Vec<RunningHub>,
+    functions: Option<functions::FunctionsHost>,
     ca_pem: String,
     store: Arc<Store<CloudState>>,
     shutdown: watch::Sender<bool>,
@@ -128,6 +136,11 @@ impl RunningEmulator {
         self.hubs
             .iter()
             .find(|h| h.hub.settings().host_name == host_name)
+    }
+
+    /// The Functions host stand-in, when it runs.
+    pub fn functions(&self) -> Option<&functions::FunctionsHost> {
+        self.functions.as_ref()
     }
 
     /// The CA certificate clients must trust (PEM).
@@ -250,6 +263,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
         hubs.push(RunningHub { hub, https, mqtt });
     }
 
+    let mut functions_host = None;
     let dps_https_listener = bind(config.dps_address, config.https_port).await?;
     let dps_mqtt_listener = bind(config.dps_address, config.mqtt_port).await?;
     let dps_https = local(&dps_https_listener);
@@ -312,7 +326,41 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
             mqtt_port: dps_mqtt.port(),
         },
         hubs: hub_endpoints,
+        functions: None,
     };
+    let mut endpoints = endpoints;
+    if let Some(functions) = &config.functions {
+        let checkpoints = Arc::new(if durable {
+            Checkpoints::durable(config.state_dir.join("checkpoints"))
+                .map_err(|e| StartError::Events(e.to_string()))?
+        } else {
+            Checkpoints::in_memory()
+        });
+        let listener = bind(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), functions.port).await?;
+        let hub_map: Hubs = hubs
+            .iter()
+            .map(|h| (h.hub.settings().host_name.clone(), h.hub.clone()))
+            .collect();
+        let (host, functions_tasks) = functions::start(
+            &functions.app_root,
+            listener,
+            functions::front::Keys {
+                function: functions.function_key.clone(),
+                master: functions.master_key.clone(),
+            },
+            &hub_map,
+            checkpoints,
+            shutdown_rx.clone(),
+        )
+        .await?;
+        tasks.extend(functions_tasks);
+        endpoints.functions = Some(FunctionsEndpoints {
+            base_url: format!("http://{}/{}", host.address, host.app.route_prefix),
+            function_key: functions.function_key.clone(),
+            status_url: format!("http://{}/admin/host/status", host.address),
+        });
+        functions_host = Some(host);
+    }
     endpoints
         .write(&config.state_dir)
         .map_err(|source| StartError::Endpoints {
@@ -324,6 +372,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
         dps_https,
         dps_mqtt,
         hubs,
+        functions: functions_host,
         ca_pem: ca.certificate_pem().to_owned(),
         store,
         shutdown,

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use emulator::config::{EmulatorConfig, HubConfig, Persistence};
+use emulator::config::{EmulatorConfig, FunctionsConfig, HubConfig, Persistence};
 use iot_credentials::SharedAccessKey;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -43,6 +43,19 @@ struct Args {
     /// Seconds DPS tells devices to wait before polling a registration.
     #[arg(long, default_value_t = 1)]
     registration_retry_after: u64,
+    /// Run this custom-handler function app (host.json, function folders, local.settings.json)
+    /// in the Functions host stand-in.
+    #[arg(long)]
+    functions_app: Option<PathBuf>,
+    /// Port of the Functions host stand-in on 127.0.0.1 (7071 as `func start`; 0 picks one).
+    #[arg(long, default_value_t = 7071)]
+    functions_port: u16,
+    /// Function key of the stand-in. Default: the documented development key.
+    #[arg(long, env = "EMULATOR_FUNCTION_KEY", hide_env_values = true)]
+    function_key: Option<String>,
+    /// Events kept in memory per partition of each hub's event stream.
+    #[arg(long, default_value_t = emulator::events::log::DEFAULT_RETENTION)]
+    event_retention: usize,
 }
 
 fn parse_hub(
@@ -119,6 +132,15 @@ fn config(args: Args) -> anyhow::Result<EmulatorConfig> {
         config.hub_service_key = SharedAccessKey::from_base64(&key).context("--hub-service-key")?;
     }
     config.registration_retry_after = Duration::from_secs(args.registration_retry_after);
+    config.event_retention = args.event_retention;
+    if let Some(app_root) = args.functions_app {
+        let mut functions = FunctionsConfig::new(app_root);
+        functions.port = args.functions_port;
+        if let Some(key) = args.function_key {
+            functions.function_key = key;
+        }
+        config.functions = Some(functions);
+    }
     Ok(config)
 }
 

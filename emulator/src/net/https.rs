@@ -20,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 /// The response body type of every handler.
 pub type Body = Full<Bytes>;
 
-/// Serves `handler` on `listener` until `shutdown` turns true; open connections finish their
-/// current request.
+/// Serves `handler` on `listener` over TLS until `shutdown` turns true; open connections finish
+/// their current request.
 pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
@@ -36,7 +36,7 @@ pub async fn serve<H, F>(
     super::accept_each(listener, shutdown, move |tcp, peer| {
         let acceptor = acceptor.clone();
         let handler = handler.clone();
-        let mut shutdown = connections.clone();
+        let shutdown = connections.clone();
         async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
@@ -46,25 +46,47 @@ pub async fn serve<H, F>(
                 }
                 Err(_) => return,
             };
-            let service = service_fn(move |request| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(request).await) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = shutdown.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
+            serve_connection(stream, handler, shutdown).await;
         }
     })
     .await;
+}
+
+/// Serves `handler` on `listener` in plain HTTP (loopback only: the Functions host front).
+pub async fn serve_plain<H, F>(listener: TcpListener, handler: H, shutdown: watch::Receiver<bool>)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let connections = shutdown.clone();
+    super::accept_each(listener, shutdown, move |tcp, _| {
+        serve_connection(tcp, handler.clone(), connections.clone())
+    })
+    .await;
+}
+
+async fn serve_connection<IO, H, F>(io: IO, handler: H, mut shutdown: watch::Receiver<bool>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 /// Why a request body could not be read.

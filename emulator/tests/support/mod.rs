@@ -371,3 +371,215 @@ pub fn dps_connect(
         will: None,
     }))
 }
+
+/// A device identity made through a hub's service API, and a raw MQTT connection for it.
+pub struct HubDevice {
+    pub hub_host: String,
+    pub device_id: String,
+    pub key: SharedAccessKey,
+}
+
+impl TestEmulator {
+    /// Service API call on hub `index` with a valid token.
+    pub async fn hub_call(
+        &self,
+        index: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Answer {
+        let hub = &self.running.endpoints().hubs[index];
+        let connection = ServiceConnectionString::parse(&hub.connection_string).unwrap();
+        let address = self.running.hub_https_addresses()[index];
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut request = self
+            .http
+            .request(
+                method,
+                format!("https://{address}/{path}{separator}api-version=2021-04-12"),
+            )
+            .header(
+                "Authorization",
+                connection.sas_token(unix_now() + 600).expose(),
+            );
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(etag) = if_match {
+            request = request.header("If-Match", etag);
+        }
+        let response = request.send().await.expect("hub answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Creates a device on hub `index` through the service API.
+    pub async fn hub_device(&self, index: usize, device_id: &str) -> HubDevice {
+        let created = self
+            .hub_call(
+                index,
+                reqwest::Method::PUT,
+                &format!("devices/{device_id}"),
+                Some(&serde_json::json!({ "deviceId": device_id })),
+                None,
+            )
+            .await;
+        assert_eq!(created.status, 200, "{}", created.body);
+        let key = created.body["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap();
+        HubDevice {
+            hub_host: self.hub_host(index),
+            device_id: device_id.to_owned(),
+            key: SharedAccessKey::from_base64(key).unwrap(),
+        }
+    }
+
+    /// A raw MQTT connection to a hub's device endpoint, CONNECT sent with a token valid for
+    /// `ttl` seconds; returns the connection and the CONNACK.
+    pub async fn hub_connect(
+        &self,
+        device: &HubDevice,
+        ttl: u64,
+    ) -> (RawConnection, Option<emulator::net::mqtt_codec::Packet>) {
+        let token = iot_credentials::SasToken::sign(
+            &format!("{}/devices/{}", device.hub_host, device.device_id),
+            &device.key,
+            None,
+            unix_now() + ttl,
+        );
+        self.hub_connect_with(device, token.expose()).await
+    }
+
+    /// Like [`hub_connect`] with a given password.
+    pub async fn hub_connect_with(
+        &self,
+        device: &HubDevice,
+        password: &str,
+    ) -> (RawConnection, Option<emulator::net::mqtt_codec::Packet>) {
+        let hub = self.running.hub(&device.hub_host).expect("hub");
+        let mut connection = RawConnection::open(self, hub.mqtt).await;
+        connection
+            .send(&emulator::net::mqtt_codec::Packet::Connect(Box::new(
+                emulator::net::mqtt_codec::Connect {
+                    protocol_name: "MQTT".into(),
+                    protocol_level: 4,
+                    client_id: device.device_id.clone(),
+                    clean_session: true,
+                    keep_alive: 60,
+                    username: Some(format!(
+                        "{}/{}/?api-version=2021-04-12",
+                        device.hub_host, device.device_id
+                    )),
+                    password: Some(bytes::Bytes::from(password.to_owned())),
+                    will: None,
+                },
+            )))
+            .await;
+        let connack = connection.next().await;
+        (connection, connack)
+    }
+
+    /// Every event about `device_id` on the hub's stream so far, in order.
+    pub async fn events_of(
+        &self,
+        hub_host: &str,
+        device_id: &str,
+    ) -> Vec<Arc<emulator::events::Event>> {
+        let stream = self.running.hub(hub_host).unwrap().hub.events().clone();
+        let partition = stream.partition_of(device_id);
+        if stream.ends()[partition] == 0 {
+            return Vec::new();
+        }
+        stream
+            .read(partition, 0, usize::MAX)
+            .await
+            .events
+            .into_iter()
+            .filter(|e| e.device_id() == Some(device_id))
+            .collect()
+    }
+
+    /// Waits (bounded) until `device_id` has an event matching `found`.
+    pub async fn wait_for_event(
+        &self,
+        hub_host: &str,
+        device_id: &str,
+        found: impl Fn(&emulator::events::Event) -> bool,
+    ) -> Arc<emulator::events::Event> {
+        let stream = self.running.hub(hub_host).unwrap().hub.events().clone();
+        let partition = stream.partition_of(device_id);
+        let mut from = 0;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let batch = tokio::time::timeout_at(deadline, stream.read(partition, from, 1000))
+                .await
+                .expect("the expected event arrives within 10 s");
+            for event in &batch.events {
+                if event.device_id() == Some(device_id) && found(event) {
+                    return event.clone();
+                }
+            }
+            from = batch.events.last().map_or(from, |e| e.sequence_number + 1);
+        }
+    }
+}
+
+impl RawConnection {
+    pub async fn subscribe(&mut self, filters: &[&str]) -> Vec<u8> {
+        self.send(&emulator::net::mqtt_codec::Packet::Subscribe {
+            pkid: 1,
+            filters: filters
+                .iter()
+                .map(|f| (f.to_string(), emulator::net::mqtt_codec::QoS::AtLeastOnce))
+                .collect(),
+        })
+        .await;
+        match self.next().await {
+            Some(emulator::net::mqtt_codec::Packet::SubAck { codes, .. }) => codes,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        qos: emulator::net::mqtt_codec::QoS,
+        pkid: u16,
+        payload: &[u8],
+    ) {
+        self.send(&emulator::net::mqtt_codec::Packet::Publish(
+            emulator::net::mqtt_codec::Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: topic.to_owned(),
+                pkid,
+                payload: bytes::Bytes::copy_from_slice(payload),
+            },
+        ))
+        .await;
+    }
+
+    /// The next PUBLISH from the server (other packets are skipped), within 5 s.
+    pub async fn next_publish(&mut self) -> Option<emulator::net::mqtt_codec::Publish> {
+        loop {
+            match self.next().await? {
+                emulator::net::mqtt_codec::Packet::Publish(p) => return Some(p),
+                _ => continue,
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The Functions host's HTTP front, `http://127.0.0.1:7071` as `func start` serves it: routes
+//! `/{prefix}/...` to HTTP-triggered functions, enforces `authLevel` with function keys
+//! (`x-functions-key` header or `code` query parameter), and forwards the request unchanged to
+//! the custom handler (`enableForwardingHttpRequest`), whose answer goes back as it is.
+//! `GET /admin/host/status` answers without a key, so tools can wait for the host.
+
+use super::app::{AuthLevel, FunctionApp, Trigger};
+use super::handler::HandlerProcess;
+use super::invoke::{Invoker, HOST_VERSION};
+use crate::net::https::{json, query_param, read_body, Body, BodyError};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request forwarded (the real front end allows 100 MB; the admin API needs far less).
+pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
+/// How long a request may wait for a restarting handler.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// Function keys.
+#[derive(Clone)]
+pub struct Keys {
+    /// Accepted for `function`-level functions.
+    pub function: String,
+    /// Accepted for every level.
+    pub master: String,
+}
+
+/// What the front needs.
+pub struct Front {
+    /// The app.
+    pub app: Arc<FunctionApp>,
+    /// The keys.
+    pub keys: Keys,
+    /// The handler process.
+    pub handler: Arc<HandlerProcess>,
+    /// Forwards requests.
+    pub invoker: Invoker,
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+/// Answers one request on the front.
+pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    if path.eq_ignore_ascii_case("/admin/host/status") {
+        let state = if front.handler.is_ready() {
+            "Running"
+        } else {
+            "Initializing"
+        };
+        return json(
+            StatusCode::OK,
+            &json!({ "state": state, "version": HOST_VERSION }),
+        );
+    }
+    let prefix = format!("/{}/", front.app.route_prefix);
+    let Some(rest) = path.get(prefix.len()..).filter(|_| {
+        path.to_ascii_lowercase()
+            .starts_with(&prefix.to_ascii_lowercase())
+    }) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "no function serves this path",
+        );
+    };
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let method = request.method().as_str().to_ascii_uppercase();
+    let mut candidates: Vec<_> = front
+        .app
+        .functions
+        .iter()
+        .filter_map(|f| match &f.trigger {
+            Trigger::Http {
+                auth,
+                methods,
+                route,
+            } if route.matches(&segments) => Some((f, *auth, methods, route.rank())),
+            _ => None,
+        })
+        .collect();
+    if candidates.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "no function serves this path",
+        );
+    }
+    candidates.sort_by_key(|(_, _, _, rank)| *rank);
+    let Some((function, auth, _, _)) = candidates
+        .iter()
+        .find(|(_, _, methods, _)| methods.is_empty() || methods.contains(&method))
+    else {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the function does not accept this method",
+        );
+    };
+    if !authorized(&front.keys, *auth, request.headers(), request.uri()) {
+        tracing::info!(function = %function.name, "request refused: missing or wrong function key");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "a valid function key is required (x-functions-key header or code query parameter)",
+        );
+    }
+    if !front.handler.wait_ready_for(READY_WAIT).await {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "HandlerUnavailable",
+            "the function app's handler is not running; retry shortly",
+        );
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("5"),
+        );
+        return response;
+    }
+    let started = std::time::Instant::now();
+    let invocation_id = uuid::Uuid::new_v4().to_string();
+    let response = forward(&front.invoker, request, &invocation_id).await;
+    tracing::info!(
+        function = %function.name,
+        invocation.id = %invocation_id,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "HTTP function invoked"
+    );
+    response
+}
+
+fn authorized(keys: &Keys, level: AuthLevel, headers: &HeaderMap, uri: &http::Uri) -> bool {
+    let presented = headers
+        .get("x-functions-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query_param(uri, "code"));
+    let is = |key: &str, wanted: &str| {
+        // Constant-time comparison: keys are secrets.
+        key.len() == wanted.len()
+            && key
+                .bytes()
+                .zip(wanted.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    };
+    match level {
+        AuthLevel::Anonymous => true,
+        AuthLevel::Function => {
+            presented.is_some_and(|k| is(&k, &keys.function) || is(&k, &keys.master))
+        }
+        AuthLevel::Admin => presented.is_some_and(|k| is(&k, &keys.master)),
+    }
+}
+
+/// Headers that describe one connection, not the request.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+async fn forward(
+    invoker: &Invoker,
+    request: Request<Incoming>,
+    invocation_id: &str,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, BODY_LIMIT).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                "the request body is too large",
+            )
+        }
+        Err(BodyError::Broken) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the request body could not be read",
+            )
+        }
+    };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut outgoing = invoker
+        .http()
+        .request(
+            parts.method.clone(),
+            format!("{}{path_and_query}", invoker.base()),
+        )
+        .header("X-Azure-Functions-InvocationId", invocation_id)
+        .header("X-Azure-Functions-HostVersion", HOST_VERSION)
+        .body(body);
+    for (name, value) in parts.headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
+        outgoing = outgoing.header(name, value);
+    }
+    let answer = match outgoing.send().await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(error = %e.without_url(), "forwarding to the handler failed");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "HandlerFailed",
+                "the function app's handler did not answer",
+            );
+        }
+    };
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = answer.bytes().await.unwrap_or_else(|_| Bytes::new());
+    let mut response = Response::new(Body::new(bytes));
+    *response.status_mut() = status;
+    for (name, value) in headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
+        response.headers_mut().append(name, value.clone());
+    }
+    response
+}

@@ -1,0 +1,173 @@
+//! The custom handler process: started with `FUNCTIONS_CUSTOMHANDLER_PORT` (and the older
+//! `FUNCTIONS_HTTPWORKER_PORT`) plus the app settings in its environment, considered ready once
+//! it accepts connections on that port (the host allows 60 s), and restarted with backoff
+//! whenever it exits.
+
+use super::app::FunctionApp;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long a handler may take to start listening, as on Azure.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A supervised handler process.
+pub struct HandlerProcess {
+    port: u16,
+    ready: watch::Receiver<bool>,
+}
+
+impl HandlerProcess {
+    /// Starts supervising the app's handler; the returned task ends at shutdown.
+    pub fn start(
+        app: &FunctionApp,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<(Self, JoinHandle<()>)> {
+        // The host picks a free port; so does the stand-in, once, so it stays the same across
+        // restarts of the handler.
+        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        let (ready_tx, ready) = watch::channel(false);
+        let app = app.clone();
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                let started = Instant::now();
+                match spawn(&app, port) {
+                    Ok(mut child) => {
+                        let ended = supervise(&mut child, port, &ready_tx, &mut shutdown).await;
+                        let _ = ready_tx.send(false);
+                        if ended {
+                            let _ = child.start_kill();
+                            let _ = child.wait().await;
+                            return;
+                        }
+                    }
+                    Err(error) => tracing::error!(
+                        executable = %app.handler.executable.display(),
+                        %error,
+                        "the custom handler could not be started"
+                    ),
+                }
+                if started.elapsed() > START_TIMEOUT {
+                    backoff = Duration::from_secs(1);
+                }
+                tracing::warn!(retry_in = ?backoff, "restarting the custom handler");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        });
+        Ok((Self { port, ready }, task))
+    }
+
+    /// The port the handler listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the handler accepts connections now.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until the handler accepts connections.
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Waits until ready, at most `limit`; true if ready.
+    pub async fn wait_ready_for(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.wait_ready()).await.is_ok()
+    }
+}
+
+fn spawn(app: &FunctionApp, port: u16) -> std::io::Result<Child> {
+    let mut command = Command::new(&app.handler.executable);
+    command
+        .args(&app.handler.arguments)
+        .current_dir(&app.handler.working_directory)
+        .envs(&app.settings)
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("FUNCTIONS_HTTPWORKER_PORT", port.to_string())
+        .env("AzureWebJobsScriptRoot", &app.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    for output in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(output).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "handler", "{line}");
+            }
+        });
+    }
+    Ok(child)
+}
+
+/// Waits for readiness, then for the process to end. Returns true when the stand-in is shutting
+/// down (and the process must be stopped), false when the process ended by itself.
+async fn supervise(
+    child: &mut Child,
+    port: u16,
+    ready: &watch::Sender<bool>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + START_TIMEOUT;
+    // A foreign process offers no readiness signal but its listening port: probe it, bounded.
+    loop {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            tracing::info!(port, "the custom handler is listening");
+            let _ = ready.send(true);
+            break;
+        }
+        if Instant::now() > deadline {
+            tracing::error!(
+                port,
+                "the custom handler did not listen on FUNCTIONS_CUSTOMHANDLER_PORT within 60 s"
+            );
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return false;
+        }
+        tokio::select! {
+            status = child.wait() => {
+                tracing::error!(?status, "the custom handler exited before listening");
+                return false;
+            }
+            _ = shutdown.changed() => return true,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    tokio::select! {
+        status = child.wait() => {
+            tracing::error!(?status, "the custom handler exited");
+            false
+        }
+        _ = shutdown.changed() => true,
+    }
+}
