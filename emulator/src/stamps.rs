@@ -27,15 +27,22 @@ pub fn etag() -> String {
     format!("\"{}\"", uuid::Uuid::new_v4())
 }
 
+/// A fresh IoT Hub etag: plain base64 (`AAAAAAAAAAE=`), without the quotes DPS embeds.
+pub fn hub_etag() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(&uuid::Uuid::new_v4().as_bytes()[..8])
+}
+
 /// Whether an `If-Match` value matches a record's etag: `*` matches anything; quotes and a weak
-/// prefix are ignored, since clients pass etags back in either form.
+/// prefix are ignored, since clients pass etags back in either form (azure-iothub even quotes
+/// the star: `"*"`).
 pub fn etag_matches(if_match: &str, etag: &str) -> bool {
     fn bare(value: &str) -> &str {
         let value = value.trim();
         let value = value.strip_prefix("W/").unwrap_or(value);
         value.trim_matches('"')
     }
-    if_match.trim() == "*" || bare(if_match) == bare(etag)
+    bare(if_match) == "*" || bare(if_match) == bare(etag)
 }
 
 /// An identifier for an error report.
@@ -59,6 +66,10 @@ mod tests {
         assert!(etag_matches(&tag, &tag));
         assert!(etag_matches(tag.trim_matches('"'), &tag));
         assert!(etag_matches("*", &tag));
+        assert!(etag_matches("\"*\"", &tag));
+        let hub = hub_etag();
+        assert!(etag_matches(&format!("\"{hub}\""), &hub));
+        assert!(!hub.contains('"'));
         assert!(!etag_matches(&etag(), &tag));
     }
 }

@@ -1,4 +1,6 @@
 //! Device registration over MQTT, and the MQTT listener's behaviour under bad clients.
+// In a test crate a panic, with the failing call's message, is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

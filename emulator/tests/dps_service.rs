@@ -1,4 +1,6 @@
 //! The DPS service API: enrollments, groups and registration records, as a backend uses them.
+// In a test crate a panic, with the failing call's message, is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

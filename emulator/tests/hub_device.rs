@@ -1,5 +1,7 @@
 //! The IoT Hub device endpoint: authentication, Azure's connection rules, telemetry, twins,
 //! direct methods and cloud-to-device messages, and the events each produces.
+// In a test crate a panic, with the failing call's message, is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

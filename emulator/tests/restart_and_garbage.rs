@@ -1,5 +1,7 @@
 //! State that survives restarts (clean and killed), and an HTTPS listener that shrugs off
 //! garbage.
+// In a test crate a panic, with the failing call's message, is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

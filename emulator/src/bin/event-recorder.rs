@@ -8,6 +8,7 @@
 //!   answer 500, to exercise retry policies.
 //! - `/api/...` (forwarded HTTP triggers): answers with a JSON echo of method, path, query and
 //!   body.
+//! - `EVENT_RECORDER_PID_FILE`, when set, receives the process id (tests kill the handler with it).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -99,6 +100,9 @@ async fn handle(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let port: u16 = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")?.parse()?;
+    if let Ok(path) = std::env::var("EVENT_RECORDER_PID_FILE") {
+        std::fs::write(path, std::process::id().to_string())?;
+    }
     let log = match std::env::var("EVENT_RECORDER_LOG") {
         Ok(path) => Some(Mutex::new(
             std::fs::OpenOptions::new()

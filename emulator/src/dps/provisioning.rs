@@ -398,7 +398,7 @@ fn assignment(
         desired: PropertySet::new(initial_twin.desired()),
         reported: PropertySet::new(Default::default()),
         version: 1,
-        etag: stamps::etag(),
+        etag: stamps::hub_etag(),
     };
     let device_in = |hub: &str, id: &str| state.hubs.get(hub).and_then(|r| r.get(id));
     let existing = device_in(&hub, &device_id);
@@ -434,7 +434,7 @@ fn assignment(
             .filter(|_| keep_identity)
             .map(|d| d.generation_id.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
-        etag: stamps::etag(),
+        etag: stamps::hub_etag(),
         status: existing.map_or(DeviceStatus::Enabled, |d| d.status),
         status_reason: existing.and_then(|d| d.status_reason.clone()),
         primary_key: key_text(0),

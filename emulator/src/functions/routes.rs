@@ -26,28 +26,29 @@ impl RouteTemplate {
             .filter(|s| !s.is_empty())
             .collect();
         for (i, part) in parts.iter().enumerate() {
-            let segment =
-                match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-                    Some(inner) => {
-                        let name = inner.split(':').next().unwrap_or_default();
-                        if let Some(rest) = name.strip_prefix('*') {
-                            if i + 1 != parts.len() || rest.is_empty() {
-                                return Err(format!("catch-all {part} must be the last segment"));
-                            }
-                            Segment::CatchAll
-                        } else if name.trim_end_matches('?').is_empty() {
-                            return Err(format!("route segment {part} has no parameter name"));
-                        } else {
-                            Segment::Parameter {
-                                optional: name.ends_with('?') || inner.ends_with('?'),
-                            }
+            let segment = match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                Some(inner) => {
+                    let name = inner.split(':').next().unwrap_or_default();
+                    if let Some(rest) = name.strip_prefix('*') {
+                        if i + 1 != parts.len() || rest.is_empty() {
+                            return Err(format!("catch-all {part} must be the last segment"));
+                        }
+                        Segment::CatchAll
+                    } else if name.trim_end_matches('?').is_empty() {
+                        return Err(format!("route segment {part} has no parameter name"));
+                    } else {
+                        Segment::Parameter {
+                            optional: name.ends_with('?') || inner.ends_with('?'),
                         }
                     }
-                    None if part.contains(['{', '}']) => return Err(format!(
+                }
+                None if part.contains(['{', '}']) => {
+                    return Err(format!(
                         "route segment {part} mixes text and parameters, which is not supported"
-                    )),
-                    None => Segment::Literal(part.to_ascii_lowercase()),
-                };
+                    ))
+                }
+                None => Segment::Literal(part.to_ascii_lowercase()),
+            };
             segments.push(segment);
         }
         Ok(Self { segments })
@@ -87,7 +88,7 @@ impl RouteTemplate {
             .iter()
             .filter(|s| matches!(s, Segment::Literal(_)))
             .count();
-        let catch_all = usize::from(self.segments.iter().any(|s| *s == Segment::CatchAll));
+        let catch_all = usize::from(self.segments.contains(&Segment::CatchAll));
         (catch_all, usize::MAX - literals)
     }
 }

@@ -136,7 +136,7 @@ fn fresh_twin(tags: Map<String, Value>, desired: Map<String, Value>) -> Twin {
         desired: PropertySet::new(desired),
         reported: PropertySet::new(Map::new()),
         version: 1,
-        etag: stamps::etag(),
+        etag: stamps::hub_etag(),
     }
 }
 
@@ -239,7 +239,7 @@ impl Hub {
                 let device = DeviceIdentity {
                     device_id: device_id.to_owned(),
                     generation_id: uuid::Uuid::new_v4().simple().to_string(),
-                    etag: stamps::etag(),
+                    etag: stamps::hub_etag(),
                     status: spec.status.unwrap_or_default(),
                     status_reason: spec.status_reason,
                     primary_key: spec.primary_key.unwrap_or_else(new_key),
@@ -286,7 +286,7 @@ impl Hub {
                 device.primary_key = spec.primary_key.unwrap_or(device.primary_key);
                 device.secondary_key = spec.secondary_key.unwrap_or(device.secondary_key);
                 device.iot_edge = spec.iot_edge.unwrap_or(device.iot_edge);
-                device.etag = stamps::etag();
+                device.etag = stamps::hub_etag();
                 device.last_updated = stamps::now();
                 Ok((
                     device.clone(),
@@ -445,7 +445,7 @@ impl Hub {
                 let mut device = current.clone();
                 edit(&mut device.twin)?;
                 device.twin.version += 1;
-                device.twin.etag = stamps::etag();
+                device.twin.etag = stamps::hub_etag();
                 Ok((
                     (device.clone(), old_desired),
                     vec![Change::PutDevice {

@@ -386,11 +386,12 @@ struct MethodCall {
     connect_timeout_in_seconds: Option<u64>,
 }
 
+/// A twin section (tags or desired properties) as sent.
+type Section = Option<Map<String, Value>>;
+
 /// The tags and desired properties of a twin PATCH or PUT body. Reported properties belong to
 /// the device and are refused.
-fn twin_change(
-    body: &Value,
-) -> Result<(Option<Map<String, Value>>, Option<Map<String, Value>>), ApiError> {
+fn twin_change(body: &Value) -> Result<(Section, Section), ApiError> {
     let object = body
         .as_object()
         .ok_or_else(|| ApiError::bad_request("a twin body must be a JSON object"))?;
@@ -400,7 +401,7 @@ fn twin_change(
             "reported properties can only be changed by the device",
         ));
     }
-    let section = |value: Option<&Value>| -> Result<Option<Map<String, Value>>, ApiError> {
+    let section = |value: Option<&Value>| -> Result<Section, ApiError> {
         value
             .filter(|v| !v.is_null())
             .map(|v| twin::validated_patch(v).map_err(|e| ApiError::bad_request(e.to_string())))

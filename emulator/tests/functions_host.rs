@@ -1,0 +1,555 @@
+//! The Functions host stand-in, proved with a tiny custom handler (event-recorder): forwarded
+//! HTTP with key checks, event batches in the host's Data/Metadata format, retry policies,
+//! checkpoints across restarts, handler restarts, and timers.
+// In a test crate a panic, with the failing call's message, is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use emulator::config::{
+    EmulatorConfig, FunctionsConfig, Persistence, DEFAULT_FUNCTION_KEY, DEFAULT_HUB_SERVICE_KEY,
+    DEFAULT_MASTER_KEY,
+};
+use emulator::net::mqtt_codec::QoS;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::TestEmulator;
+
+/// A function app in `dir` run by event-recorder, recording to `dir/invocations.jsonl`.
+fn write_app(dir: &Path, functions: &[(&str, Value)], extra_settings: Value) -> PathBuf {
+    std::fs::write(
+        dir.join("host.json"),
+        json!({
+            "version": "2.0",
+            "customHandler": {
+                "description": { "defaultExecutablePath": env!("CARGO_BIN_EXE_event-recorder"), "workingDirectory": "", "arguments": [] },
+                "enableForwardingHttpRequest": true
+            },
+            "extensions": { "eventHubs": { "maxEventBatchSize": 50 } }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut values = json!({
+        "FUNCTIONS_WORKER_RUNTIME": "custom",
+        "Hub1Events": format!("Endpoint=sb://127.0.0.3/;SharedAccessKeyName=iothubowner;SharedAccessKey={DEFAULT_HUB_SERVICE_KEY};EntityPath=hub-1"),
+        "EVENT_RECORDER_LOG": dir.join("invocations.jsonl"),
+    });
+    support::merge(&mut values, extra_settings);
+    std::fs::write(
+        dir.join("local.settings.json"),
+        json!({ "IsEncrypted": false, "Values": values }).to_string(),
+    )
+    .unwrap();
+    for (name, definition) in functions {
+        let folder = dir.join("functions").join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("function.json"), definition.to_string()).unwrap();
+    }
+    dir.join("invocations.jsonl")
+}
+
+fn http_function(route: &str, auth: &str, methods: &[&str]) -> Value {
+    json!({ "bindings": [
+        { "type": "httpTrigger", "direction": "in", "name": "req", "authLevel": auth, "methods": methods, "route": route },
+        { "type": "http", "direction": "out", "name": "res" }
+    ]})
+}
+
+fn event_function(retry: Option<Value>) -> Value {
+    let mut definition = json!({ "bindings": [
+        { "type": "eventHubTrigger", "direction": "in", "name": "events", "eventHubName": "hub-1",
+          "connection": "Hub1Events", "cardinality": "many", "consumerGroup": "$Default", "dataType": "string" }
+    ]});
+    if let Some(retry) = retry {
+        definition["retry"] = retry;
+    }
+    definition
+}
+
+async fn start_with_app(app: &Path, durable_state: Option<&Path>) -> TestEmulator {
+    let state = tempfile::tempdir().unwrap();
+    let dir = durable_state.map_or_else(|| state.path().to_owned(), Path::to_owned);
+    let mut config = EmulatorConfig::for_tests(&dir);
+    if durable_state.is_some() {
+        config.persistence = Persistence::Durable;
+    }
+    config.functions = Some(FunctionsConfig {
+        port: 0,
+        ..FunctionsConfig::new(app)
+    });
+    let emu = TestEmulator::start_in(config, state).await;
+    let host = emu.running.functions().expect("the stand-in runs");
+    assert!(
+        host.handler.wait_ready_for(Duration::from_secs(30)).await,
+        "the handler starts"
+    );
+    emu
+}
+
+/// Invocations recorded so far (a line still being written is left for the next look).
+fn invocations(log: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits (bounded) until `done` holds for the recorded invocations.
+async fn wait_for_invocations(log: &Path, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    for _ in 0..400 {
+        let seen = invocations(log);
+        if done(&seen) {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("invocations did not arrive in time: {:?}", invocations(log));
+}
+
+/// The event bodies of an invocation, decoded from the string the host sends.
+fn bodies(invocation: &Value) -> Vec<Value> {
+    let batch: Vec<String> = serde_json::from_str(
+        invocation["request"]["Data"]["events"]
+            .as_str()
+            .expect("Data.events is a string"),
+    )
+    .unwrap();
+    batch
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap_or(Value::String(b.clone())))
+        .collect()
+}
+
+#[tokio::test]
+async fn http_functions_are_forwarded_only_with_a_valid_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(
+        dir.path(),
+        &[
+            (
+                "Items",
+                http_function("items/{id?}", "function", &["get", "post"]),
+            ),
+            (
+                "ItemsImport",
+                http_function("items/import", "function", &["post"]),
+            ),
+            ("Health", http_function("health", "anonymous", &["get"])),
+            ("Admin", http_function("admin-op", "admin", &[])),
+        ],
+        json!({}),
+    );
+    let emu = start_with_app(dir.path(), None).await;
+    let base = emu
+        .running
+        .endpoints()
+        .functions
+        .as_ref()
+        .unwrap()
+        .base_url
+        .clone();
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("{base}/{path}"));
+
+    let missing = get("items/7").send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(
+        missing.json::<Value>().await.unwrap()["error"]["code"],
+        "Unauthorized"
+    );
+    assert_eq!(
+        get("items/7")
+            .header("x-functions-key", "wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let echoed: Value = get("items/7?color=red")
+        .header("x-functions-key", DEFAULT_FUNCTION_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed["method"], "GET");
+    assert_eq!(
+        echoed["path"], "/api/items/7",
+        "the handler sees the original path"
+    );
+    assert_eq!(echoed["query"], "color=red");
+    let by_code = get(&format!("items?code={DEFAULT_FUNCTION_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_code.status(), 200);
+
+    let posted: Value = client
+        .post(format!("{base}/items/import"))
+        .header("x-functions-key", DEFAULT_FUNCTION_KEY)
+        .body("serial,model\nSN-1,TX")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(posted["body"], "serial,model\nSN-1,TX");
+
+    assert_eq!(
+        get("health").send().await.unwrap().status(),
+        200,
+        "anonymous needs no key"
+    );
+    assert_eq!(
+        get("admin-op")
+            .header("x-functions-key", DEFAULT_FUNCTION_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        get("admin-op")
+            .header("x-functions-key", DEFAULT_MASTER_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .delete(format!("{base}/items/7"))
+            .header("x-functions-key", DEFAULT_FUNCTION_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    assert_eq!(get("nothing-here").send().await.unwrap().status(), 404);
+    let status: Value = client
+        .get(
+            &emu.running
+                .endpoints()
+                .functions
+                .as_ref()
+                .unwrap()
+                .status_url,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "Running");
+}
+
+#[tokio::test]
+async fn hub_events_arrive_in_batches_in_the_hosts_invocation_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = write_app(
+        dir.path(),
+        &[("OnHubEvents", event_function(None))],
+        json!({}),
+    );
+    let emu = start_with_app(dir.path(), None).await;
+    let device = emu.hub_device(0, "batched").await;
+    let (mut connection, _) = emu.hub_connect(&device, 600).await;
+    for n in 0..5 {
+        connection
+            .publish(
+                &format!("devices/batched/messages/events/%24.ct=application%2Fjson&n={n}"),
+                QoS::AtLeastOnce,
+                n + 1,
+                format!("{{\"n\":{n}}}").as_bytes(),
+            )
+            .await;
+    }
+    let seen = wait_for_invocations(&log, |seen| {
+        seen.iter()
+            .map(|i| bodies(i).iter().filter(|b| b.get("n").is_some()).count())
+            .sum::<usize>()
+            == 5
+    })
+    .await;
+
+    // Every event of the device, in order, across however many batches.
+    let all: Vec<Value> = seen.iter().flat_map(bodies).collect();
+    let telemetry: Vec<i64> = all
+        .iter()
+        .filter_map(|b| b.get("n").and_then(Value::as_i64))
+        .collect();
+    assert_eq!(telemetry, [0, 1, 2, 3, 4]);
+    assert!(
+        all.first().is_some_and(|b| b["deviceId"] == "batched"),
+        "the lifecycle event comes first: {all:?}"
+    );
+
+    let invocation = seen
+        .iter()
+        .find(|i| bodies(i).iter().any(|b| b.get("n").is_some()))
+        .unwrap();
+    assert_eq!(invocation["function"], "OnHubEvents");
+    let metadata = &invocation["request"]["Metadata"];
+    let count = bodies(invocation).len();
+    for array in [
+        "PropertiesArray",
+        "SystemPropertiesArray",
+        "SequenceNumberArray",
+        "OffsetArray",
+        "EnqueuedTimeUtcArray",
+        "PartitionKeyArray",
+    ] {
+        let decoded: Vec<Value> = serde_json::from_str(
+            metadata[array]
+                .as_str()
+                .unwrap_or_else(|| panic!("{array} is a string")),
+        )
+        .unwrap();
+        assert_eq!(decoded.len(), count, "{array} has one entry per event");
+    }
+    let system: Vec<Value> =
+        serde_json::from_str(metadata["SystemPropertiesArray"].as_str().unwrap()).unwrap();
+    assert!(system
+        .iter()
+        .all(|s| s["iothub-connection-device-id"] == "batched"));
+    let properties: Vec<Value> =
+        serde_json::from_str(metadata["PropertiesArray"].as_str().unwrap()).unwrap();
+    assert!(properties.iter().any(|p| p["n"] == "0"));
+    assert_eq!(metadata["PartitionContext"]["EventHubName"], "hub-1");
+    assert_eq!(metadata["PartitionContext"]["ConsumerGroup"], "$Default");
+    assert_eq!(metadata["sys"]["MethodName"], "OnHubEvents");
+    assert!(
+        metadata.get("RetryContext").is_none(),
+        "no retry policy, no retry context"
+    );
+    assert!(invocation["invocationId"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
+}
+
+#[tokio::test]
+async fn a_retry_policy_redelivers_a_failed_batch_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let retry =
+        json!({ "strategy": "fixedDelay", "maxRetryCount": -1, "delayInterval": "00:00:00.2" });
+    let log = write_app(
+        dir.path(),
+        &[("Flaky", event_function(Some(retry)))],
+        json!({ "EVENT_RECORDER_FAIL_FIRST": "Flaky:2" }),
+    );
+    let emu = start_with_app(dir.path(), None).await;
+    emu.hub_device(0, "flaky-source").await;
+    let seen = wait_for_invocations(&log, |seen| seen.len() >= 3).await;
+    let outcomes: Vec<bool> = seen.iter().map(|i| i["failed"] == true).collect();
+    assert_eq!(outcomes, [true, true, false]);
+    let first = bodies(&seen[0]);
+    assert_eq!(first[0]["deviceId"], "flaky-source");
+    assert_eq!(bodies(&seen[1]), first, "the same batch is retried");
+    assert_eq!(bodies(&seen[2]), first, "and finally delivered");
+    let counts: Vec<i64> = seen
+        .iter()
+        .map(|i| {
+            i["request"]["Metadata"]["RetryContext"]["RetryCount"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(counts, [0, 1, 2]);
+    assert_eq!(
+        seen[2]["request"]["Metadata"]["RetryContext"]["MaxRetryCount"],
+        -1
+    );
+    assert!(
+        seen[2]["request"]["Metadata"]["RetryContext"]["Exception"]["Message"]
+            .as_str()
+            .unwrap()
+            .contains("500")
+    );
+}
+
+#[tokio::test]
+async fn without_a_retry_policy_a_failed_batch_is_not_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = write_app(
+        dir.path(),
+        &[("Flaky", event_function(None))],
+        json!({ "EVENT_RECORDER_FAIL_FIRST": "Flaky:2" }),
+    );
+    let emu = start_with_app(dir.path(), None).await;
+    for (n, device) in ["first", "second", "third"].iter().enumerate() {
+        emu.hub_device(0, device).await;
+        wait_for_invocations(&log, |seen| seen.len() > n).await;
+    }
+    let seen = invocations(&log);
+    let delivered: Vec<(String, bool)> = seen
+        .iter()
+        .map(|i| {
+            (
+                bodies(i)[0]["deviceId"].as_str().unwrap().to_owned(),
+                i["failed"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        [
+            ("first".into(), true),
+            ("second".into(), true),
+            ("third".into(), false)
+        ],
+        "each failed batch was checkpointed and never came back"
+    );
+}
+
+#[tokio::test]
+async fn events_wait_for_the_app_and_checkpoints_survive_restarts() {
+    let state = tempfile::tempdir().unwrap();
+    let app = tempfile::tempdir().unwrap();
+    let log = write_app(
+        app.path(),
+        &[("OnHubEvents", event_function(None))],
+        json!({}),
+    );
+
+    // Events happen while no function app runs.
+    {
+        let mut config = EmulatorConfig::for_tests(state.path());
+        config.persistence = Persistence::Durable;
+        let emu = TestEmulator::start_in(config, tempfile::tempdir().unwrap()).await;
+        emu.hub_device(0, "while-away-1").await;
+        emu.hub_device(0, "while-away-2").await;
+        emu.running.shutdown().await.unwrap();
+    }
+    // The app starts after a restart and receives them from its (empty) checkpoint.
+    {
+        let emu = start_with_app(app.path(), Some(state.path())).await;
+        let seen = wait_for_invocations(&log, |seen| {
+            let all: Vec<Value> = seen.iter().flat_map(bodies).collect();
+            ["while-away-1", "while-away-2"]
+                .iter()
+                .all(|id| all.iter().any(|b| b["deviceId"] == *id))
+        })
+        .await;
+        assert!(!seen.is_empty());
+        emu.running.shutdown().await.unwrap();
+    }
+    let delivered = invocations(&log).len();
+    // A second restart redelivers nothing that was checkpointed, and new events still flow.
+    {
+        let emu = start_with_app(app.path(), Some(state.path())).await;
+        emu.hub_device(0, "after-restart").await;
+        let seen = wait_for_invocations(&log, |seen| {
+            seen.iter()
+                .skip(delivered)
+                .flat_map(bodies)
+                .any(|b| b["deviceId"] == "after-restart")
+        })
+        .await;
+        let replayed: Vec<Value> = seen
+            .iter()
+            .skip(delivered)
+            .flat_map(bodies)
+            .filter(|b| b["deviceId"] != "after-restart")
+            .collect();
+        assert!(
+            replayed.is_empty(),
+            "checkpointed events came again: {replayed:?}"
+        );
+        emu.running.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_dies_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(
+        dir.path(),
+        &[("Health", http_function("health", "anonymous", &["get"]))],
+        json!({ "EVENT_RECORDER_PID_FILE": dir.path().join("handler.pid") }),
+    );
+    let emu = start_with_app(dir.path(), None).await;
+    let host = emu.running.functions().unwrap();
+    let base = emu
+        .running
+        .endpoints()
+        .functions
+        .as_ref()
+        .unwrap()
+        .base_url
+        .clone();
+    assert_eq!(
+        reqwest::get(format!("{base}/health"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Kill the handler behind the stand-in's back.
+    let pid =
+        std::fs::read_to_string(dir.path().join("handler.pid")).expect("the handler wrote its pid");
+    assert!(std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    let _ = host;
+    // Requests wait for the restarted handler instead of failing.
+    let answer = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn timer_functions_run_on_their_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = write_app(
+        dir.path(),
+        &[(
+            "Reconcile",
+            json!({ "bindings": [{ "type": "timerTrigger", "direction": "in", "name": "timer", "schedule": "* * * * * *", "runOnStartup": true }] }),
+        )],
+        json!({}),
+    );
+    let _emu = start_with_app(dir.path(), None).await;
+    let seen = wait_for_invocations(&log, |seen| seen.len() >= 2).await;
+    let timer = &seen[0]["request"]["Data"]["timer"];
+    assert_eq!(timer["IsPastDue"], false);
+    assert!(timer["ScheduleStatus"]["Next"].is_string());
+    assert_eq!(
+        seen[0]["request"]["Metadata"]["sys"]["MethodName"],
+        "Reconcile"
+    );
+}
+
+#[tokio::test]
+async fn a_binding_with_a_wrong_connection_stops_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(
+        dir.path(),
+        &[("OnHubEvents", event_function(None))],
+        json!({ "Hub1Events": "Endpoint=sb://127.0.0.3/;SharedAccessKeyName=iothubowner;SharedAccessKey=d3Jvbmcga2V5IGZvciB0aGUgaHVi;EntityPath=hub-1" }),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut config = EmulatorConfig::for_tests(state.path());
+    config.functions = Some(FunctionsConfig {
+        port: 0,
+        ..FunctionsConfig::new(dir.path())
+    });
+    let error = emulator::start(config)
+        .await
+        .err()
+        .expect("the start fails")
+        .to_string();
+    assert!(error.contains("not authorized"), "{error}");
+}
