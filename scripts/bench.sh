@@ -26,3 +26,56 @@ target/release/fleet --endpoints "$state/endpoints.json" bench-dps --devices "$d
 peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 echo
 echo "Emulator memory: ${idle_rss} KiB resident when idle, peak ${peak_rss} KiB during the run."
+
+# ----- IoT Hub: device connections and telemetry, next to Mosquitto serving the same load -----
+if ! command -v mosquitto >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "Installing Mosquitto (Debian package) as the reference broker..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+  else
+    echo "The hub benchmark needs Mosquitto as its reference: apt-get install mosquitto" >&2
+    exit 1
+  fi
+fi
+broker_address=127.0.0.5
+messages=${BENCH_MESSAGES:-20}
+echo
+echo "IoT Hub: N devices connected over TLS, then $messages QoS 1 messages each (10 in flight per connection),"
+echo "next to Mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') serving the same load over TLS:"
+echo "| server | connections | connect time | memory per connection | messages/s | messages | peak RSS |"
+echo "|---|---|---|---|---|---|---|"
+for n in ${BENCH_CONNECTIONS:-1000 10000}; do
+  # A fresh emulator per size, so memory readings start from the same place.
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  rm -rf "$state/run" && mkdir -p "$state/run"
+  target/release/emulator --state-dir "$state/run" --in-memory --https-port 0 --mqtt-port 0 \
+    --registration-retry-after 0 --event-retention 1000 >"$state/run/emulator.log" 2>&1 &
+  pid=$!
+  wait_ready "$state/run" "$pid"
+  target/release/fleet --endpoints "$state/run/endpoints.json" bench-hub --devices "$n" --messages "$messages" \
+    --server-pid "$pid" --label emulator
+
+  target/release/fleet --endpoints "$state/run/endpoints.json" issue-certificate --state-dir "$state/run" \
+    --address "$broker_address" --cert "$state/broker.pem" --key "$state/broker.key"
+  broker_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.5", 0)); print(s.getsockname()[1])')
+  cat > "$state/mosquitto.conf" <<CONF
+listener $broker_port $broker_address
+certfile $state/broker.pem
+keyfile $state/broker.key
+allow_anonymous true
+max_connections -1
+persistence false
+user $(id -un)
+log_dest stderr
+log_type error
+CONF
+  mosquitto -c "$state/mosquitto.conf" 2>"$state/mosquitto.log" &
+  broker=$!
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/$broker_address/$broker_port") 2>/dev/null && break
+    sleep 0.05
+  done
+  target/release/fleet --endpoints "$state/run/endpoints.json" bench-hub --devices "$n" --messages "$messages" \
+    --server-pid "$broker" --broker "$broker_address:$broker_port" --label "mosquitto"
+  kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true
+done

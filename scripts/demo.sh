@@ -15,10 +15,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "Starting the local Azure emulator: a Device Provisioning Service and two IoT hubs..."
+# A sample function app (event-recorder as its handler) receives the hubs' events, as the
+# middleware will.
+app=$state/app
+cp -r emulator/sample-app "$app"
+cp target/debug/event-recorder "$app/event-recorder"
+
+echo "Starting the local Azure emulator: a Device Provisioning Service, two IoT hubs,"
+echo "and the Functions host stand-in running a sample function app..."
 target/debug/emulator --state-dir "$state" --in-memory --https-port 0 --mqtt-port 0 \
-  >"$state/emulator.log" 2>&1 &
+  --functions-app "$app" --functions-port 0 >"$state/emulator.log" 2>&1 &
 pid=$!
 wait_ready "$state" "$pid"
 echo
-target/debug/fleet --endpoints "$state/endpoints.json" demo
+target/debug/fleet --endpoints "$state/endpoints.json" demo --events-log "$app/invocations.jsonl"

@@ -10,7 +10,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::ServerConfig;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::fs;
 use std::io;
 use std::net::IpAddr;
@@ -99,7 +99,9 @@ impl LocalCa {
         addresses: &[IpAddr],
         protocols: &[&[u8]],
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        let (chain, key) = self.issue_server_certificate(addresses)?;
+        let (certificate, key) = self.issue_server_certificate(addresses)?;
+        let chain = vec![certificate.der().clone()];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -109,10 +111,27 @@ impl LocalCa {
         Ok(Arc::new(config))
     }
 
+    /// Writes a server certificate for `addresses` and its private key as PEM files, for another
+    /// TLS server (the benchmark's reference broker) to serve under this CA.
+    pub fn write_server_certificate(
+        &self,
+        addresses: &[IpAddr],
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(), TlsError> {
+        let (certificate, private) = self.issue_server_certificate(addresses)?;
+        let io_err = |source| TlsError::Io {
+            dir: cert.to_owned(),
+            source,
+        };
+        fs::write(cert, certificate.pem()).map_err(io_err)?;
+        write_private(key, private.serialize_pem().as_bytes()).map_err(io_err)
+    }
+
     fn issue_server_certificate(
         &self,
         addresses: &[IpAddr],
-    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    ) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
         // rcgen signs with a certificate object; rebuilding the CA's from the same name and key
         // gives the issuer name and key identifier that the published ca.pem carries.
         let issuer = ca_params().self_signed(&self.key)?;
@@ -135,9 +154,7 @@ impl LocalCa {
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(365);
         let cert = params.signed_by(&key, &issuer, &self.key)?;
-        let chain = vec![cert.der().clone()];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok((chain, key))
+        Ok((cert, key))
     }
 }
 

@@ -2,7 +2,13 @@
 //!
 //! - `fleet demo`: one enrollment and registration, narrated step by step for a newcomer.
 //! - `fleet provision`: N devices enrolled in bulk, then registered concurrently; prints the rate.
+//! - `fleet simulate`: N devices provisioned through DPS, connected to their hubs, sending
+//!   telemetry at a rate.
 //! - `fleet bench-dps`: the DPS benchmark of `make bench` (HTTPS and MQTT, with references).
+//! - `fleet bench-hub`: the hub benchmark of `make bench` (connections, messages per second, memory
+//!   per connection), against the emulator or a reference broker.
+//! - `fleet issue-certificate`: a server certificate from the emulator's CA (for the reference
+//!   broker).
 //!
 //! Every subcommand reads the emulator's endpoints.json.
 
@@ -14,6 +20,8 @@ use clap::{Parser, Subcommand};
 use emulator::endpoints::Endpoints;
 use emulator::fleet::device::{finished, register_mqtt, DeviceCredentials, HttpsRegistrar};
 use emulator::fleet::hub::HubService;
+use emulator::fleet::hub_device::{DeviceConnection, Endpoint};
+use emulator::fleet::hub_load::{burst_all, connect_all, memory_kib, Login, SimulatedDevice};
 use emulator::fleet::load::{
     enroll, one_connection_client, register_all, DpsTransport, Measurement, Target,
 };
@@ -41,8 +49,65 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enroll and provision sample devices, explaining each step.
-    Demo,
+    /// Enroll and provision sample devices, connect one to its hub, explaining each step.
+    Demo {
+        /// The event-recorder log of the Functions host stand-in's sample app, to show which
+        /// events it delivered.
+        #[arg(long)]
+        events_log: Option<PathBuf>,
+    },
+    /// Provision N devices through DPS, connect each to its hub, send telemetry at a rate.
+    Simulate {
+        /// Number of devices.
+        #[arg(long, default_value_t = 10)]
+        devices: usize,
+        /// Messages per second per device.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// How long to send, in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Registry id prefix.
+        #[arg(long, default_value = "sim")]
+        prefix: String,
+    },
+    /// Hub load: N connections each sending a burst of QoS 1 telemetry; reports messages per
+    /// second and the server's memory per connection.
+    BenchHub {
+        /// Connections.
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Messages per connection.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Unacknowledged messages allowed per connection.
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        /// The server process whose memory to read.
+        #[arg(long)]
+        server_pid: u32,
+        /// Load a plain MQTT broker at this address instead of the emulator's hubs.
+        #[arg(long)]
+        broker: Option<std::net::SocketAddr>,
+        /// Label for the results line.
+        #[arg(long, default_value = "emulator")]
+        label: String,
+    },
+    /// Write a server certificate for ADDRESS signed by the emulator's CA.
+    IssueCertificate {
+        /// The emulator's state directory (holds the CA).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Address the certificate names.
+        #[arg(long)]
+        address: std::net::IpAddr,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write the private key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Enroll N devices in bulk, then register them concurrently and report the rate.
     Provision {
         /// Number of devices.
@@ -116,6 +181,20 @@ impl Emulator {
             .map_or_else(|| host.to_owned(), |h| format!("{} ({host})", h.name))
     }
 
+    fn hub_endpoint(&self, host: &str) -> anyhow::Result<Endpoint> {
+        let hub = self
+            .endpoints
+            .hubs
+            .iter()
+            .find(|h| h.host_name == host)
+            .context("DPS assigned a hub that endpoints.json does not list")?;
+        Ok(Endpoint {
+            address: std::net::SocketAddr::new(host.parse()?, hub.mqtt_port),
+            host: host.to_owned(),
+            tls: self.tls.clone(),
+        })
+    }
+
     fn hub(&self, host: &str) -> anyhow::Result<HubService> {
         let hub = self
             .endpoints
@@ -139,9 +218,40 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Command::IssueCertificate {
+        state_dir,
+        address,
+        cert,
+        key,
+    } = &args.command
+    {
+        let ca = emulator::tls::LocalCa::load_or_create(state_dir)?;
+        ca.write_server_certificate(&[*address], cert, key)?;
+        return Ok(());
+    }
     let emulator = Emulator::load(&args.endpoints)?;
     match args.command {
-        Command::Demo => demo(&emulator).await,
+        Command::IssueCertificate { .. } => Ok(()),
+        Command::Demo { events_log } => demo(&emulator, events_log.as_deref()).await,
+        Command::Simulate {
+            devices,
+            rate,
+            duration,
+            prefix,
+        } => simulate(&emulator, devices, rate, duration, &prefix).await,
+        Command::BenchHub {
+            devices,
+            messages,
+            window,
+            server_pid,
+            broker,
+            label,
+        } => {
+            bench_hub(
+                &emulator, devices, messages, window, server_pid, broker, &label,
+            )
+            .await
+        }
         Command::Provision {
             devices,
             concurrency,
@@ -195,7 +305,7 @@ async fn measure(
     register_all(devices, transport, concurrency, &target).await
 }
 
-async fn demo(emulator: &Emulator) -> anyhow::Result<()> {
+async fn demo(emulator: &Emulator, events_log: Option<&std::path::Path>) -> anyhow::Result<()> {
     let dps = &emulator.endpoints.dps;
     println!("Local Azure is running:");
     println!(
@@ -280,7 +390,10 @@ async fn demo(emulator: &Emulator) -> anyhow::Result<()> {
         .context("the hub does not know the device")?;
     println!("5. The hub's registry now holds the device, its twin started from the enrollment:");
     println!("   tags {}", twin["tags"]);
-    println!("   desired properties {}", twin["properties"]["desired"]);
+    println!(
+        "   desired properties {}",
+        without_metadata(&twin["properties"]["desired"])
+    );
 
     let second = format!("demo-sensor-{}", std::process::id());
     emulator
@@ -315,9 +428,296 @@ async fn demo(emulator: &Emulator) -> anyhow::Result<()> {
         Err(error) => println!("   -> Refused: {error}. No hub was assigned."),
         Ok(_) => bail!("a wrong key was accepted"),
     }
-    println!();
+
+    let device_id = state.device_id.clone().unwrap_or_default();
     println!(
-        "Done: two devices enrolled, authenticated and assigned to hubs, all on this machine."
+        "8. The thermostat connects to {} over MQTT with TLS, signing its token with its own key,",
+        emulator.hub_name(&hub_host)
+    );
+    println!("   and sends three temperature readings.");
+    let endpoint = emulator.hub_endpoint(&hub_host)?;
+    let mut connection =
+        DeviceConnection::connect_device(&endpoint, &device_id, &device.key).await?;
+    for (n, temperature) in [21.5, 21.7, 22.0].iter().enumerate() {
+        let reading = json!({ "temperature": temperature, "unit": "C", "sequence": n + 1 });
+        connection
+            .send_telemetry(
+                reading.to_string().into(),
+                &[
+                    ("$.ct", "application/json"),
+                    ("$.ce", "utf-8"),
+                    ("kind", "reading"),
+                ],
+            )
+            .await?;
+        println!("   -> sent {reading}, acknowledged by the hub");
+    }
+    println!("9. It reports its provisioning status through reported properties.");
+    let version = connection
+        .report(&json!({ "provisioning": { "status": "provisioned", "hub": hub_host, "at": emulator::stamps::now() }, "firmware": "1.0.0" }))
+        .await?;
+    println!("   -> the hub stored them as reported version {version}");
+    let twin = hub
+        .get(&format!("twins/{device_id}"))
+        .await?
+        .context("the twin disappeared")?;
+    let identity = hub
+        .get(&format!("devices/{device_id}"))
+        .await?
+        .context("the device disappeared")?;
+    println!("10. What the hub now knows (service API):");
+    println!(
+        "   connection state {}, last activity {}",
+        identity["connectionState"], identity["lastActivityTime"]
+    );
+    println!(
+        "   reported properties {}",
+        without_metadata(&twin["properties"]["reported"])
+    );
+    connection.close().await;
+
+    if let Some(log) = events_log {
+        println!("11. The hub's events went to the Functions host stand-in, which delivered them in batches");
+        println!(
+            "    to the sample function app's handler (event-recorder) as Azure Functions would:"
+        );
+        let invocations = wait_for_events(log, &device_id).await;
+        for invocation in &invocations {
+            let events = describe_batch(invocation, &device_id);
+            if events.is_empty() {
+                continue;
+            }
+            println!(
+                "   {} received {} event(s) for {device_id}:",
+                invocation["function"].as_str().unwrap_or("?"),
+                events.len()
+            );
+            for event in events {
+                println!("     - {event}");
+            }
+        }
+    }
+    println!();
+    println!("Done: devices enrolled, authenticated, assigned to hubs, connected and reporting, all on this machine.");
+    Ok(())
+}
+
+/// A twin section without its `$metadata`, for reading.
+fn without_metadata(section: &serde_json::Value) -> serde_json::Value {
+    let mut section = section.clone();
+    if let Some(map) = section.as_object_mut() {
+        map.remove("$metadata");
+    }
+    section
+}
+
+/// Waits (bounded) until the recorder has seen the demo device's telemetry and its twin change.
+async fn wait_for_events(log: &std::path::Path, device_id: &str) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        let invocations: Vec<serde_json::Value> = complete
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let seen: Vec<String> = invocations
+            .iter()
+            .flat_map(|i| describe_batch(i, device_id))
+            .collect();
+        let telemetry = seen.iter().filter(|e| e.starts_with("telemetry")).count();
+        if (telemetry >= 3 && seen.iter().any(|e| e.contains("updateTwin")))
+            || Instant::now() > deadline
+        {
+            return invocations;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// One line per event of `device_id` in a recorded invocation.
+fn describe_batch(invocation: &serde_json::Value, device_id: &str) -> Vec<String> {
+    let request = &invocation["request"];
+    let decode = |field: &serde_json::Value| -> Vec<serde_json::Value> {
+        field
+            .as_str()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    };
+    let bodies: Vec<String> = request["Data"]
+        .as_object()
+        .and_then(|d| d.values().next())
+        .map(decode)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| b.as_str().map_or_else(|| b.to_string(), str::to_owned))
+        .collect();
+    let system = decode(&request["Metadata"]["SystemPropertiesArray"]);
+    let properties = decode(&request["Metadata"]["PropertiesArray"]);
+    bodies
+        .iter()
+        .zip(system.iter().zip(properties.iter()))
+        .filter(|(_, (sys, _))| sys["iothub-connection-device-id"] == device_id)
+        .map(
+            |(body, (sys, props))| match sys["iothub-message-source"].as_str() {
+                Some("Telemetry") => format!("telemetry {body}"),
+                Some(source) => format!("{} ({source})", props["opType"].as_str().unwrap_or("?")),
+                None => body.clone(),
+            },
+        )
+        .collect()
+}
+
+async fn simulate(
+    emulator: &Emulator,
+    devices: usize,
+    rate: f64,
+    duration: u64,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let prefix = format!("{prefix}-{}", std::process::id());
+    println!("Enrolling {devices} devices and provisioning them through DPS...");
+    let credentials = enroll(
+        &emulator.service,
+        &prefix,
+        devices,
+        &emulator.endpoints.dps.id_scope,
+    )
+    .await?;
+    let mut connections = Vec::new();
+    for device in &credentials {
+        let state = emulator
+            .registrar
+            .register(device, Some(json!({ "model": "simulator" })))
+            .await?;
+        let hub = state.assigned_hub.context("assigned without a hub")?;
+        let endpoint = emulator.hub_endpoint(&hub)?;
+        let mut connection =
+            DeviceConnection::connect_device(&endpoint, &device.registration_id, &device.key)
+                .await?;
+        connection
+            .report(&json!({ "provisioning": { "status": "provisioned", "hub": hub } }))
+            .await?;
+        connections.push(connection);
+    }
+    println!(
+        "{} devices connected; sending {rate} message(s) per second each for {duration} s...",
+        connections.len()
+    );
+    let interval = std::time::Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let started = Instant::now();
+    let sent: Vec<usize> = futures_util::stream::iter(connections.into_iter().enumerate())
+        .map(|(n, mut connection)| async move {
+            let mut ticker = tokio::time::interval(interval);
+            let mut count = 0;
+            while started.elapsed() < std::time::Duration::from_secs(duration) {
+                ticker.tick().await;
+                let reading = json!({ "temperature": 20.0 + (n % 10) as f64 / 2.0, "sequence": count, "at": emulator::stamps::now() });
+                if connection
+                    .send_telemetry(reading.to_string().into(), &[("$.ct", "application/json"), ("$.ce", "utf-8")])
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                count += 1;
+            }
+            connection.close().await;
+            count
+        })
+        .buffer_unordered(usize::MAX)
+        .collect()
+        .await;
+    let total: usize = sent.iter().sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{total} messages acknowledged in {elapsed:.1} s ({:.0}/s).",
+        total as f64 / elapsed
+    );
+    Ok(())
+}
+
+async fn bench_hub(
+    emulator: &Emulator,
+    devices: usize,
+    messages: usize,
+    window: usize,
+    server_pid: u32,
+    broker: Option<std::net::SocketAddr>,
+    label: &str,
+) -> anyhow::Result<()> {
+    let run = std::process::id();
+    let simulated: Vec<SimulatedDevice> = match broker {
+        Some(address) => (0..devices)
+            .map(|n| SimulatedDevice {
+                endpoint: Endpoint {
+                    address,
+                    host: address.ip().to_string(),
+                    tls: emulator.tls.clone(),
+                },
+                device_id: format!("bench-{run}-{n:06}"),
+                login: Login::Anonymous,
+            })
+            .collect(),
+        None => {
+            // Devices are provisioned the real way: enrolled in bulk, registered through DPS.
+            let credentials = enroll(
+                &emulator.service,
+                &format!("bench-hub-{run}"),
+                devices,
+                &emulator.endpoints.dps.id_scope,
+            )
+            .await?;
+            let registered = measure(emulator, &credentials, DpsTransport::Https, 64).await;
+            if let Some(error) = registered.first_error {
+                bail!(
+                    "{} registrations failed; the first: {error}",
+                    registered.failures
+                );
+            }
+            let mut simulated = Vec::new();
+            for device in &credentials {
+                let state = emulator
+                    .service
+                    .registration(&device.registration_id)
+                    .await?;
+                let hub = state.assigned_hub.context("assigned without a hub")?;
+                simulated.push(SimulatedDevice {
+                    endpoint: emulator.hub_endpoint(&hub)?,
+                    device_id: device.registration_id.clone(),
+                    login: Login::Device(device.key.clone()),
+                });
+            }
+            simulated
+        }
+    };
+    let (before, _) = memory_kib(server_pid).context("cannot read the server's memory")?;
+    let (mut connections, errors, connect_time) = connect_all(&simulated, 64).await;
+    if let Some(error) = errors.first() {
+        bail!("{} connections failed; the first: {error}", errors.len());
+    }
+    // Give the server a moment to finish per-connection work (events, bookkeeping) before the
+    // memory reading: there is no signal for "idle".
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (connected, _) = memory_kib(server_pid).context("cannot read the server's memory")?;
+    let payload = bytes::Bytes::from_static(br#"{"temperature":21.5,"humidity":40,"unit":"C"}"#);
+    let burst = burst_all(&mut connections, messages, window, payload).await;
+    let (_, peak) = memory_kib(server_pid).context("cannot read the server's memory")?;
+    for connection in connections {
+        connection.close().await;
+    }
+    if burst.failed_connections > 0 {
+        bail!(
+            "{} connections failed during the burst",
+            burst.failed_connections
+        );
+    }
+    let per_connection = connected.saturating_sub(before) as f64 / devices as f64;
+    println!(
+        "| {label} | {devices} | {:.1} s | {per_connection:.1} KiB | {:.0} | {} | {peak} KiB |",
+        connect_time.as_secs_f64(),
+        burst.rate(),
+        burst.acknowledged,
     );
     Ok(())
 }

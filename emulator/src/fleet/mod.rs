@@ -4,6 +4,8 @@
 
 pub mod device;
 pub mod hub;
+pub mod hub_device;
+pub mod hub_load;
 pub mod load;
 pub mod service;
 

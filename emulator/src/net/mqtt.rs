@@ -196,7 +196,8 @@ async fn open(
                     outgoing.try_recv().ok()
                 };
             }
-            if write.write_all(&buf).await.is_err() {
+            // Flush too: TLS may hold encrypted bytes back when the socket is momentarily full.
+            if write.write_all(&buf).await.is_err() || write.flush().await.is_err() {
                 break;
             }
             buf.clear();
