@@ -683,3 +683,42 @@ async fn dps_assignment_creates_the_identity_and_its_lifecycle_event() {
         "via-dps"
     );
 }
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives() {
+    let emu = TestEmulator::start().await;
+    let device = emu.hub_device(0, "sleepy").await;
+    let hub = emu.running.hub(&device.hub_host).unwrap();
+    let mut connection = support::RawConnection::open(&emu, hub.mqtt).await;
+    let token = SasToken::sign(
+        &format!("{}/devices/sleepy", device.hub_host),
+        &device.key,
+        None,
+        unix_now() + 600,
+    );
+    connection
+        .send(&Packet::Connect(Box::new(
+            emulator::net::mqtt_codec::Connect {
+                protocol_name: "MQTT".into(),
+                protocol_level: 4,
+                client_id: "sleepy".into(),
+                clean_session: true,
+                keep_alive: 2,
+                username: Some(format!(
+                    "{}/sleepy/?api-version=2021-04-12",
+                    device.hub_host
+                )),
+                password: Some(bytes::Bytes::from(token.expose().to_owned())),
+                will: None,
+            },
+        )))
+        .await;
+    assert!(accepted(&connection.next().await));
+    let started = std::time::Instant::now();
+    assert!(connection.is_closed_by_server().await);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+}
