@@ -16,6 +16,7 @@
 //! [`start`] binds every listener (port 0 picks free ports, so tests run in parallel), writes
 //! endpoints.json and returns a handle that stops everything cleanly.
 
+pub mod base64_bytes;
 pub mod config;
 pub mod dps;
 pub mod endpoints;

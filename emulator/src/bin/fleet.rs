@@ -173,21 +173,22 @@ impl Emulator {
         }
     }
 
-    fn hub_name(&self, host: &str) -> String {
+    /// The hub with this host name, as endpoints.json lists it.
+    fn hub_entry(&self, host: &str) -> anyhow::Result<&emulator::endpoints::HubEndpoints> {
         self.endpoints
             .hubs
             .iter()
             .find(|h| h.host_name == host)
-            .map_or_else(|| host.to_owned(), |h| format!("{} ({host})", h.name))
+            .context("DPS assigned a hub that endpoints.json does not list")
+    }
+
+    fn hub_name(&self, host: &str) -> String {
+        self.hub_entry(host)
+            .map_or_else(|_| host.to_owned(), |h| format!("{} ({host})", h.name))
     }
 
     fn hub_endpoint(&self, host: &str) -> anyhow::Result<Endpoint> {
-        let hub = self
-            .endpoints
-            .hubs
-            .iter()
-            .find(|h| h.host_name == host)
-            .context("DPS assigned a hub that endpoints.json does not list")?;
+        let hub = self.hub_entry(host)?;
         Ok(Endpoint {
             address: std::net::SocketAddr::new(host.parse()?, hub.mqtt_port),
             host: host.to_owned(),
@@ -196,12 +197,7 @@ impl Emulator {
     }
 
     fn hub(&self, host: &str) -> anyhow::Result<HubService> {
-        let hub = self
-            .endpoints
-            .hubs
-            .iter()
-            .find(|h| h.host_name == host)
-            .context("DPS assigned a hub that endpoints.json does not list")?;
+        let hub = self.hub_entry(host)?;
         Ok(HubService::new(
             ServiceConnectionString::parse(&hub.connection_string)?,
             &self.ca,

@@ -24,7 +24,7 @@ pub struct Event {
     /// Application properties (`opType`, `hubName`, `deviceId`, … or a device's own).
     pub properties: Map<String, Value>,
     /// The body.
-    #[serde(with = "base64_bytes")]
+    #[serde(with = "crate::base64_bytes")]
     pub body: Bytes,
 }
 
@@ -53,23 +53,4 @@ pub struct NewEvent {
     pub properties: Map<String, Value>,
     /// The body.
     pub body: Bytes,
-}
-
-mod base64_bytes {
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine;
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        STANDARD
-            .decode(text)
-            .map(Bytes::from)
-            .map_err(serde::de::Error::custom)
-    }
 }

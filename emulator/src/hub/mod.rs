@@ -126,6 +126,19 @@ pub struct Hub {
 /// The hubs by host name.
 pub type Hubs = BTreeMap<String, Arc<Hub>>;
 
+/// The device `device_id` of hub `host`, or DeviceNotFound.
+fn existing<'a>(
+    state: &'a CloudState,
+    host: &str,
+    device_id: &str,
+) -> Result<&'a DeviceIdentity, HubError> {
+    state
+        .hubs
+        .get(host)
+        .and_then(|r| r.get(device_id))
+        .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))
+}
+
 fn new_key() -> String {
     SharedAccessKey::generate(32).expose_base64().to_owned()
 }
@@ -272,11 +285,7 @@ impl Hub {
         let updated = self
             .store
             .transact(|state| {
-                let current = state
-                    .hubs
-                    .get(&host)
-                    .and_then(|r| r.get(device_id))
-                    .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+                let current = existing(state, &host, device_id)?;
                 if !stamps::etag_matches(if_match, &current.etag) {
                     return Err(HubError::PreconditionFailed);
                 }
@@ -313,11 +322,7 @@ impl Hub {
         let deleted = self
             .store
             .transact(|state| {
-                let current = state
-                    .hubs
-                    .get(&host)
-                    .and_then(|r| r.get(device_id))
-                    .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+                let current = existing(state, &host, device_id)?;
                 if if_match.is_some_and(|m| !stamps::etag_matches(m, &current.etag)) {
                     return Err(HubError::PreconditionFailed);
                 }
@@ -433,11 +438,7 @@ impl Hub {
         let host = self.host().to_owned();
         self.store
             .transact(|state| {
-                let current = state
-                    .hubs
-                    .get(&host)
-                    .and_then(|r| r.get(device_id))
-                    .ok_or_else(|| HubError::DeviceNotFound(device_id.to_owned()))?;
+                let current = existing(state, &host, device_id)?;
                 if if_match.is_some_and(|m| !stamps::etag_matches(m, &current.twin.etag)) {
                     return Err(HubError::PreconditionFailed);
                 }

@@ -117,27 +117,8 @@ pub struct CloudMessage {
     /// Expiry, milliseconds since the Unix epoch.
     pub expires_at_ms: i64,
     /// The payload.
-    #[serde(with = "payload")]
+    #[serde(with = "crate::base64_bytes")]
     pub body: Bytes,
-}
-
-mod payload {
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine;
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        STANDARD
-            .decode(text)
-            .map(Bytes::from)
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 /// The devices of one hub, keyed by device id.
