@@ -7,15 +7,17 @@ CONFORMANCE := emulator/conformance
 
 .PHONY: test lint unit conformance demo up down bench
 
-## test: formatting, lints, every Rust test, and the official-SDK conformance suite
+## test: formatting, lints, every Rust test (with Azurite), and the official-SDK conformance suite
 test: lint unit conformance
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The handler's API tests need Table Storage: an in-memory Azurite on a free port, from the
+# committed lockfile, stopped afterwards.
 unit:
-	$(CARGO) test --workspace --locked
+	scripts/with-azurite.sh $(CARGO) test --workspace --locked
 
 conformance: $(CONFORMANCE)/node_modules/.installed
 	$(CARGO) build --locked -p emulator --bin emulator
@@ -30,13 +32,14 @@ $(CONFORMANCE)/node_modules/.installed: $(CONFORMANCE)/package-lock.json
 demo:
 	scripts/demo.sh
 
-## up / down: a long-running local emulator; `up` writes .local/endpoints.json
+## up / down: the local stack in the background (Azurite, emulator, function app on 7071);
+## `up` writes .local/endpoints.json
 up:
 	scripts/up.sh
 
 down:
 	scripts/down.sh
 
-## bench: DPS registrations per second (HTTPS, MQTT) and the emulator's peak memory
+## bench: DPS, hub and handler figures next to references measured in the same run
 bench:
 	scripts/bench.sh

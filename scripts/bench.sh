@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: DPS registrations per second over HTTPS and MQTT for 1,000 distinct devices each,
-# next to references measured in the same run, and the emulator's peak resident memory.
+# `make bench`: DPS registrations per second over HTTPS and MQTT for 1,000 distinct devices each
+# and the emulator's peak memory; hub connections and telemetry next to Mosquitto; the handler next
+# to Azurite (scripts/bench-handler.sh). Every reference is measured in the same run.
 # Figures are recorded by hand in docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,3 +80,8 @@ CONF
     --server-pid "$broker" --broker "$broker_address:$broker_port" --label "mosquitto"
   kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true
 done
+
+# ----- The handler: start-up, memory, create and read rates next to Azurite's raw rates -----
+echo
+kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=
+scripts/bench-handler.sh

@@ -17,3 +17,34 @@ wait_ready() {
   cat "$state/emulator.log" >&2 || true
   return 1
 }
+
+# functions_app_args: the emulator options that run this repository's function app (the
+# handler) in the Functions host stand-in, its settings pointed at the emulator itself and at the
+# Azurite of AZURITE_CONNECTION_STRING. Sets the array FUNCTIONS_APP_ARGS.
+functions_app_args() {
+  local handler=$1
+  FUNCTIONS_APP_ARGS=(
+    --functions-app .
+    --functions-executable "$handler"
+    --functions-setting 'DPS_SERVICE_CONNECTION_STRING={dps.serviceConnectionString}'
+    --functions-setting 'DPS_ID_SCOPE={dps.idScope}'
+    --functions-setting 'DPS_DEVICE_ENDPOINT={dps.deviceEndpoint}'
+    --functions-setting 'IOTHUB_CONNECTION_STRINGS={hubs.0.connectionString}|{hubs.1.connectionString}'
+    --functions-setting 'EXTRA_TRUSTED_CA_FILE={caCertificatePath}'
+    --functions-setting "AzureWebJobsStorage=$AZURITE_CONNECTION_STRING"
+  )
+}
+
+# wait_host STATE_DIR: waits (bounded) until the Functions host stand-in reports its handler
+# running.
+wait_host() {
+  local url
+  url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["functions"]["statusUrl"])' "$1/endpoints.json")
+  for _ in $(seq 1 200); do
+    curl -fsS "$url" 2>/dev/null | grep -q '"Running"' && return 0
+    sleep 0.05
+  done
+  echo "The function app's handler did not start within 10 s; the emulator's log:" >&2
+  cat "$1/emulator.log" >&2 || true
+  return 1
+}

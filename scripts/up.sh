@@ -1,35 +1,56 @@
 #!/usr/bin/env bash
-# `make up`: a long-running local emulator with durable state in .local/emulator, on Azure's
-# ports when allowed (root), otherwise HTTPS on a free port; writes .local/endpoints.json.
+# `make up`: the local stack in the background: Azurite (Table Storage, data in .local/azurite),
+# the emulator (DPS, two hubs; state in .local/emulator) and its Functions host stand-in on 7071
+# running the middleware. Azure's ports when allowed (root), otherwise HTTPS on a free port.
+# Writes .local/endpoints.json (see docs/local-development.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+source scripts/azurite.sh
 
 local_dir=.local
 state=$local_dir/emulator
-mkdir -p "$state"
+mkdir -p "$state" "$local_dir/azurite"
 if [[ -f $local_dir/emulator.pid ]] && kill -0 "$(cat $local_dir/emulator.pid)" 2>/dev/null; then
-  echo "The emulator is already running (pid $(cat $local_dir/emulator.pid)); see $local_dir/endpoints.json."
+  echo "The stack is already running; see $local_dir/endpoints.json (make down stops it)."
   exit 0
 fi
 default_port=0
 [[ $(id -u) -eq 0 ]] && default_port=443
 https_port=${EMULATOR_HTTPS_PORT:-$default_port}
 mqtt_port=${EMULATOR_MQTT_PORT:-8883}
+functions_port=${FUNCTIONS_PORT:-7071}
 
-cargo build --locked --quiet -p emulator --bins
+cargo build --locked --quiet -p emulator --bins -p handler
+
+# Azurite's usual port when it is free, so tools that assume it (UseDevelopmentStorage=true) work.
+azurite_port=${AZURITE_TABLE_PORT:-10002}
+if ! python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$azurite_port" 2>/dev/null; then
+  azurite_port=$(free_port)
+fi
+start_azurite "$local_dir/azurite.log" "$azurite_port" "$local_dir/azurite"
+echo "$AZURITE_PID" > "$local_dir/azurite.pid"
+
 rm -f "$state/endpoints.json"
+functions_app_args target/debug/handler
 nohup target/debug/emulator --state-dir "$state" --https-port "$https_port" --mqtt-port "$mqtt_port" \
-  >"$state/emulator.log" 2>&1 &
+  --functions-port "$functions_port" "${FUNCTIONS_APP_ARGS[@]}" >"$state/emulator.log" 2>&1 &
 pid=$!
 echo "$pid" > "$local_dir/emulator.pid"
 wait_ready "$state" "$pid"
-python3 - "$state/endpoints.json" "$local_dir/endpoints.json" <<'PY'
+wait_host "$state"
+python3 - "$state/endpoints.json" "$local_dir/endpoints.json" "$AZURITE_CONNECTION_STRING" <<'PY'
 import json, sys
 emulator = json.load(open(sys.argv[1]))
+functions = emulator.pop("functions")
 with open(sys.argv[2], "w") as out:
-    json.dump({"emulator": emulator}, out, indent=2)
+    json.dump({
+        "api": {"baseUrl": functions["baseUrl"], "functionKey": functions["functionKey"]},
+        "storage": {"connectionString": sys.argv[3]},
+        "emulator": emulator,
+    }, out, indent=2)
 PY
 chmod 600 "$local_dir/endpoints.json"
-echo "The emulator is up (pid $pid). Endpoints: $local_dir/endpoints.json; log: $state/emulator.log"
-echo "Trust its CA with NODE_EXTRA_CA_CERTS=$(cd "$state" && pwd)/ca.pem (Node) or the CA path in endpoints.json."
+echo "The stack is up: admin API $(python3 -c 'import json; print(json.load(open(".local/endpoints.json"))["api"]["baseUrl"])')"
+echo "Endpoints and keys: $local_dir/endpoints.json; logs: $state/emulator.log, $local_dir/azurite.log"
+echo "Trust the emulator's CA with NODE_EXTRA_CA_CERTS=$(cd "$state" && pwd)/ca.pem (Node) or the CA path in endpoints.json."

@@ -4,6 +4,7 @@
 //! - [`key`]: [`SharedAccessKey`], a base64 symmetric key that never prints itself, and the
 //!   derivation of a device key from an enrollment-group key.
 //! - [`sas`]: building, parsing and verifying `SharedAccessSignature` tokens for DPS and IoT Hub.
+//! - [`provisioning_code`]: the one string a customer gives the device to provision itself.
 //! - [`connection_string`]: parsing and printing the connection strings Azure hands out
 //!   (DPS and IoT Hub service policies, devices, storage accounts).
 //!
@@ -12,10 +13,12 @@
 
 pub mod connection_string;
 pub mod key;
+pub mod provisioning_code;
 pub mod sas;
 
 pub use connection_string::{
     ConnectionStringError, DeviceConnectionString, ServiceConnectionString, StorageConnectionString,
 };
 pub use key::{derive_device_key, KeyError, SharedAccessKey};
+pub use provisioning_code::{CodeError, ProvisioningCode};
 pub use sas::{SasError, SasToken, SignedSas};

@@ -67,6 +67,12 @@ pub struct FunctionsConfig {
     pub function_key: String,
     /// The master key.
     pub master_key: String,
+    /// App settings that replace local.settings.json's, as `(name, value)`. A value may name
+    /// parts of endpoints.json in braces (`{dps.serviceConnectionString}`,
+    /// `{hubs.0.connectionString}`), filled in once the emulator's ports are known.
+    pub settings: Vec<(String, String)>,
+    /// The handler executable, instead of host.json's defaultExecutablePath.
+    pub executable: Option<PathBuf>,
 }
 
 impl FunctionsConfig {
@@ -77,6 +83,8 @@ impl FunctionsConfig {
             port: 7071,
             function_key: DEFAULT_FUNCTION_KEY.into(),
             master_key: DEFAULT_MASTER_KEY.into(),
+            settings: Vec::new(),
+            executable: None,
         }
     }
 }

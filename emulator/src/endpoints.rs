@@ -108,3 +108,65 @@ impl Endpoints {
         serde_json::from_slice(&bytes).map_err(io::Error::other)
     }
 }
+
+/// Fills `{a.b.0.c}` placeholders in `template` with values of `endpoints` (endpoints.json as
+/// JSON); other braces are left alone. Used for app settings that point at the emulator.
+pub fn fill(template: &str, endpoints: &serde_json::Value) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after.find('}');
+        let name = close.map(|c| &after[..c]).filter(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+        });
+        match (name, close) {
+            (Some(name), Some(close)) => {
+                let pointer = format!("/{}", name.replace('.', "/"));
+                let value = endpoints
+                    .pointer(&pointer)
+                    .ok_or_else(|| format!("{{{name}}} names nothing in endpoints.json"))?;
+                match value {
+                    serde_json::Value::String(text) => out.push_str(text),
+                    other => out.push_str(&other.to_string()),
+                }
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::fill;
+    use serde_json::json;
+
+    #[test]
+    fn placeholders_name_endpoint_values_and_other_braces_stay() {
+        let endpoints = json!({"dps": {"idScope": "0ne"}, "hubs": [{"connectionString": "a"}, {"connectionString": "b"}], "port": 8883});
+        assert_eq!(
+            fill(
+                "{hubs.0.connectionString}|{hubs.1.connectionString}",
+                &endpoints
+            )
+            .unwrap(),
+            "a|b"
+        );
+        assert_eq!(
+            fill("scope={dps.idScope} port={port} {not json} {}", &endpoints).unwrap(),
+            "scope=0ne port=8883 {not json} {}"
+        );
+        assert!(fill("{dps.nothing}", &endpoints)
+            .unwrap_err()
+            .contains("dps.nothing"));
+    }
+}

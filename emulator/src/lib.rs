@@ -342,8 +342,24 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
             .iter()
             .map(|h| (h.hub.settings().host_name.clone(), h.hub.clone()))
             .collect();
+        let published = serde_json::to_value(&endpoints).unwrap_or_default();
+        let mut settings = std::collections::BTreeMap::new();
+        for (name, template) in &functions.settings {
+            let value = endpoints::fill(template, &published).map_err(|reason| {
+                StartError::Functions(functions::FunctionsError::Setting {
+                    name: name.clone(),
+                    reason,
+                })
+            })?;
+            settings.insert(name.clone(), value);
+        }
+        let overrides = functions::Overrides {
+            settings,
+            executable: functions.executable.clone(),
+        };
         let (host, functions_tasks) = functions::start(
             &functions.app_root,
+            overrides,
             listener,
             functions::front::Keys {
                 function: functions.function_key.clone(),

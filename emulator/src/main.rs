@@ -53,6 +53,14 @@ struct Args {
     /// Function key of the stand-in. Default: the documented development key.
     #[arg(long, env = "EMULATOR_FUNCTION_KEY", hide_env_values = true)]
     function_key: Option<String>,
+    /// An app setting for the function app, replacing local.settings.json's (repeatable):
+    /// `NAME=VALUE`, where VALUE may name endpoints.json values in braces, such as
+    /// `DPS_SERVICE_CONNECTION_STRING={dps.serviceConnectionString}`.
+    #[arg(long = "functions-setting", value_name = "NAME=VALUE")]
+    functions_settings: Vec<String>,
+    /// The custom handler executable, instead of host.json's defaultExecutablePath.
+    #[arg(long)]
+    functions_executable: Option<PathBuf>,
     /// Events kept in memory per partition of each hub's event stream.
     #[arg(long, default_value_t = emulator::events::log::DEFAULT_RETENTION)]
     event_retention: usize,
@@ -139,6 +147,15 @@ fn config(args: Args) -> anyhow::Result<EmulatorConfig> {
         if let Some(key) = args.function_key {
             functions.function_key = key;
         }
+        for setting in args.functions_settings {
+            let (name, value) = setting
+                .split_once('=')
+                .with_context(|| format!("--functions-setting {setting:?}: use NAME=VALUE"))?;
+            functions
+                .settings
+                .push((name.trim().to_owned(), value.to_owned()));
+        }
+        functions.executable = args.functions_executable;
         config.functions = Some(functions);
     }
     Ok(config)

@@ -310,6 +310,57 @@ impl DeviceConnection {
         serde_json::from_slice(&body).map_err(transport)
     }
 
+    /// Subscribes to direct-method requests.
+    pub async fn subscribe_methods(&mut self) -> Result<(), ClientError> {
+        let pkid = self.packet_id();
+        self.send(&Packet::Subscribe {
+            pkid,
+            filters: vec![("$iothub/methods/POST/#".into(), QoS::AtMostOnce)],
+        })
+        .await?;
+        loop {
+            if let Packet::SubAck { .. } = self.next().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for the next direct-method request: (method name, request id, payload).
+    pub async fn next_method(&mut self) -> Result<(String, String, Bytes), ClientError> {
+        loop {
+            if let Packet::Publish(request) = self.next().await? {
+                let Some(rest) = request.topic.strip_prefix("$iothub/methods/POST/") else {
+                    continue;
+                };
+                let Some((name, query)) = rest.split_once("/?") else {
+                    continue;
+                };
+                let rid = query.split('&').find_map(|p| p.strip_prefix("$rid="));
+                if let Some(rid) = rid {
+                    return Ok((name.to_owned(), rid.to_owned(), request.payload));
+                }
+            }
+        }
+    }
+
+    /// Answers a direct-method request.
+    pub async fn answer_method(
+        &mut self,
+        rid: &str,
+        status: u16,
+        payload: &Value,
+    ) -> Result<(), ClientError> {
+        self.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: format!("$iothub/methods/res/{status}/?$rid={rid}"),
+            pkid: 0,
+            payload: Bytes::from(payload.to_string()),
+        }))
+        .await
+    }
+
     /// Disconnects cleanly.
     pub async fn close(mut self) {
         let _ = self.send(&Packet::Disconnect).await;

@@ -45,6 +45,14 @@ pub enum FunctionsError {
         /// What is wrong.
         reason: String,
     },
+    /// A setting given on the command line cannot be filled in.
+    #[error("app setting {name}: {reason}")]
+    Setting {
+        /// The setting.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Starting a process or a listener failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -83,17 +91,33 @@ fn event_hub_connection(text: &str) -> Option<(String, String, String, Option<St
     Some((host, key_name?, key?, entity))
 }
 
+/// What the command line changes about an app: settings (already filled in) and the handler
+/// executable.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Replaced or added app settings.
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// The handler executable.
+    pub executable: Option<std::path::PathBuf>,
+}
+
 /// Starts the stand-in for the app at `root`: the handler process, the HTTP front on `listener`,
 /// one delivery loop per event function and partition, one loop per timer function.
 pub async fn start(
     root: &std::path::Path,
+    overrides: Overrides,
     listener: TcpListener,
     keys: Keys,
     hubs: &Hubs,
     checkpoints: Arc<Checkpoints>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(FunctionsHost, Vec<JoinHandle<()>>), FunctionsError> {
-    let app = Arc::new(FunctionApp::load(root)?);
+    let mut app = FunctionApp::load(root)?;
+    app.settings.extend(overrides.settings);
+    if let Some(executable) = overrides.executable {
+        app.handler.executable = executable;
+    }
+    let app = Arc::new(app);
     let address = listener.local_addr()?;
     let mut tasks = Vec::new();
 

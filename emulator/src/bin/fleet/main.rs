@@ -1,6 +1,6 @@
 //! `fleet`: drives the emulator the way devices and a backend do.
 //!
-//! - `fleet demo`: one enrollment and registration, narrated step by step for a newcomer.
+//! - `fleet demo`: the whole flow through the admin API, narrated step by step for a newcomer.
 //! - `fleet provision`: N devices enrolled in bulk, then registered concurrently; prints the rate.
 //! - `fleet simulate`: N devices provisioned through DPS, connected to their hubs, sending
 //!   telemetry at a rate.
@@ -15,11 +15,12 @@
 // A command-line tool: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
+mod demo;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use emulator::endpoints::Endpoints;
-use emulator::fleet::device::{finished, register_mqtt, DeviceCredentials, HttpsRegistrar};
-use emulator::fleet::hub::HubService;
+use emulator::fleet::device::{DeviceCredentials, HttpsRegistrar};
 use emulator::fleet::hub_device::{DeviceConnection, Endpoint};
 use emulator::fleet::hub_load::{burst_all, connect_all, memory_kib, Login, SimulatedDevice};
 use emulator::fleet::load::{
@@ -49,13 +50,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enroll and provision sample devices, connect one to its hub, explaining each step.
-    Demo {
-        /// The event-recorder log of the Functions host stand-in's sample app, to show which
-        /// events it delivered.
-        #[arg(long)]
-        events_log: Option<PathBuf>,
-    },
+    /// Enroll sample devices through the admin API, provision them, connect one to its hub and
+    /// drive it from the backend, explaining each step.
+    Demo,
     /// Provision N devices through DPS, connect each to its hub, send telemetry at a rate.
     Simulate {
         /// Number of devices.
@@ -137,7 +134,6 @@ enum Command {
 
 struct Emulator {
     endpoints: Endpoints,
-    ca: String,
     service: DpsService,
     registrar: HttpsRegistrar,
     tls: Arc<rustls::ClientConfig>,
@@ -161,7 +157,6 @@ impl Emulator {
             registrar: HttpsRegistrar::new(http, &endpoints.dps.device_endpoint),
             tls: Arc::new(client_tls(&ca)?),
             endpoints,
-            ca,
         })
     }
 
@@ -195,14 +190,6 @@ impl Emulator {
             tls: self.tls.clone(),
         })
     }
-
-    fn hub(&self, host: &str) -> anyhow::Result<HubService> {
-        let hub = self.hub_entry(host)?;
-        Ok(HubService::new(
-            ServiceConnectionString::parse(&hub.connection_string)?,
-            &self.ca,
-        )?)
-    }
 }
 
 #[tokio::main]
@@ -228,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
     let emulator = Emulator::load(&args.endpoints)?;
     match args.command {
         Command::IssueCertificate { .. } => Ok(()),
-        Command::Demo { events_log } => demo(&emulator, events_log.as_deref()).await,
+        Command::Demo => demo::run(&emulator).await,
         Command::Simulate {
             devices,
             rate,
@@ -299,269 +286,6 @@ async fn measure(
         tls: emulator.tls.clone(),
     };
     register_all(devices, transport, concurrency, &target).await
-}
-
-async fn demo(emulator: &Emulator, events_log: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let dps = &emulator.endpoints.dps;
-    println!("Local Azure is running:");
-    println!(
-        "  Device Provisioning Service at {} (ID scope {})",
-        dps.device_endpoint, dps.id_scope
-    );
-    for hub in &emulator.endpoints.hubs {
-        println!("  IoT hub {} at {}", hub.name, hub.host_name);
-    }
-    println!();
-
-    let id = format!("demo-thermostat-{}", std::process::id());
-    println!("1. The CRM administrator enrolls device {id:?} (serial SN-0001, model TX-100,");
-    println!("   sold to Contoso) as an individual enrollment with symmetric-key attestation.");
-    let created = emulator
-        .service
-        .put_enrollment(&json!({
-            "registrationId": id,
-            "attestation": { "type": "symmetricKey" },
-            "optionalDeviceInformation": { "serialNumber": "SN-0001", "model": "TX-100" },
-            "initialTwin": {
-                "tags": { "customer": "Contoso", "serialNumber": "SN-0001", "model": "TX-100" },
-                "properties": { "desired": { "telemetryIntervalSeconds": 30 } }
-            },
-        }))
-        .await?;
-    println!(
-        "   -> DPS stored the enrollment (etag {}) and generated the device's keys.",
-        created["etag"].as_str().unwrap_or("?")
-    );
-
-    println!(
-        "2. The device's key is read through the attestation-mechanism call (plain reads never"
-    );
-    println!("   return keys). It is what the customer's provisioning code carries; it is not shown here.");
-    let key = emulator.service.primary_key(&id).await?;
-
-    println!("3. The device registers with DPS over HTTPS, signing a SAS token with its key.");
-    let device = emulator.device(&id, key);
-    let mut step = emulator
-        .registrar
-        .start(&device, Some(json!({ "model": "TX-100" })))
-        .await?;
-    println!(
-        "   -> DPS answered {} (operation {}) and asked the device to poll again in {} s.",
-        json!(step.status.status),
-        step.status.operation_id,
-        step.retry_after.as_secs()
-    );
-    let state = loop {
-        if let Some(state) = finished(&step)? {
-            break state;
-        }
-        tokio::time::sleep(step.retry_after).await;
-        step = emulator
-            .registrar
-            .poll(&device, &step.status.operation_id)
-            .await?;
-        println!(
-            "   -> Polling the operation: {}.",
-            json!(step.status.status)
-        );
-    };
-    let hub_host = state
-        .assigned_hub
-        .clone()
-        .context("assigned without a hub")?;
-    println!(
-        "4. Assigned to IoT hub {} as device {:?} (substatus {}).",
-        emulator.hub_name(&hub_host),
-        state.device_id.clone().unwrap_or_default(),
-        state.substatus.map(|s| json!(s)).unwrap_or_default()
-    );
-
-    let hub = emulator.hub(&hub_host)?;
-    let twin = hub
-        .get(&format!(
-            "twins/{}",
-            state.device_id.clone().unwrap_or_default()
-        ))
-        .await?
-        .context("the hub does not know the device")?;
-    println!("5. The hub's registry now holds the device, its twin started from the enrollment:");
-    println!("   tags {}", twin["tags"]);
-    println!(
-        "   desired properties {}",
-        without_metadata(&twin["properties"]["desired"])
-    );
-
-    let second = format!("demo-sensor-{}", std::process::id());
-    emulator
-        .service
-        .put_enrollment(
-            &json!({ "registrationId": second, "attestation": { "type": "symmetricKey" } }),
-        )
-        .await?;
-    let second_key = emulator.service.primary_key(&second).await?;
-    println!("6. A second device, {second:?}, registers over MQTT instead of HTTPS.");
-    let started = Instant::now();
-    let second_state = register_mqtt(
-        &dps.mqtt_host,
-        dps.mqtt_port,
-        emulator.tls.clone(),
-        &emulator.device(&second, second_key),
-        None,
-    )
-    .await?;
-    println!(
-        "   -> Assigned to IoT hub {} in {} ms.",
-        emulator.hub_name(second_state.assigned_hub.as_deref().unwrap_or("?")),
-        started.elapsed().as_millis()
-    );
-
-    println!("7. Someone tries to register {id:?} with a key of their own.");
-    match emulator
-        .registrar
-        .register(&emulator.device(&id, SharedAccessKey::generate(64)), None)
-        .await
-    {
-        Err(error) => println!("   -> Refused: {error}. No hub was assigned."),
-        Ok(_) => bail!("a wrong key was accepted"),
-    }
-
-    let device_id = state.device_id.clone().unwrap_or_default();
-    println!(
-        "8. The thermostat connects to {} over MQTT with TLS, signing its token with its own key,",
-        emulator.hub_name(&hub_host)
-    );
-    println!("   and sends three temperature readings.");
-    let endpoint = emulator.hub_endpoint(&hub_host)?;
-    let mut connection =
-        DeviceConnection::connect_device(&endpoint, &device_id, &device.key).await?;
-    for (n, temperature) in [21.5, 21.7, 22.0].iter().enumerate() {
-        let reading = json!({ "temperature": temperature, "unit": "C", "sequence": n + 1 });
-        connection
-            .send_telemetry(
-                reading.to_string().into(),
-                &[
-                    ("$.ct", "application/json"),
-                    ("$.ce", "utf-8"),
-                    ("kind", "reading"),
-                ],
-            )
-            .await?;
-        println!("   -> sent {reading}, acknowledged by the hub");
-    }
-    println!("9. It reports its provisioning status through reported properties.");
-    let version = connection
-        .report(&json!({ "provisioning": { "status": "provisioned", "hub": hub_host, "at": emulator::stamps::now() }, "firmware": "1.0.0" }))
-        .await?;
-    println!("   -> the hub stored them as reported version {version}");
-    let twin = hub
-        .get(&format!("twins/{device_id}"))
-        .await?
-        .context("the twin disappeared")?;
-    let identity = hub
-        .get(&format!("devices/{device_id}"))
-        .await?
-        .context("the device disappeared")?;
-    println!("10. What the hub now knows (service API):");
-    println!(
-        "   connection state {}, last activity {}",
-        identity["connectionState"], identity["lastActivityTime"]
-    );
-    println!(
-        "   reported properties {}",
-        without_metadata(&twin["properties"]["reported"])
-    );
-    connection.close().await;
-
-    if let Some(log) = events_log {
-        println!("11. The hub's events went to the Functions host stand-in, which delivered them in batches");
-        println!(
-            "    to the sample function app's handler (event-recorder) as Azure Functions would:"
-        );
-        let invocations = wait_for_events(log, &device_id).await;
-        for invocation in &invocations {
-            let events = describe_batch(invocation, &device_id);
-            if events.is_empty() {
-                continue;
-            }
-            println!(
-                "   {} received {} event(s) for {device_id}:",
-                invocation["function"].as_str().unwrap_or("?"),
-                events.len()
-            );
-            for event in events {
-                println!("     - {event}");
-            }
-        }
-    }
-    println!();
-    println!("Done: devices enrolled, authenticated, assigned to hubs, connected and reporting, all on this machine.");
-    Ok(())
-}
-
-/// A twin section without its `$metadata`, for reading.
-fn without_metadata(section: &serde_json::Value) -> serde_json::Value {
-    let mut section = section.clone();
-    if let Some(map) = section.as_object_mut() {
-        map.remove("$metadata");
-    }
-    section
-}
-
-/// Waits (bounded) until the recorder has seen the demo device's telemetry and its twin change.
-async fn wait_for_events(log: &std::path::Path, device_id: &str) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
-        let invocations: Vec<serde_json::Value> = complete
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let seen: Vec<String> = invocations
-            .iter()
-            .flat_map(|i| describe_batch(i, device_id))
-            .collect();
-        let telemetry = seen.iter().filter(|e| e.starts_with("telemetry")).count();
-        if (telemetry >= 3 && seen.iter().any(|e| e.contains("updateTwin")))
-            || Instant::now() > deadline
-        {
-            return invocations;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// One line per event of `device_id` in a recorded invocation.
-fn describe_batch(invocation: &serde_json::Value, device_id: &str) -> Vec<String> {
-    let request = &invocation["request"];
-    let decode = |field: &serde_json::Value| -> Vec<serde_json::Value> {
-        field
-            .as_str()
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default()
-    };
-    let bodies: Vec<String> = request["Data"]
-        .as_object()
-        .and_then(|d| d.values().next())
-        .map(decode)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|b| b.as_str().map_or_else(|| b.to_string(), str::to_owned))
-        .collect();
-    let system = decode(&request["Metadata"]["SystemPropertiesArray"]);
-    let properties = decode(&request["Metadata"]["PropertiesArray"]);
-    bodies
-        .iter()
-        .zip(system.iter().zip(properties.iter()))
-        .filter(|(_, (sys, _))| sys["iothub-connection-device-id"] == device_id)
-        .map(
-            |(body, (sys, props))| match sys["iothub-message-source"].as_str() {
-                Some("Telemetry") => format!("telemetry {body}"),
-                Some(source) => format!("{} ({source})", props["opType"].as_str().unwrap_or("?")),
-                None => body.clone(),
-            },
-        )
-        .collect()
 }
 
 async fn simulate(

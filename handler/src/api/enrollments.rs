@@ -1,0 +1,221 @@
+//! Enrollment routes: what a CRM calls to enroll devices and hand out provisioning codes.
+
+use super::error::ApiError;
+use super::{
+    if_match, json_body, json_reply, media_type_is, query_pairs, respond, views, with, ListQuery,
+    Segment, IMPORT_LIMIT, JSON_LIMIT,
+};
+use crate::service::enrollments::{EnrollmentPatch, NewEnrollment};
+use crate::service::import::{parse_csv, parse_json, ImportRow};
+use crate::service::Service;
+use qrcode::render::svg;
+use qrcode::QrCode;
+use serde_json::json;
+use std::sync::Arc;
+use warp::filters::BoxedFilter;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+/// Every enrollment route.
+pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    create(service.clone())
+        .or(list(service.clone()))
+        .unify()
+        .or(import(service.clone()))
+        .unify()
+        .or(read(service.clone()))
+        .unify()
+        .or(change(service.clone()))
+        .unify()
+        .or(remove(service.clone()))
+        .unify()
+        .or(provisioning_code(service))
+        .unify()
+        .boxed()
+}
+
+/// `POST /api/enrollments`
+fn create(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "enrollments")
+        .and(warp::post())
+        .and(with(service))
+        .and(json_body::<NewEnrollment>(JSON_LIMIT))
+        .then(|service: Arc<Service>, request: NewEnrollment| async move {
+            respond(async {
+                let stored = service.enroll(request).await?;
+                tracing::info!(registration.id = %stored.record.registration_id, customer.id = %stored.record.customer.id, "enrolled a device");
+                let mut response = json_reply(StatusCode::CREATED, &views::enrollment(&stored), Some(&stored.etag));
+                let location = format!("/api/enrollments/{}", stored.record.registration_id);
+                if let Ok(location) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, location);
+                }
+                Ok(response)
+            }
+            .await)
+        })
+        .boxed()
+}
+
+/// `GET /api/enrollments`
+fn list(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "enrollments")
+        .and(warp::get())
+        .and(with(service))
+        .and(query_pairs())
+        .then(
+            |service: Arc<Service>, pairs: Vec<(String, String)>| async move {
+                respond(
+                    async {
+                        let query = ListQuery::parse(pairs)?;
+                        let page = service
+                            .enrollments(
+                                &query.filter,
+                                query.page_size,
+                                query.continuation.as_deref(),
+                            )
+                            .await?;
+                        Ok(json_reply(
+                            StatusCode::OK,
+                            &views::page(&page, views::enrollment),
+                            None,
+                        ))
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed()
+}
+
+/// `GET /api/enrollments/{registrationId}`
+fn read(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "enrollments" / Segment)
+        .and(warp::get())
+        .and(with(service))
+        .then(|id: Segment, service: Arc<Service>| async move {
+            respond(
+                async {
+                    let stored = service.enrollment(&id.0).await?;
+                    Ok(json_reply(
+                        StatusCode::OK,
+                        &views::enrollment(&stored),
+                        Some(&stored.etag),
+                    ))
+                }
+                .await,
+            )
+        })
+        .boxed()
+}
+
+/// `PATCH /api/enrollments/{registrationId}`
+fn change(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "enrollments" / Segment)
+        .and(warp::patch())
+        .and(with(service))
+        .and(if_match())
+        .and(json_body::<EnrollmentPatch>(JSON_LIMIT))
+        .then(|id: Segment, service: Arc<Service>, if_match: Option<String>, patch: EnrollmentPatch| async move {
+            respond(async {
+                let stored = service.change(&id.0, patch, if_match.as_deref()).await?;
+                tracing::info!(registration.id = %stored.record.registration_id, "changed an enrollment");
+                Ok(json_reply(StatusCode::OK, &views::enrollment(&stored), Some(&stored.etag)))
+            }
+            .await)
+        })
+        .boxed()
+}
+
+/// `DELETE /api/enrollments/{registrationId}`
+fn remove(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "enrollments" / Segment)
+        .and(warp::delete())
+        .and(with(service))
+        .and(if_match())
+        .then(
+            |id: Segment, service: Arc<Service>, if_match: Option<String>| async move {
+                respond(
+                    async {
+                        service.remove(&id.0, if_match.as_deref()).await?;
+                        tracing::info!(registration.id = %id.0, "removed an enrollment");
+                        Ok(StatusCode::NO_CONTENT.into_response())
+                    }
+                    .await,
+                )
+            },
+        )
+        .boxed()
+}
+
+/// `POST /api/enrollments/import`: `text/csv` with a header row, or a JSON array.
+fn import(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "enrollments" / "import")
+        .and(warp::post())
+        .and(with(service))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::content_length_limit(IMPORT_LIMIT))
+        .and(warp::body::bytes())
+        .then(|service: Arc<Service>, content_type: Option<String>, body: bytes::Bytes| async move {
+            respond(async {
+                let rows: Vec<ImportRow> = if media_type_is(content_type.as_deref(), &["text/csv", "application/csv"]) {
+                    parse_csv(&body)?
+                } else if media_type_is(content_type.as_deref(), &["application/json"]) {
+                    parse_json(&body)?
+                } else {
+                    return Err(ApiError::UnsupportedMediaType("text/csv (with a header row) or application/json (an array)"));
+                };
+                let results = service.import(rows).await;
+                let view = views::import(&results);
+                tracing::info!(rows = results.len(), created = %view["summary"]["created"], "imported enrollments");
+                Ok(json_reply(StatusCode::OK, &view, None))
+            }
+            .await)
+        })
+        .boxed()
+}
+
+/// `GET /api/enrollments/{registrationId}/provisioning-code` (`?format=svg` for the QR code
+/// alone).
+fn provisioning_code(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "enrollments" / Segment / "provisioning-code")
+        .and(warp::get())
+        .and(with(service))
+        .and(query_pairs())
+        .then(|id: Segment, service: Arc<Service>, pairs: Vec<(String, String)>| async move {
+            respond(async {
+                let svg_only = match pairs.iter().find(|(k, _)| k == "format").map(|(_, v)| v.as_str()) {
+                    None | Some("json") => false,
+                    Some("svg") => true,
+                    Some(other) => return Err(ApiError::invalid(format!("format {other:?} is unknown; use json or svg"))),
+                };
+                let answer = service.provisioning_code(&id.0).await?;
+                let code = answer.code.expose();
+                let qr = QrCode::new(code.as_bytes())
+                    .map_err(|e| ApiError::invalid(format!("the code does not fit a QR code: {e}")))?
+                    .render::<svg::Color<'_>>()
+                    .min_dimensions(240, 240)
+                    .quiet_zone(true)
+                    .build();
+                // Handing out a device key is worth an audit line; the key itself is not in it.
+                tracing::info!(registration.id = %answer.code.registration_id, "issued a provisioning code");
+                let mut response = if svg_only {
+                    let mut response = qr.into_response();
+                    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"));
+                    response
+                } else {
+                    let body = json!({
+                        "registrationId": answer.code.registration_id,
+                        "code": code,
+                        "qrSvg": qr,
+                        "enabled": answer.enabled,
+                    });
+                    json_reply(StatusCode::OK, &body, None)
+                };
+                response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                Ok(response)
+            }
+            .await)
+        })
+        .boxed()
+}

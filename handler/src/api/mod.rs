@@ -1,0 +1,202 @@
+//! The admin API as warp filters: one function per route (in [`enrollments`] and [`devices`]),
+//! plain async handlers, JSON views in [`views`], and one `recover` in [`error`].
+//!
+//! The Functions host forwards `/api/...` requests unchanged (enableForwardingHttpRequest), so
+//! the paths here are the public ones. Function keys are checked by the host, not here.
+
+pub mod devices;
+pub mod enrollments;
+pub mod error;
+pub mod openapi;
+pub mod views;
+
+use crate::domain::{CustomerId, Filter, HubName, Status};
+use crate::service::Service;
+use error::ApiError;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::Arc;
+use warp::filters::BoxedFilter;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter as _, Reply};
+
+/// Every route: (method, path template). The OpenAPI document and functions/*/function.json
+/// are tested against this list, and this list against the filters.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/enrollments"),
+    ("GET", "/api/enrollments"),
+    ("GET", "/api/enrollments/{registrationId}"),
+    ("PATCH", "/api/enrollments/{registrationId}"),
+    ("DELETE", "/api/enrollments/{registrationId}"),
+    ("POST", "/api/enrollments/import"),
+    ("GET", "/api/enrollments/{registrationId}/provisioning-code"),
+    ("GET", "/api/devices/{deviceId}"),
+    ("GET", "/api/devices"),
+    ("PATCH", "/api/devices/{deviceId}/desired"),
+    ("POST", "/api/devices/{deviceId}/commands/{name}"),
+    ("GET", "/api/openapi.json"),
+];
+
+/// Largest JSON body of single-item routes.
+pub const JSON_LIMIT: u64 = 64 * 1024;
+/// Largest import body (10,000 rows of a wide CRM export).
+pub const IMPORT_LIMIT: u64 = 16 * 1024 * 1024;
+/// Largest page a list answers.
+const MAX_PAGE_SIZE: usize = 1000;
+const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// A path segment, percent-decoded (device ids may hold characters clients encode).
+pub struct Segment(pub String);
+
+impl FromStr for Segment {
+    type Err = ();
+    fn from_str(text: &str) -> Result<Self, ()> {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .map(|s| Segment(s.into_owned()))
+            .map_err(|_| ())
+    }
+}
+
+/// The whole API, with its rejections answered as JSON errors.
+pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    let api = enrollments::routes(service.clone())
+        .or(devices::routes(service))
+        .unify()
+        .or(openapi::route())
+        .unify();
+    api.recover(error::recover).unify().boxed()
+}
+
+/// Passes the service to handlers.
+fn with(
+    service: Arc<Service>,
+) -> impl warp::Filter<Extract = (Arc<Service>,), Error = Infallible> + Clone {
+    warp::any().map(move || service.clone())
+}
+
+/// The request's `If-Match`, if any.
+fn if_match() -> impl warp::Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::header::optional::<String>("if-match")
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// The query string as pairs (an absent query is empty).
+fn query_pairs(
+) -> impl warp::Filter<Extract = (Vec<(String, String)>,), Error = warp::Rejection> + Clone {
+    warp::query::<Vec<(String, String)>>()
+}
+
+/// Whether a Content-Type names one of the media types (ignoring parameters and case).
+fn media_type_is(content_type: Option<&str>, types: &[&str]) -> bool {
+    content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase())
+        .is_some_and(|c| {
+            types.contains(&c.as_str())
+                || (types.contains(&"application/json") && c.ends_with("+json"))
+        })
+}
+
+/// A JSON body of at most `limit` bytes, parsed into `T`.
+fn json_body<T: DeserializeOwned + Send>(
+    limit: u64,
+) -> impl warp::Filter<Extract = (T,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .and_then(
+            |content_type: Option<String>, body: bytes::Bytes| async move {
+                if !media_type_is(content_type.as_deref(), &["application/json"]) {
+                    return Err(warp::reject::custom(ApiError::UnsupportedMediaType(
+                        "application/json",
+                    )));
+                }
+                serde_json::from_slice::<T>(&body).map_err(|e| {
+                    warp::reject::custom(ApiError::invalid(format!(
+                        "the JSON body is not valid: {e}"
+                    )))
+                })
+            },
+        )
+}
+
+/// A list's query: filters, page size, continuation.
+pub struct ListQuery {
+    /// Filters.
+    pub filter: Filter,
+    /// Page size.
+    pub page_size: usize,
+    /// Continuation token.
+    pub continuation: Option<String>,
+}
+
+impl ListQuery {
+    /// Parses `customer`, `status`, `hub`, `pageSize` and `continuationToken`; anything else is
+    /// refused, so a misspelt filter is not silently ignored.
+    pub fn parse(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
+        let mut query = ListQuery {
+            filter: Filter::default(),
+            page_size: DEFAULT_PAGE_SIZE,
+            continuation: None,
+        };
+        for (name, value) in pairs {
+            match name.as_str() {
+                "customer" => query.filter.customer = Some(CustomerId::parse(&value).map_err(|e| ApiError::invalid(e.0))?),
+                "hub" => query.filter.hub = Some(HubName::parse(&value).map_err(|e| ApiError::invalid(e.0))?),
+                "status" => {
+                    query.filter.status = Some(Status::parse(&value).ok_or_else(|| {
+                        let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                        ApiError::invalid(format!("status {value:?} is unknown; use one of {}", known.join(", ")))
+                    })?)
+                }
+                "pageSize" => {
+                    query.page_size = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+                        .ok_or_else(|| ApiError::invalid(format!("pageSize must be 1 to {MAX_PAGE_SIZE}")))?
+                }
+                "continuationToken" | "continuation" => query.continuation = Some(value).filter(|v| !v.is_empty()),
+                // The function key, when given in the query; the host checked it.
+                "code" => {}
+                other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}; use customer, status, hub, pageSize or continuationToken"))),
+            }
+        }
+        Ok(query)
+    }
+}
+
+/// A JSON answer, with an ETag header when given.
+fn json_reply(status: StatusCode, body: &Value, etag: Option<&str>) -> Response {
+    let mut response = warp::reply::with_status(warp::reply::json(body), status).into_response();
+    if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// Turns a handler's result into the answer.
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|error| error.response())
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(service))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! The routes without a socket (warp::test), over in-memory storage and cloud fakes: statuses,
+//! error bodies, headers, and agreement between the routes, the OpenAPI document and the
+//! function.json files.
+
+use super::{routes, ROUTES};
+use crate::cloud::fake::{FakeDps, FakeHubs};
+use crate::service::{CodeSettings, Service};
+use crate::storage::memory::MemoryRegistry;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use warp::http::StatusCode;
+
+fn service() -> (Arc<Service>, Arc<FakeDps>) {
+    let dps = Arc::new(FakeDps::default());
+    let service = Service {
+        store: Arc::new(MemoryRegistry::default()),
+        dps: dps.clone(),
+        hubs: Arc::new(FakeHubs::linked(&["hub-1.example"])),
+        codes: CodeSettings {
+            id_scope: "0ne00000001".into(),
+            device_endpoint: "dps.example".into(),
+        },
+    };
+    (Arc::new(service), dps)
+}
+
+fn body(response: &warp::http::Response<bytes::Bytes>) -> Value {
+    serde_json::from_slice(response.body()).unwrap_or(Value::Null)
+}
+
+fn error_code(response: &warp::http::Response<bytes::Bytes>) -> String {
+    body(response)["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn enroll(service: &Arc<Service>, id: &str) -> warp::http::Response<bytes::Bytes> {
+    warp::test::request()
+        .method("POST")
+        .path("/api/enrollments")
+        .header("content-type", "application/json")
+        .json(&json!({ "registrationId": id, "customer": { "id": "contoso" } }))
+        .reply(&routes(service.clone()))
+        .await
+}
+
+#[tokio::test]
+async fn enrolling_answers_201_with_location_and_etag_then_409() {
+    let (service, _) = service();
+    let response = enroll(&service, "dev-1").await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["location"], "/api/enrollments/dev-1");
+    assert_eq!(
+        response.headers()["etag"].to_str().unwrap(),
+        body(&response)["etag"]
+    );
+    assert_eq!(body(&response)["status"], "enrolled");
+    let again = enroll(&service, "dev-1").await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(&again), "alreadyEnrolled");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_json_error_and_change_nothing() {
+    let (service, dps) = service();
+    let api = routes(service.clone());
+    let cases: Vec<(warp::test::RequestBuilder, StatusCode, &str)> = vec![
+        (warp::test::request().method("POST").path("/api/enrollments").header("content-type", "text/plain").body("x"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupportedMediaType"),
+        (warp::test::request().method("POST").path("/api/enrollments").header("content-type", "application/json").body("{not json"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("POST").path("/api/enrollments").header("content-type", "application/json").json(&json!({"registrationId": "a b", "customer": {"id": "c"}})), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("POST").path("/api/enrollments").header("content-type", "application/json").json(&json!({"registrationId": "a", "customer": {"id": "c"}, "iotHub": "elsewhere.example"})), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("POST").path("/api/enrollments").header("content-type", "application/json").body(vec![b' '; 70 * 1024]), StatusCode::PAYLOAD_TOO_LARGE, "payloadTooLarge"),
+        (warp::test::request().method("PUT").path("/api/enrollments"), StatusCode::METHOD_NOT_ALLOWED, "methodNotAllowed"),
+        (warp::test::request().method("GET").path("/api/nothing-here"), StatusCode::NOT_FOUND, "routeNotFound"),
+        (warp::test::request().method("GET").path("/api/enrollments?status=sleeping"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("GET").path("/api/enrollments?custmer=contoso"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("GET").path("/api/enrollments?pageSize=0"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("GET").path("/api/enrollments?continuationToken=garbage"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("GET").path("/api/enrollments/nobody"), StatusCode::NOT_FOUND, "notFound"),
+        (warp::test::request().method("GET").path("/api/devices/nobody"), StatusCode::NOT_FOUND, "notFound"),
+        (warp::test::request().method("POST").path("/api/enrollments/import").header("content-type", "application/xml").body("<a/>"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupportedMediaType"),
+        (warp::test::request().method("POST").path("/api/enrollments/import").header("content-type", "text/csv").body("serial\n1\n"), StatusCode::BAD_REQUEST, "invalidRequest"),
+    ];
+    for (request, status, code) in cases {
+        let response = request.reply(&api).await;
+        assert_eq!(response.status(), status, "{:?}", body(&response));
+        assert_eq!(error_code(&response), code, "{:?}", body(&response));
+        assert!(body(&response)["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    assert!(dps.enrollments.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_dependency_outage_is_503_with_retry_after() {
+    let (service, dps) = service();
+    dps.faults.fail("create", 1);
+    let response = enroll(&service, "dev-1").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&response), "dependencyUnavailable");
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        !String::from_utf8_lossy(response.body()).contains("injected"),
+        "details stay in the log"
+    );
+}
+
+#[tokio::test]
+async fn if_match_guards_changes_and_deletes() {
+    let (service, _) = service();
+    let created = enroll(&service, "dev-1").await;
+    let etag = created.headers()["etag"].to_str().unwrap().to_owned();
+    let api = routes(service.clone());
+    let patch = |etag: &str| {
+        warp::test::request()
+            .method("PATCH")
+            .path("/api/enrollments/dev-1")
+            .header("content-type", "application/json")
+            .header("if-match", etag)
+            .json(&json!({ "asset": { "model": "T-200" } }))
+    };
+    let changed = patch(&etag).reply(&api).await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_eq!(body(&changed)["asset"]["model"], "T-200");
+    let stale = patch(&etag).reply(&api).await;
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let delete = warp::test::request()
+        .method("DELETE")
+        .path("/api/enrollments/dev-1")
+        .header("if-match", &etag)
+        .reply(&api)
+        .await;
+    assert_eq!(delete.status(), StatusCode::PRECONDITION_FAILED);
+    let delete = warp::test::request()
+        .method("DELETE")
+        .path("/api/enrollments/dev-1")
+        .reply(&api)
+        .await;
+    assert_eq!(delete.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn the_provisioning_code_is_not_cached_and_comes_as_svg_too() {
+    let (service, _) = service();
+    enroll(&service, "dev-1").await;
+    let api = routes(service.clone());
+    let response = warp::test::request()
+        .path("/api/enrollments/dev-1/provisioning-code")
+        .reply(&api)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let code = body(&response)["code"].as_str().unwrap().to_owned();
+    assert!(iot_credentials::ProvisioningCode::parse(&code).is_ok());
+    assert!(body(&response)["qrSvg"]
+        .as_str()
+        .unwrap()
+        .starts_with("<?xml"));
+    let svg = warp::test::request()
+        .path("/api/enrollments/dev-1/provisioning-code?format=svg")
+        .reply(&api)
+        .await;
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert!(String::from_utf8_lossy(svg.body()).contains("<svg"));
+    // Lists never carry keys.
+    let list = warp::test::request()
+        .path("/api/enrollments")
+        .reply(&api)
+        .await;
+    let key = code.split('~').nth(3).unwrap();
+    assert!(!String::from_utf8_lossy(list.body()).contains(key));
+}
+
+#[tokio::test]
+async fn lists_page_with_continuation_tokens() {
+    let (service, _) = service();
+    for i in 0..5 {
+        enroll(&service, &format!("dev-{i}")).await;
+    }
+    let api = routes(service.clone());
+    let mut seen = Vec::new();
+    let mut path = "/api/devices?pageSize=2&customer=contoso".to_owned();
+    for _ in 0..10 {
+        let page = body(&warp::test::request().path(&path).reply(&api).await);
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["deviceId"].as_str().unwrap().to_owned()),
+        );
+        match page["continuationToken"].as_str() {
+            Some(token) => {
+                path = format!("/api/devices?pageSize=2&customer=contoso&continuationToken={token}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["dev-0", "dev-1", "dev-2", "dev-3", "dev-4"]);
+}
+
+/// Routes in `ROUTES` as a set of (method, path) with parameters written `{}`.
+fn route_set() -> BTreeSet<(String, String)> {
+    ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), normalize(p)))
+        .collect()
+}
+
+fn normalize(path: &str) -> String {
+    path.split('/')
+        .map(|s| if s.starts_with('{') { "{}" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[test]
+fn the_openapi_document_describes_exactly_the_routes() {
+    let document: Value = serde_json::from_str(super::openapi::DOCUMENT).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            documented.insert((method.to_ascii_uppercase(), normalize(path)));
+        }
+    }
+    assert_eq!(documented, route_set());
+}
+
+#[test]
+fn the_function_json_files_forward_exactly_the_routes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    let mut forwarded = BTreeSet::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path().join("function.json");
+        let function: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for binding in function["bindings"].as_array().unwrap() {
+            if binding["type"] != "httpTrigger" {
+                continue;
+            }
+            assert_eq!(binding["authLevel"], "function", "{path:?}");
+            let route = format!("/api/{}", binding["route"].as_str().unwrap());
+            for method in binding["methods"].as_array().unwrap() {
+                forwarded.insert((
+                    method.as_str().unwrap().to_ascii_uppercase(),
+                    normalize(&route),
+                ));
+            }
+        }
+    }
+    assert_eq!(forwarded, route_set());
+}
+
+#[tokio::test]
+async fn every_listed_route_has_a_filter() {
+    let (service, _) = service();
+    let api = routes(service);
+    for (method, path) in ROUTES {
+        let concrete = path
+            .replace("{registrationId}", "x")
+            .replace("{deviceId}", "x")
+            .replace("{name}", "x");
+        let response = warp::test::request()
+            .method(method)
+            .path(&concrete)
+            .reply(&api)
+            .await;
+        let code = error_code(&response);
+        assert!(
+            code != "routeNotFound" && code != "methodNotAllowed",
+            "{method} {path}: {code}"
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The JSON the API answers with. Records are shown in two views: the enrollment (what the CRM
+//! manages) and the device (what the backend asks about). Neither ever holds a key.
+
+use crate::domain::{DeviceRecord, DpsSync};
+use crate::service::import::{Outcome, RowResult};
+use crate::storage::{Page, Stored};
+use serde_json::{json, Value};
+
+fn pending_change(record: &DeviceRecord) -> Value {
+    match record.sync {
+        DpsSync::Complete => Value::Null,
+        DpsSync::PendingCreate => json!("create"),
+        DpsSync::PendingUpdate => json!("update"),
+        DpsSync::PendingDelete => json!("delete"),
+    }
+}
+
+/// An enrollment.
+pub fn enrollment(stored: &Stored) -> Value {
+    let r = &stored.record;
+    json!({
+        "registrationId": r.registration_id,
+        "deviceId": r.device_id,
+        "customer": r.customer,
+        "asset": r.asset,
+        "initialTwin": r.initial_twin,
+        "enabled": r.enabled,
+        "iotHub": r.iot_hub,
+        "status": r.status().as_str(),
+        "pendingChange": pending_change(r),
+        "registration": r.registration,
+        "createdAt": r.created_at,
+        "updatedAt": r.updated_at,
+        "etag": stored.etag,
+    })
+}
+
+/// A device.
+pub fn device(stored: &Stored) -> Value {
+    let r = &stored.record;
+    json!({
+        "deviceId": r.device_id,
+        "registrationId": r.registration_id,
+        "customer": r.customer,
+        "asset": r.asset,
+        "status": r.status().as_str(),
+        "enabled": r.enabled,
+        "hub": r.assigned_hub(),
+        "registration": r.registration,
+        "connection": r.connection,
+        "reported": r.reported,
+        "updatedAt": r.updated_at,
+        "etag": stored.etag,
+    })
+}
+
+/// A page of either view.
+pub fn page(page: &Page, view: fn(&Stored) -> Value) -> Value {
+    json!({
+        "items": page.items.iter().map(view).collect::<Vec<_>>(),
+        "continuationToken": page.continuation,
+    })
+}
+
+/// An import's results, with counts first so a script need not count.
+pub fn import(results: &[RowResult]) -> Value {
+    let count = |outcome: Outcome| results.iter().filter(|r| r.outcome == outcome).count();
+    json!({
+        "summary": {
+            "rows": results.len(),
+            "created": count(Outcome::Created),
+            "exists": count(Outcome::Exists),
+            "invalid": count(Outcome::Invalid),
+            "failed": count(Outcome::Failed),
+        },
+        "results": results.iter().map(|r| json!({
+            "row": r.row,
+            "registrationId": r.registration_id,
+            "result": r.outcome.as_str(),
+            "message": r.message,
+        })).collect::<Vec<_>>(),
+    })
+}

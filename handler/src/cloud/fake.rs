@@ -1,0 +1,294 @@
+//! In-memory DPS and hubs for unit tests, with failures injected per operation.
+
+use super::dps::{BulkOutcome, Provisioning};
+use super::hub::{DeviceHubs, MethodAnswer, MethodCall};
+use super::CloudError;
+use crate::domain::{now, DeviceRecord, Registration};
+use async_trait::async_trait;
+use iot_credentials::SharedAccessKey;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Failures to inject: operation name → how many of the next calls fail.
+#[derive(Default)]
+pub struct Faults(Mutex<HashMap<&'static str, u32>>);
+
+impl Faults {
+    /// Makes the next `times` calls of `operation` fail as unavailable.
+    pub fn fail(&self, operation: &'static str, times: u32) {
+        self.0.lock().unwrap().insert(operation, times);
+    }
+
+    fn check(&self, operation: &'static str) -> Result<(), CloudError> {
+        let mut faults = self.0.lock().unwrap();
+        match faults.get_mut(operation) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Err(CloudError::Unavailable(format!(
+                    "injected failure of {operation}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What the fake DPS holds for one enrollment.
+#[derive(Debug, Clone)]
+pub struct FakeEnrollment {
+    /// The record it was last written from.
+    pub record: DeviceRecord,
+    /// Its primary key.
+    pub key: SharedAccessKey,
+}
+
+/// A DPS in memory.
+#[derive(Default)]
+pub struct FakeDps {
+    /// Enrollments by lower-case registration id.
+    pub enrollments: Mutex<HashMap<String, FakeEnrollment>>,
+    /// Registration states by lower-case registration id.
+    pub registrations: Mutex<HashMap<String, Registration>>,
+    /// Injected failures.
+    pub faults: Faults,
+}
+
+impl FakeDps {
+    /// Whether an enrollment exists.
+    pub fn has(&self, id: &str) -> bool {
+        self.enrollments
+            .lock()
+            .unwrap()
+            .contains_key(&id.to_ascii_lowercase())
+    }
+
+    /// The enrollment, if any.
+    pub fn enrollment(&self, id: &str) -> Option<FakeEnrollment> {
+        self.enrollments
+            .lock()
+            .unwrap()
+            .get(&id.to_ascii_lowercase())
+            .cloned()
+    }
+
+    /// Registers a device as if it had connected, assigned to `hub`.
+    pub fn register(&self, id: &str, hub: &str) {
+        let device_id = self
+            .enrollment(id)
+            .map(|e| e.record.device_id.to_string())
+            .unwrap_or_else(|| id.to_owned());
+        self.registrations.lock().unwrap().insert(
+            id.to_ascii_lowercase(),
+            Registration {
+                status: "assigned".into(),
+                assigned_hub: Some(hub.into()),
+                device_id: Some(device_id),
+                substatus: Some("initialAssignment".into()),
+                error_message: None,
+                last_updated: Some(now()),
+                observed_at: now(),
+            },
+        );
+    }
+
+    fn put(&self, record: &DeviceRecord) {
+        let key = record.registration_id.key();
+        let mut enrollments = self.enrollments.lock().unwrap();
+        let secret = enrollments
+            .get(&key)
+            .map_or_else(|| SharedAccessKey::generate(32), |e| e.key.clone());
+        enrollments.insert(
+            key,
+            FakeEnrollment {
+                record: record.clone(),
+                key: secret,
+            },
+        );
+    }
+}
+
+#[async_trait]
+impl Provisioning for FakeDps {
+    async fn create(&self, record: &DeviceRecord) -> Result<(), CloudError> {
+        self.faults.check("create")?;
+        if self.has(record.registration_id.as_str()) {
+            return Err(CloudError::Conflict("exists".into()));
+        }
+        self.put(record);
+        Ok(())
+    }
+
+    async fn create_many(&self, records: &[&DeviceRecord]) -> Result<Vec<BulkOutcome>, CloudError> {
+        self.faults.check("create_many")?;
+        assert!(
+            records.len() <= super::dps::BULK_LIMIT,
+            "DPS takes at most 10 enrollments a call"
+        );
+        Ok(records
+            .iter()
+            .map(|record| {
+                if record.initial_twin.tags.contains_key("refuse") {
+                    BulkOutcome::Refused("the enrollment is refused".into())
+                } else if self.has(record.registration_id.as_str()) {
+                    BulkOutcome::Exists
+                } else {
+                    self.put(record);
+                    BulkOutcome::Created
+                }
+            })
+            .collect())
+    }
+
+    async fn update(&self, record: &DeviceRecord) -> Result<(), CloudError> {
+        self.faults.check("update")?;
+        self.put(record);
+        Ok(())
+    }
+
+    async fn exists(&self, registration_id: &str) -> Result<bool, CloudError> {
+        self.faults.check("exists")?;
+        Ok(self.has(registration_id))
+    }
+
+    async fn delete(&self, registration_id: &str) -> Result<(), CloudError> {
+        self.faults.check("delete")?;
+        self.enrollments
+            .lock()
+            .unwrap()
+            .remove(&registration_id.to_ascii_lowercase());
+        Ok(())
+    }
+
+    async fn primary_key(&self, registration_id: &str) -> Result<SharedAccessKey, CloudError> {
+        self.faults.check("primary_key")?;
+        self.enrollment(registration_id)
+            .map(|e| e.key)
+            .ok_or_else(|| CloudError::NotFound(registration_id.into()))
+    }
+
+    async fn registration(
+        &self,
+        registration_id: &str,
+    ) -> Result<Option<Registration>, CloudError> {
+        self.faults.check("registration")?;
+        Ok(self
+            .registrations
+            .lock()
+            .unwrap()
+            .get(&registration_id.to_ascii_lowercase())
+            .cloned())
+    }
+
+    async fn delete_registration(&self, registration_id: &str) -> Result<(), CloudError> {
+        self.faults.check("delete_registration")?;
+        self.registrations
+            .lock()
+            .unwrap()
+            .remove(&registration_id.to_ascii_lowercase());
+        Ok(())
+    }
+}
+
+/// Linked hubs in memory: device identities, desired properties, and which devices are online.
+#[derive(Default)]
+pub struct FakeHubs {
+    /// Host names of the linked hubs.
+    pub linked: Vec<String>,
+    /// Device identities: (hub, device id) → desired properties.
+    pub devices: Mutex<HashMap<(String, String), Map<String, Value>>>,
+    /// Devices that answer methods: (hub, device id).
+    pub online: Mutex<Vec<(String, String)>>,
+    /// Injected failures.
+    pub faults: Faults,
+}
+
+impl FakeHubs {
+    /// Hubs with the given host names.
+    pub fn linked(hosts: &[&str]) -> Self {
+        Self {
+            linked: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a device identity.
+    pub fn add_device(&self, hub: &str, device_id: &str, online: bool) {
+        self.devices
+            .lock()
+            .unwrap()
+            .insert((hub.into(), device_id.into()), Map::new());
+        if online {
+            self.online
+                .lock()
+                .unwrap()
+                .push((hub.into(), device_id.into()));
+        }
+    }
+
+    /// Whether the identity exists.
+    pub fn has_device(&self, hub: &str, device_id: &str) -> bool {
+        self.devices
+            .lock()
+            .unwrap()
+            .contains_key(&(hub.into(), device_id.into()))
+    }
+}
+
+#[async_trait]
+impl DeviceHubs for FakeHubs {
+    fn knows(&self, hub: &str) -> bool {
+        self.linked.iter().any(|h| h.eq_ignore_ascii_case(hub))
+    }
+
+    async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), CloudError> {
+        self.faults.check("delete_device")?;
+        self.devices
+            .lock()
+            .unwrap()
+            .remove(&(hub.into(), device_id.into()));
+        Ok(())
+    }
+
+    async fn update_desired(
+        &self,
+        hub: &str,
+        device_id: &str,
+        desired: &Map<String, Value>,
+        _if_match: Option<&str>,
+    ) -> Result<Value, CloudError> {
+        self.faults.check("update_desired")?;
+        let mut devices = self.devices.lock().unwrap();
+        let twin = devices
+            .get_mut(&(hub.into(), device_id.into()))
+            .ok_or_else(|| CloudError::NotFound(device_id.into()))?;
+        for (k, v) in desired {
+            twin.insert(k.clone(), v.clone());
+        }
+        Ok(json!({ "deviceId": device_id, "etag": "AAAA", "properties": { "desired": twin } }))
+    }
+
+    async fn invoke(
+        &self,
+        hub: &str,
+        device_id: &str,
+        call: &MethodCall,
+    ) -> Result<MethodAnswer, CloudError> {
+        self.faults.check("invoke")?;
+        if !self
+            .online
+            .lock()
+            .unwrap()
+            .contains(&(hub.into(), device_id.into()))
+        {
+            return Err(CloudError::DeviceOffline);
+        }
+        if call.name == "hang" {
+            return Err(CloudError::Timeout);
+        }
+        Ok(MethodAnswer {
+            status: 200,
+            payload: json!({ "echo": call.payload }),
+        })
+    }
+}

@@ -1,0 +1,225 @@
+//! Configuration: app settings, read from the environment once at start.
+//!
+//! [`SETTINGS`] is the one list of names. local.settings.json and infra/ must set the same ones; a
+//! test checks local.settings.json against it.
+
+use iot_credentials::{ConnectionStringError, ServiceConnectionString, StorageConnectionString};
+
+/// One app setting.
+pub struct Setting {
+    /// The environment variable.
+    pub name: &'static str,
+    /// Whether the handler refuses to start without it.
+    pub required: bool,
+    /// What it holds.
+    pub description: &'static str,
+}
+
+/// Port the Functions host gives the handler.
+pub const PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
+/// DPS service policy connection string.
+pub const DPS_CONNECTION_STRING: &str = "DPS_SERVICE_CONNECTION_STRING";
+/// DPS ID scope (for provisioning codes).
+pub const DPS_ID_SCOPE: &str = "DPS_ID_SCOPE";
+/// DPS device endpoint (for provisioning codes).
+pub const DPS_DEVICE_ENDPOINT: &str = "DPS_DEVICE_ENDPOINT";
+/// IoT Hub service policy connection strings, one per linked hub, separated by `|`.
+pub const IOTHUB_CONNECTION_STRINGS: &str = "IOTHUB_CONNECTION_STRINGS";
+/// Storage account for the registry tables.
+pub const STORAGE: &str = "AzureWebJobsStorage";
+/// Prefix of the registry's table names.
+pub const TABLE_PREFIX: &str = "REGISTRY_TABLE_PREFIX";
+/// Extra root certificate (PEM file) to trust: the emulator's CA in development.
+pub const EXTRA_CA: &str = "EXTRA_TRUSTED_CA_FILE";
+
+/// Every setting the handler reads.
+pub const SETTINGS: &[Setting] = &[
+    Setting { name: PORT, required: true, description: "port the Functions host forwards to (set by the host)" },
+    Setting { name: DPS_CONNECTION_STRING, required: true, description: "DPS shared access policy connection string (provisioningserviceowner)" },
+    Setting { name: DPS_ID_SCOPE, required: true, description: "DPS ID scope, written into provisioning codes" },
+    Setting { name: DPS_DEVICE_ENDPOINT, required: false, description: "DPS device endpoint for provisioning codes (default global.azure-devices-provisioning.net)" },
+    Setting { name: IOTHUB_CONNECTION_STRINGS, required: true, description: "iothubowner connection strings of the linked hubs, separated by |" },
+    Setting { name: STORAGE, required: true, description: "storage account holding the registry tables" },
+    Setting { name: TABLE_PREFIX, required: false, description: "prefix of the registry table names (default Registry)" },
+    Setting { name: EXTRA_CA, required: false, description: "PEM file of an extra CA to trust (the emulator's, in development)" },
+];
+
+/// Why the configuration is unusable. Never contains a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is missing.
+    #[error("the app setting {0} is missing")]
+    Missing(&'static str),
+    /// A setting has the wrong form.
+    #[error("the app setting {name} is invalid: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The handler's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub port: u16,
+    /// DPS service policy.
+    pub dps: ServiceConnectionString,
+    /// DPS ID scope.
+    pub id_scope: String,
+    /// DPS device endpoint.
+    pub device_endpoint: String,
+    /// Linked hubs' service policies.
+    pub hubs: Vec<ServiceConnectionString>,
+    /// Registry storage.
+    pub storage: StorageConnectionString,
+    /// Table name prefix.
+    pub table_prefix: String,
+    /// Extra trusted CA (PEM text).
+    pub extra_ca: Option<String>,
+}
+
+fn invalid(name: &'static str, error: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: error.to_string(),
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// Reads the configuration through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |name: &'static str| lookup(name).ok_or(ConfigError::Missing(name));
+        let port = required(PORT)?
+            .trim()
+            .parse()
+            .map_err(|e| invalid(PORT, e))?;
+        let dps = ServiceConnectionString::parse(&required(DPS_CONNECTION_STRING)?)
+            .map_err(|e: ConnectionStringError| invalid(DPS_CONNECTION_STRING, e))?;
+        let hubs = required(IOTHUB_CONNECTION_STRINGS)?
+            .split('|')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(ServiceConnectionString::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(IOTHUB_CONNECTION_STRINGS, e))?;
+        if hubs.is_empty() {
+            return Err(ConfigError::Missing(IOTHUB_CONNECTION_STRINGS));
+        }
+        let storage =
+            StorageConnectionString::parse(&required(STORAGE)?).map_err(|e| invalid(STORAGE, e))?;
+        let table_prefix = lookup(TABLE_PREFIX).unwrap_or_else(|| "Registry".into());
+        if !table_prefix.chars().all(|c| c.is_ascii_alphanumeric())
+            || !table_prefix.starts_with(|c: char| c.is_ascii_alphabetic())
+            || table_prefix.len() > 40
+        {
+            return Err(invalid(
+                TABLE_PREFIX,
+                "use up to 40 letters and digits, starting with a letter",
+            ));
+        }
+        let extra_ca = match lookup(EXTRA_CA) {
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| invalid(EXTRA_CA, e))?),
+            None => None,
+        };
+        Ok(Self {
+            port,
+            dps,
+            id_scope: required(DPS_ID_SCOPE)?,
+            device_endpoint: lookup(DPS_DEVICE_ENDPOINT)
+                .unwrap_or_else(|| "global.azure-devices-provisioning.net".into()),
+            hubs,
+            storage,
+            table_prefix,
+            extra_ca,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const KEY: &str = "c2VydmljZSBrZXkgZm9yIGNvbmZpZ3VyYXRpb24gdGVzdHMh";
+
+    fn settings() -> HashMap<&'static str, String> {
+        HashMap::from([
+            (PORT, "7000".to_owned()),
+            (DPS_CONNECTION_STRING, format!("HostName=dps.example;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey={KEY}")),
+            (DPS_ID_SCOPE, "0ne00000001".to_owned()),
+            (IOTHUB_CONNECTION_STRINGS, format!("HostName=a.example;SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}|HostName=b.example;SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}")),
+            (STORAGE, "UseDevelopmentStorage=true".to_owned()),
+        ])
+    }
+
+    #[test]
+    fn a_complete_environment_is_read_with_defaults() {
+        let values = settings();
+        let config = Config::from_lookup(|n| values.get(n).cloned()).unwrap();
+        assert_eq!(config.port, 7000);
+        assert_eq!(config.hubs.len(), 2);
+        assert_eq!(config.table_prefix, "Registry");
+        assert_eq!(
+            config.device_endpoint,
+            "global.azure-devices-provisioning.net"
+        );
+    }
+
+    #[test]
+    fn missing_or_broken_settings_are_named_and_secrets_are_not_echoed() {
+        let mut values = settings();
+        values.remove(DPS_ID_SCOPE);
+        let error = Config::from_lookup(|n| values.get(n).cloned())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(DPS_ID_SCOPE), "{error}");
+        let mut values = settings();
+        values.insert(
+            DPS_CONNECTION_STRING,
+            format!("HostName=dps;SharedAccessKey={KEY}"),
+        );
+        let error = Config::from_lookup(|n| values.get(n).cloned())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(DPS_CONNECTION_STRING) && !error.contains(KEY),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn local_settings_json_sets_every_setting_but_the_port() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../local.settings.json");
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let values = file["Values"].as_object().unwrap();
+        for setting in SETTINGS.iter().filter(|s| s.name != PORT) {
+            assert!(
+                values.contains_key(setting.name),
+                "local.settings.json lacks {}",
+                setting.name
+            );
+        }
+        // And the development values are usable as they stand (with the port the host adds).
+        let config = Config::from_lookup(|name| {
+            if name == PORT {
+                return Some("7000".into());
+            }
+            values
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .filter(|v| !v.ends_with(".pem"))
+        })
+        .unwrap();
+        assert_eq!(config.hubs.len(), 2);
+    }
+}

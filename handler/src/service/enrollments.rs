@@ -1,0 +1,555 @@
+//! Enrolling devices: the records a CRM creates, reads, changes and removes, each backed by an
+//! individual enrollment (symmetric key) in DPS; and the provisioning code for the end user.
+
+use super::{check_if_match, Service, ServiceError};
+use crate::cloud::CloudError;
+use crate::domain::{
+    now, Asset, Customer, CustomerId, DeviceId, DeviceRecord, DpsSync, Filter, HubName,
+    InitialTwin, RegistrationId,
+};
+use crate::storage::{Page, Stored};
+use iot_credentials::ProvisioningCode;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Limits that keep a record inside one Table Storage property (64 KiB of UTF-16) and an
+/// enrollment inside DPS's.
+const MAX_TWIN_BYTES: usize = 16 * 1024;
+const MAX_ASSET_BYTES: usize = 8 * 1024;
+const MAX_TEXT: usize = 256;
+const MAX_ATTRIBUTES: usize = 64;
+
+/// The customer as the client sends it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CustomerInput {
+    /// CRM customer id.
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `POST /api/enrollments`: one device to enroll.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewEnrollment {
+    /// DPS registration id.
+    pub registration_id: String,
+    /// IoT Hub device id (default: the registration id).
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// Owner.
+    pub customer: CustomerInput,
+    /// Serial number, model, other CRM fields.
+    #[serde(default)]
+    pub asset: Asset,
+    /// Twin tags and desired properties to start with.
+    #[serde(default)]
+    pub initial_twin: InitialTwin,
+    /// Whether the device may register (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// A hub to pin the device to (default: DPS's hashed allocation).
+    #[serde(default)]
+    pub iot_hub: Option<String>,
+}
+
+/// Twin changes in a PATCH: JSON merge patches of tags and desired properties.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TwinPatch {
+    /// Merged into the tags (`null` removes a tag).
+    #[serde(default)]
+    pub tags: Option<Map<String, Value>>,
+    /// Merged into the desired properties (`null` removes one).
+    #[serde(default)]
+    pub desired_properties: Option<Map<String, Value>>,
+}
+
+/// `PATCH /api/enrollments/{registrationId}`: the fields to change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnrollmentPatch {
+    /// A new owner.
+    #[serde(default)]
+    pub customer: Option<CustomerInput>,
+    /// A new asset description (replaces the old).
+    #[serde(default)]
+    pub asset: Option<Asset>,
+    /// Twin changes.
+    #[serde(default)]
+    pub initial_twin: Option<TwinPatch>,
+    /// Enable or disable.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// A hub to pin to; `null` returns the device to hashed allocation.
+    #[serde(default, deserialize_with = "present")]
+    pub iot_hub: Option<Option<String>>,
+}
+
+/// Tells a JSON `null` (present) from an absent field.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+fn invalid(message: impl Into<String>) -> ServiceError {
+    ServiceError::Invalid(message.into())
+}
+
+fn text_field(name: &str, value: Option<String>) -> Result<Option<String>, ServiceError> {
+    match value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+        Some(v) if v.chars().count() > MAX_TEXT => Err(invalid(format!(
+            "{name} is longer than {MAX_TEXT} characters"
+        ))),
+        Some(v) if v.chars().any(char::is_control) => {
+            Err(invalid(format!("{name} contains control characters")))
+        }
+        other => Ok(other),
+    }
+}
+
+fn customer_of(input: CustomerInput) -> Result<Customer, ServiceError> {
+    Ok(Customer {
+        id: CustomerId::parse(input.id.trim()).map_err(|e| invalid(e.0))?,
+        name: text_field("customer.name", input.name)?,
+    })
+}
+
+fn check_asset(asset: Asset) -> Result<Asset, ServiceError> {
+    if asset.attributes.len() > MAX_ATTRIBUTES {
+        return Err(invalid(format!(
+            "asset.attributes has more than {MAX_ATTRIBUTES} entries"
+        )));
+    }
+    let mut attributes = BTreeMap::new();
+    for (name, value) in asset.attributes {
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "asset attribute name {name:?} must be 1 to 64 printable characters"
+            )));
+        }
+        if value.chars().count() > 1024 {
+            return Err(invalid(format!(
+                "asset attribute {name:?} is longer than 1024 characters"
+            )));
+        }
+        attributes.insert(name, value);
+    }
+    let asset = Asset {
+        serial_number: text_field("asset.serialNumber", asset.serial_number)?,
+        model: text_field("asset.model", asset.model)?,
+        attributes,
+    };
+    let size = serde_json::to_string(&asset).map_or(0, |s| s.len());
+    if size > MAX_ASSET_BYTES {
+        return Err(invalid(format!(
+            "asset is {size} bytes as JSON; the limit is {MAX_ASSET_BYTES}"
+        )));
+    }
+    Ok(asset)
+}
+
+fn check_twin(twin: &InitialTwin) -> Result<(), ServiceError> {
+    let size = serde_json::to_string(twin).map_or(0, |s| s.len());
+    if size > MAX_TWIN_BYTES {
+        return Err(invalid(format!(
+            "initialTwin is {size} bytes as JSON; the limit is {MAX_TWIN_BYTES}"
+        )));
+    }
+    for (name, map) in [
+        ("tags", &twin.tags),
+        ("desiredProperties", &twin.desired_properties),
+    ] {
+        // IoT Hub reserves names starting with `$` and refuses some characters in property names.
+        if let Some(bad) = map
+            .keys()
+            .find(|k| k.is_empty() || k.starts_with('$') || k.contains(['.', ' ']))
+        {
+            return Err(invalid(format!(
+                "initialTwin.{name} has an invalid name {bad:?} (no '$' start, '.' or spaces)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn hub_of(service: &Service, hub: Option<String>) -> Result<Option<HubName>, ServiceError> {
+    let Some(hub) = hub.map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    let hub = HubName::parse(&hub).map_err(|e| invalid(e.0))?;
+    if !service.hubs.knows(hub.as_str()) {
+        return Err(invalid(format!(
+            "iotHub {hub} is not a hub linked to this middleware"
+        )));
+    }
+    Ok(Some(hub))
+}
+
+/// RFC 7386 JSON merge patch of one object into another.
+fn merge(target: &mut Map<String, Value>, patch: Map<String, Value>) {
+    for (key, value) in patch {
+        match value {
+            Value::Null => {
+                target.remove(&key);
+            }
+            Value::Object(inner) => {
+                let slot = target
+                    .entry(key)
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !slot.is_object() {
+                    *slot = Value::Object(Map::new());
+                }
+                if let Value::Object(existing) = slot {
+                    merge(existing, inner);
+                }
+            }
+            other => {
+                target.insert(key, other);
+            }
+        }
+    }
+}
+
+impl NewEnrollment {
+    /// Validates the request into a record awaiting DPS.
+    pub fn into_record(self, service: &Service) -> Result<DeviceRecord, ServiceError> {
+        let registration_id =
+            RegistrationId::parse(self.registration_id.trim()).map_err(|e| invalid(e.0))?;
+        let device_id = match self
+            .device_id
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty())
+        {
+            Some(d) => DeviceId::parse(&d).map_err(|e| invalid(e.0))?,
+            None => DeviceId::parse(registration_id.as_str()).map_err(|e| invalid(e.0))?,
+        };
+        check_twin(&self.initial_twin)?;
+        let stamp = now();
+        Ok(DeviceRecord {
+            registration_id,
+            device_id,
+            customer: customer_of(self.customer)?,
+            asset: check_asset(self.asset)?,
+            initial_twin: self.initial_twin,
+            enabled: self.enabled.unwrap_or(true),
+            iot_hub: hub_of(service, self.iot_hub)?,
+            sync: DpsSync::PendingCreate,
+            dps_etag: None,
+            registration: None,
+            // Nothing can have registered yet: reads need not ask DPS for a while.
+            registration_checked_at: Some(stamp.clone()),
+            connection: None,
+            reported: None,
+            created_at: stamp.clone(),
+            updated_at: stamp,
+        })
+    }
+}
+
+/// Whether a change must reach DPS (the enrollment holds these; the rest is the registry's).
+fn dps_fields_differ(a: &DeviceRecord, b: &DeviceRecord) -> bool {
+    a.enabled != b.enabled || a.initial_twin != b.initial_twin || a.iot_hub != b.iot_hub
+}
+
+/// What a provisioning code request answers.
+pub struct CodeAnswer {
+    /// The code (holds the device key).
+    pub code: ProvisioningCode,
+    /// Whether the enrollment is enabled (a disabled device will be refused by DPS).
+    pub enabled: bool,
+}
+
+impl Service {
+    /// Writes a new record awaiting DPS, or takes over one an interrupted create left behind.
+    /// Answers the stored record and whether it was taken over.
+    pub(super) async fn reserve(
+        &self,
+        record: &DeviceRecord,
+    ) -> Result<(Stored, bool), ServiceError> {
+        for _ in 0..3 {
+            match self.store.insert(record).await {
+                Ok(etag) => {
+                    return Ok((
+                        Stored {
+                            record: record.clone(),
+                            etag,
+                        },
+                        false,
+                    ))
+                }
+                Err(crate::storage::StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let Some(existing) = self.store.get(&record.registration_id).await? else {
+                return Err(ServiceError::conflict(
+                    "deviceIdTaken",
+                    format!(
+                        "device id {} belongs to another enrollment",
+                        record.device_id
+                    ),
+                ));
+            };
+            match existing.record.sync {
+                DpsSync::PendingCreate => {
+                    let mut taken = record.clone();
+                    taken.created_at = existing.record.created_at.clone();
+                    let etag = self.store.replace(&existing, &taken).await?;
+                    return Ok((
+                        Stored {
+                            record: taken,
+                            etag,
+                        },
+                        true,
+                    ));
+                }
+                // A delete was interrupted: finish it, then enroll afresh.
+                DpsSync::PendingDelete => self.finish_delete(&existing).await?,
+                _ => {
+                    return Err(ServiceError::conflict(
+                        "alreadyEnrolled",
+                        format!("{} is already enrolled", existing.record.registration_id),
+                    ))
+                }
+            }
+        }
+        Err(ServiceError::conflict(
+            "conflict",
+            "the record keeps changing; retry",
+        ))
+    }
+
+    /// Marks a record's DPS change done.
+    pub(super) async fn complete(&self, stored: &Stored) -> Result<Stored, ServiceError> {
+        let mut record = stored.record.clone();
+        record.sync = DpsSync::Complete;
+        let etag = self.store.replace(stored, &record).await?;
+        Ok(Stored { record, etag })
+    }
+
+    /// Removes a record whose DPS create was refused. A failure here leaves a pending create,
+    /// which repair completes or the client's retry takes over; either way nothing is lost.
+    pub(super) async fn abandon(&self, stored: &Stored) {
+        if let Err(error) = self.store.delete(stored).await {
+            tracing::warn!(registration.id = %stored.record.registration_id, %error, "a refused enrollment's record could not be removed");
+        }
+    }
+
+    /// `POST /api/enrollments`.
+    pub async fn enroll(&self, request: NewEnrollment) -> Result<Stored, ServiceError> {
+        let record = request.into_record(self)?;
+        let (stored, taken_over) = self.reserve(&record).await?;
+        match self.dps.create(&stored.record).await {
+            Ok(()) => {}
+            // Our earlier, interrupted attempt created it: make it say what this request says.
+            Err(CloudError::Conflict(_)) if taken_over => self
+                .dps
+                .update(&stored.record)
+                .await
+                .map_err(ServiceError::dps)?,
+            Err(CloudError::Conflict(_)) => {
+                self.abandon(&stored).await;
+                return Err(ServiceError::conflict(
+                    "existsInDps",
+                    format!("DPS already has an enrollment {} that the registry does not know; remove it from DPS or choose another registration id", record.registration_id),
+                ));
+            }
+            Err(CloudError::Rejected(message)) => {
+                self.abandon(&stored).await;
+                return Err(invalid(format!("DPS refused the enrollment: {message}")));
+            }
+            Err(e) => return Err(ServiceError::dps(e)),
+        }
+        self.complete(&stored).await
+    }
+
+    /// `GET /api/enrollments/{registrationId}`: the record, with any unfinished DPS change
+    /// finished first when DPS allows.
+    pub async fn enrollment(&self, id: &str) -> Result<Stored, ServiceError> {
+        let id = RegistrationId::parse(id).map_err(|e| ServiceError::NotFound(e.0))?;
+        let stored = self
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| not_enrolled(&id))?;
+        self.settle_for_read(stored)
+            .await?
+            .ok_or_else(|| not_enrolled(&id))
+    }
+
+    /// `GET /api/enrollments`.
+    pub async fn enrollments(
+        &self,
+        filter: &Filter,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<Page, ServiceError> {
+        Ok(self.store.list(filter, page_size, continuation).await?)
+    }
+
+    /// `PATCH /api/enrollments/{registrationId}`.
+    pub async fn change(
+        &self,
+        id: &str,
+        patch: EnrollmentPatch,
+        if_match: Option<&str>,
+    ) -> Result<Stored, ServiceError> {
+        let id = RegistrationId::parse(id).map_err(|e| ServiceError::NotFound(e.0))?;
+        let stored = self
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| not_enrolled(&id))?;
+        check_if_match(if_match, &stored.etag)?;
+        let stored = self
+            .settle(stored)
+            .await?
+            .ok_or_else(|| not_enrolled(&id))?;
+        let mut record = stored.record.clone();
+        if let Some(customer) = patch.customer {
+            record.customer = customer_of(customer)?;
+        }
+        if let Some(asset) = patch.asset {
+            record.asset = check_asset(asset)?;
+        }
+        if let Some(twin) = patch.initial_twin {
+            if let Some(tags) = twin.tags {
+                merge(&mut record.initial_twin.tags, tags);
+            }
+            if let Some(desired) = twin.desired_properties {
+                merge(&mut record.initial_twin.desired_properties, desired);
+            }
+            check_twin(&record.initial_twin)?;
+        }
+        if let Some(enabled) = patch.enabled {
+            record.enabled = enabled;
+        }
+        if let Some(hub) = patch.iot_hub {
+            record.iot_hub = hub_of(self, hub)?;
+        }
+        if record == stored.record {
+            return Ok(stored);
+        }
+        record.updated_at = now();
+        if !dps_fields_differ(&record, &stored.record) {
+            let etag = self.store.replace(&stored, &record).await?;
+            return Ok(Stored { record, etag });
+        }
+        record.sync = DpsSync::PendingUpdate;
+        let etag = self.store.replace(&stored, &record).await?;
+        let pending = Stored { record, etag };
+        match self.dps.update(&pending.record).await {
+            Ok(()) => self.complete(&pending).await,
+            Err(CloudError::Rejected(message)) => {
+                // Put the record back as it was, so it still says what DPS holds.
+                let mut previous = stored.record.clone();
+                previous.updated_at = now();
+                if let Err(error) = self.store.replace(&pending, &previous).await {
+                    tracing::warn!(registration.id = %id, %error, "a refused change could not be rolled back; repair will retry it");
+                }
+                Err(invalid(format!("DPS refused the change: {message}")))
+            }
+            Err(e) => Err(ServiceError::dps(e)),
+        }
+    }
+
+    /// `DELETE /api/enrollments/{registrationId}`: the enrollment, the registration state and
+    /// the device identity in its hub, then the record.
+    pub async fn remove(&self, id: &str, if_match: Option<&str>) -> Result<(), ServiceError> {
+        let id = RegistrationId::parse(id).map_err(|e| ServiceError::NotFound(e.0))?;
+        let stored = self
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| not_enrolled(&id))?;
+        check_if_match(if_match, &stored.etag)?;
+        let stored = if stored.record.sync == DpsSync::PendingDelete {
+            stored
+        } else {
+            let mut record = stored.record.clone();
+            record.sync = DpsSync::PendingDelete;
+            record.updated_at = now();
+            let etag = self.store.replace(&stored, &record).await?;
+            Stored { record, etag }
+        };
+        self.finish_delete(&stored).await
+    }
+
+    /// `GET /api/enrollments/{registrationId}/provisioning-code`.
+    pub async fn provisioning_code(&self, id: &str) -> Result<CodeAnswer, ServiceError> {
+        let stored = self.enrollment(id).await?;
+        let record = &stored.record;
+        if record.sync != DpsSync::Complete {
+            return Err(ServiceError::conflict(
+                "enrollmentPending",
+                format!(
+                    "{} is still being {}; retry shortly",
+                    record.registration_id,
+                    if record.sync == DpsSync::PendingDelete {
+                        "deleted"
+                    } else {
+                        "enrolled"
+                    }
+                ),
+            ));
+        }
+        let key = self
+            .dps
+            .primary_key(record.registration_id.as_str())
+            .await
+            .map_err(ServiceError::dps)?;
+        Ok(CodeAnswer {
+            code: ProvisioningCode {
+                id_scope: self.codes.id_scope.clone(),
+                registration_id: record.registration_id.to_string(),
+                device_key: key,
+                endpoint: self.codes.device_endpoint.clone(),
+            },
+            enabled: record.enabled,
+        })
+    }
+}
+
+fn not_enrolled(id: &RegistrationId) -> ServiceError {
+    ServiceError::NotFound(format!("no enrollment {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patches_follow_rfc_7386() {
+        let mut target = json!({"a": 1, "b": {"c": 2, "d": 3}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let patch = json!({"a": null, "b": {"c": 5}, "e": [1]})
+            .as_object()
+            .cloned()
+            .unwrap();
+        merge(&mut target, patch);
+        assert_eq!(
+            Value::Object(target),
+            json!({"b": {"c": 5, "d": 3}, "e": [1]})
+        );
+    }
+
+    #[test]
+    fn a_patch_tells_a_null_hub_from_an_absent_one() {
+        let cleared: EnrollmentPatch = serde_json::from_value(json!({"iotHub": null})).unwrap();
+        assert_eq!(cleared.iot_hub, Some(None));
+        let untouched: EnrollmentPatch = serde_json::from_value(json!({"enabled": false})).unwrap();
+        assert_eq!(untouched.iot_hub, None);
+        let error = serde_json::from_value::<EnrollmentPatch>(json!({"deviceId": "x"}))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("deviceId"), "{error}");
+    }
+}

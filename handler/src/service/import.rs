@@ -1,0 +1,511 @@
+//! Bulk enrollment: a CRM export as CSV (header row) or a JSON array of enrollments. Every row
+//! gets its own result; valid rows are enrolled even when others fail. DPS is called with its
+//! bulk API, at most [`BULK_LIMIT`] enrollments a call.
+
+use super::enrollments::{CustomerInput, NewEnrollment};
+use super::{Service, ServiceError};
+use crate::cloud::dps::{BulkOutcome, BULK_LIMIT};
+use crate::cloud::CloudError;
+use crate::domain::{Asset, DeviceRecord, InitialTwin};
+use crate::storage::Stored;
+use futures_util::stream::{self, StreamExt};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// Rows one request may carry.
+pub const MAX_ROWS: usize = 10_000;
+/// Storage writes in flight during an import.
+const STORAGE_CONCURRENCY: usize = 32;
+/// DPS bulk calls in flight during an import.
+const DPS_CONCURRENCY: usize = 4;
+
+/// One row as parsed: where it came from and the enrollment it asks for, or why it is unusable.
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    /// 1-based row number (CSV: data rows after the header; JSON: array position).
+    pub row: usize,
+    /// The registration id, when the row has one.
+    pub registration_id: Option<String>,
+    /// The request, or the reason it is invalid.
+    pub input: Result<NewEnrollment, String>,
+}
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Enrolled.
+    Created,
+    /// Already enrolled (in the registry, or in DPS without a record).
+    Exists,
+    /// The row breaks a rule; the message says which.
+    Invalid,
+    /// A service failed; retrying the import will finish it.
+    Failed,
+}
+
+impl Outcome {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Exists => "exists",
+            Outcome::Invalid => "invalid",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// One row's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowResult {
+    /// The row number.
+    pub row: usize,
+    /// Its registration id, if it had one.
+    pub registration_id: Option<String>,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Why, for anything but `created`.
+    pub message: Option<String>,
+}
+
+/// Columns with a fixed meaning, matched ignoring case, spaces, `_` and `-`.
+fn column_role(header: &str) -> Option<&'static str> {
+    let normalized: String = header
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '_' | '-'))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    Some(match normalized.as_str() {
+        "registrationid" => "registrationId",
+        "deviceid" => "deviceId",
+        "customerid" => "customerId",
+        "customername" => "customerName",
+        "serialnumber" | "serial" => "serialNumber",
+        "model" => "model",
+        "enabled" => "enabled",
+        "iothub" | "hub" => "iotHub",
+        _ => return None,
+    })
+}
+
+/// A CSV cell for a twin value: numbers and booleans written canonically become JSON values,
+/// everything else stays text (so `00123` remains a string).
+fn twin_value(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value @ (Value::Number(_) | Value::Bool(_))) if value.to_string().as_str() == text => {
+            value
+        }
+        _ => Value::String(text.to_owned()),
+    }
+}
+
+fn parse_enabled(text: &str) -> Result<Option<bool>, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "true" | "yes" | "1" | "enabled" => Ok(Some(true)),
+        "false" | "no" | "0" | "disabled" => Ok(Some(false)),
+        other => Err(format!("enabled must be true or false, not {other:?}")),
+    }
+}
+
+/// Parses a CSV export with a header row. Needs `registrationId` and `customerId` columns;
+/// `tag.<name>` and `desired.<name>` columns fill the initial twin; unknown columns become asset
+/// attributes.
+pub fn parse_csv(body: &[u8]) -> Result<Vec<ImportRow>, ServiceError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(body);
+    let headers = reader
+        .headers()
+        .map_err(|e| ServiceError::Invalid(format!("the CSV header row is unreadable: {e}")))?
+        .clone();
+    let roles: Vec<Option<&str>> = headers.iter().map(column_role).collect();
+    for required in ["registrationId", "customerId"] {
+        if !roles.contains(&Some(required)) {
+            return Err(ServiceError::Invalid(format!(
+                "the CSV header row has no {required} column"
+            )));
+        }
+    }
+    let mut rows = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let row = index + 1;
+        if row > MAX_ROWS {
+            return Err(ServiceError::Invalid(format!(
+                "an import holds at most {MAX_ROWS} rows; split the file"
+            )));
+        }
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                rows.push(ImportRow {
+                    row,
+                    registration_id: None,
+                    input: Err(format!("unreadable CSV row: {e}")),
+                });
+                continue;
+            }
+        };
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        let mut asset = Asset::default();
+        let mut twin = InitialTwin::default();
+        for (header, (role, value)) in headers.iter().zip(roles.iter().zip(record.iter())) {
+            if value.is_empty() {
+                continue;
+            }
+            match role {
+                Some(role) => {
+                    fields.insert(role, value);
+                }
+                None => {
+                    if let Some(name) = header.strip_prefix("tag.") {
+                        twin.tags.insert(name.to_owned(), twin_value(value));
+                    } else if let Some(name) = header.strip_prefix("desired.") {
+                        twin.desired_properties
+                            .insert(name.to_owned(), twin_value(value));
+                    } else {
+                        asset.attributes.insert(header.to_owned(), value.to_owned());
+                    }
+                }
+            }
+        }
+        let registration_id = fields.get("registrationId").map(|s| (*s).to_owned());
+        let input = (|| {
+            let registration_id = registration_id.clone().ok_or("registrationId is empty")?;
+            let customer_id = fields.get("customerId").ok_or("customerId is empty")?;
+            asset.serial_number = fields.get("serialNumber").map(|s| (*s).to_owned());
+            asset.model = fields.get("model").map(|s| (*s).to_owned());
+            Ok::<_, String>(NewEnrollment {
+                registration_id,
+                device_id: fields.get("deviceId").map(|s| (*s).to_owned()),
+                customer: CustomerInput {
+                    id: (*customer_id).to_owned(),
+                    name: fields.get("customerName").map(|s| (*s).to_owned()),
+                },
+                asset: asset.clone(),
+                initial_twin: twin.clone(),
+                enabled: parse_enabled(fields.get("enabled").copied().unwrap_or(""))?,
+                iot_hub: fields.get("iotHub").map(|s| (*s).to_owned()),
+            })
+        })();
+        rows.push(ImportRow {
+            row,
+            registration_id,
+            input,
+        });
+    }
+    Ok(rows)
+}
+
+/// Parses a JSON array of enrollments (the shape `POST /api/enrollments` takes).
+pub fn parse_json(body: &[u8]) -> Result<Vec<ImportRow>, ServiceError> {
+    let items: Vec<Value> = serde_json::from_slice(body).map_err(|e| {
+        ServiceError::Invalid(format!("the body is not a JSON array of enrollments: {e}"))
+    })?;
+    if items.len() > MAX_ROWS {
+        return Err(ServiceError::Invalid(format!(
+            "an import holds at most {MAX_ROWS} rows; split it"
+        )));
+    }
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| ImportRow {
+            row: index + 1,
+            registration_id: item
+                .get("registrationId")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            input: serde_json::from_value::<NewEnrollment>(item).map_err(|e| e.to_string()),
+        })
+        .collect())
+}
+
+/// Whether a row's record could be written (and whether it took over an earlier attempt's).
+type Reservation = Result<(Stored, bool), ServiceError>;
+/// DPS's answer for one chunk.
+type BulkAnswer = Result<Vec<BulkOutcome>, CloudError>;
+
+/// A row whose record is written with its intent, awaiting DPS.
+#[derive(Clone)]
+struct Reserved {
+    row: usize,
+    stored: Stored,
+    /// The record was left by an earlier, interrupted attempt.
+    taken_over: bool,
+}
+
+fn result(
+    row: usize,
+    registration_id: Option<String>,
+    outcome: Outcome,
+    message: Option<String>,
+) -> RowResult {
+    RowResult {
+        row,
+        registration_id,
+        outcome,
+        message,
+    }
+}
+
+impl Service {
+    /// `POST /api/enrollments/import`: enrolls every valid row; answers one result per row, in
+    /// row order.
+    pub async fn import(&self, rows: Vec<ImportRow>) -> Vec<RowResult> {
+        let mut results: BTreeMap<usize, RowResult> = BTreeMap::new();
+        // Validate, and refuse ids a file repeats (the second would overwrite the first).
+        let mut seen_registrations: HashMap<String, usize> = HashMap::new();
+        let mut seen_devices: HashMap<String, usize> = HashMap::new();
+        let mut valid: Vec<(usize, DeviceRecord)> = Vec::new();
+        for row in rows {
+            let record = row
+                .input
+                .map_err(ServiceError::Invalid)
+                .and_then(|input| input.into_record(self));
+            let record = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    results.insert(
+                        row.row,
+                        result(
+                            row.row,
+                            row.registration_id,
+                            Outcome::Invalid,
+                            Some(e.to_string()),
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let id = record.registration_id.to_string();
+            if let Some(first) = seen_registrations.insert(record.registration_id.key(), row.row) {
+                results.insert(
+                    row.row,
+                    result(
+                        row.row,
+                        Some(id),
+                        Outcome::Invalid,
+                        Some(format!("registrationId repeats row {first}")),
+                    ),
+                );
+                continue;
+            }
+            if let Some(first) = seen_devices.insert(record.device_id.to_string(), row.row) {
+                results.insert(
+                    row.row,
+                    result(
+                        row.row,
+                        Some(id),
+                        Outcome::Invalid,
+                        Some(format!("deviceId repeats row {first}")),
+                    ),
+                );
+                continue;
+            }
+            valid.push((row.row, record));
+        }
+
+        // Reserve the records (intent: pending create).
+        let reserved: Vec<(usize, DeviceRecord, Reservation)> = stream::iter(valid)
+            .map(|(row, record)| async move {
+                let outcome = self.reserve(&record).await;
+                (row, record, outcome)
+            })
+            .buffer_unordered(STORAGE_CONCURRENCY)
+            .collect()
+            .await;
+        let mut pending: Vec<Reserved> = Vec::new();
+        for (row, record, outcome) in reserved {
+            let id = Some(record.registration_id.to_string());
+            match outcome {
+                Ok((stored, taken_over)) => pending.push(Reserved {
+                    row,
+                    stored,
+                    taken_over,
+                }),
+                Err(ServiceError::Conflict {
+                    code: "alreadyEnrolled",
+                    message,
+                }) => {
+                    results.insert(row, result(row, id, Outcome::Exists, Some(message)));
+                }
+                Err(e @ ServiceError::Conflict { .. }) => {
+                    results.insert(row, result(row, id, Outcome::Invalid, Some(e.to_string())));
+                }
+                Err(e) => {
+                    results.insert(
+                        row,
+                        result(
+                            row,
+                            id,
+                            Outcome::Failed,
+                            Some(format!("{e}; retry the import")),
+                        ),
+                    );
+                }
+            }
+        }
+        pending.sort_by_key(|r| r.row);
+
+        // DPS, ten at a time.
+        let chunks: Vec<Vec<Reserved>> = pending.chunks(BULK_LIMIT).map(<[_]>::to_vec).collect();
+        let answered: Vec<(Vec<Reserved>, BulkAnswer)> = stream::iter(chunks)
+            .map(|chunk| async move {
+                let records: Vec<&DeviceRecord> = chunk.iter().map(|r| &r.stored.record).collect();
+                let outcome = self.dps.create_many(&records).await;
+                (chunk, outcome)
+            })
+            .buffer_unordered(DPS_CONCURRENCY)
+            .collect()
+            .await;
+
+        let mut to_complete = Vec::new();
+        for (chunk, outcome) in answered {
+            let outcomes = match outcome {
+                Ok(outcomes) if outcomes.len() == chunk.len() => outcomes,
+                Ok(_) | Err(_) => {
+                    let reason = match outcome {
+                        Err(e) => ServiceError::dps(e).to_string(),
+                        Ok(_) => {
+                            "DPS answered a bulk result that does not match the request".into()
+                        }
+                    };
+                    for r in chunk {
+                        let message = format!("{reason}; retry the import to finish this row");
+                        results.insert(
+                            r.row,
+                            result(
+                                r.row,
+                                Some(r.stored.record.registration_id.to_string()),
+                                Outcome::Failed,
+                                Some(message),
+                            ),
+                        );
+                    }
+                    continue;
+                }
+            };
+            for (r, outcome) in chunk.into_iter().zip(outcomes) {
+                let id = Some(r.stored.record.registration_id.to_string());
+                match outcome {
+                    BulkOutcome::Created => to_complete.push((r, false)),
+                    BulkOutcome::Exists if r.taken_over => to_complete.push((r, true)),
+                    BulkOutcome::Exists => {
+                        self.abandon(&r.stored).await;
+                        let message =
+                            "DPS already has this enrollment, but the registry does not know it"
+                                .to_owned();
+                        results.insert(r.row, result(r.row, id, Outcome::Exists, Some(message)));
+                    }
+                    BulkOutcome::Refused(message) => {
+                        self.abandon(&r.stored).await;
+                        results.insert(
+                            r.row,
+                            result(
+                                r.row,
+                                id,
+                                Outcome::Invalid,
+                                Some(format!("DPS refused it: {message}")),
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        // Clear the intents.
+        let completed: Vec<(usize, String, Result<(), ServiceError>)> = stream::iter(to_complete)
+            .map(|(r, update_first)| async move {
+                let id = r.stored.record.registration_id.to_string();
+                let outcome = async {
+                    if update_first {
+                        self.dps
+                            .update(&r.stored.record)
+                            .await
+                            .map_err(ServiceError::dps)?;
+                    }
+                    self.complete(&r.stored).await.map(|_| ())
+                }
+                .await;
+                (r.row, id, outcome)
+            })
+            .buffer_unordered(STORAGE_CONCURRENCY)
+            .collect()
+            .await;
+        for (row, id, outcome) in completed {
+            let entry = match outcome {
+                Ok(()) => result(row, Some(id), Outcome::Created, None),
+                // DPS holds it and the record exists with its intent: repair finishes it.
+                Err(e) => result(
+                    row,
+                    Some(id),
+                    Outcome::Created,
+                    Some(format!("enrolled; the record is finished later ({e})")),
+                ),
+            };
+            results.insert(row, entry);
+        }
+        results.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crm_export_maps_known_columns_and_keeps_the_rest_as_attributes() {
+        let csv = "Registration ID,customer_id,Customer Name,Serial Number,Model,enabled,tag.site,desired.interval,Warranty\n\
+                   dev-1,contoso,Contoso,SN1,T-100,no,berlin,30,2029\n\
+                   ,contoso,,,,,,,\n\
+                   dev-3,fabrikam,,,,maybe,,,\n";
+        let rows = parse_csv(csv.as_bytes()).unwrap();
+        assert_eq!(rows.len(), 3);
+        let first = rows[0].input.as_ref().unwrap();
+        assert_eq!(first.registration_id, "dev-1");
+        assert_eq!(first.customer.name.as_deref(), Some("Contoso"));
+        assert_eq!(first.asset.serial_number.as_deref(), Some("SN1"));
+        assert_eq!(
+            first.asset.attributes.get("Warranty").map(String::as_str),
+            Some("2029")
+        );
+        assert_eq!(first.enabled, Some(false));
+        assert_eq!(first.initial_twin.tags["site"], "berlin");
+        assert_eq!(first.initial_twin.desired_properties["interval"], 30);
+        assert!(rows[1]
+            .input
+            .as_ref()
+            .unwrap_err()
+            .contains("registrationId"));
+        assert!(rows[2].input.as_ref().unwrap_err().contains("enabled"));
+    }
+
+    #[test]
+    fn a_csv_without_the_key_columns_is_refused_whole() {
+        let error = parse_csv(b"serial,model\nSN1,T\n").unwrap_err();
+        assert!(error.to_string().contains("registrationId"), "{error}");
+    }
+
+    #[test]
+    fn twin_cells_become_numbers_only_when_written_canonically() {
+        assert_eq!(twin_value("30"), Value::from(30));
+        assert_eq!(twin_value("true"), Value::Bool(true));
+        assert_eq!(twin_value("00123"), Value::String("00123".into()));
+        assert_eq!(twin_value("1e3"), Value::String("1e3".into()));
+    }
+
+    #[test]
+    fn json_rows_keep_their_ids_even_when_invalid() {
+        let rows =
+            parse_json(br#"[{"registrationId":"a","customer":{"id":"c"}},{"registrationId":"b"}]"#)
+                .unwrap();
+        assert!(rows[0].input.is_ok());
+        assert_eq!(rows[1].registration_id.as_deref(), Some("b"));
+        assert!(rows[1].input.as_ref().unwrap_err().contains("customer"));
+    }
+}

@@ -1,0 +1,193 @@
+//! What the API does, independent of HTTP: enrollments, devices, bulk import, and keeping the
+//! registry and DPS in agreement.
+//!
+//! - [`enrollments`]: enroll, read, list, change and remove devices; provisioning codes.
+//! - [`import`]: bulk enrollment from a CSV export or a JSON array.
+//! - [`devices`]: device records, desired properties and direct methods.
+//! - [`repair`]: finishing DPS changes that a failure interrupted.
+//!
+//! Every change that touches DPS follows one order: the record is written first with the intent
+//! (`sync: pendingCreate|pendingUpdate|pendingDelete`), then DPS is changed, then the intent is
+//! cleared. A failure anywhere leaves an intent behind, never a DPS enrollment the registry does
+//! not know about, and [`repair`] finishes it the next time the record is touched.
+
+pub mod devices;
+pub mod enrollments;
+pub mod import;
+pub mod repair;
+
+use crate::cloud::dps::Provisioning;
+use crate::cloud::hub::DeviceHubs;
+use crate::cloud::CloudError;
+use crate::storage::{Registry, StoreError};
+use std::sync::Arc;
+
+/// Which outside service failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// The Device Provisioning Service.
+    Dps,
+    /// An IoT hub.
+    Hub,
+    /// Table Storage.
+    Storage,
+}
+
+impl Upstream {
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Upstream::Dps => "DPS",
+            Upstream::Hub => "IoT Hub",
+            Upstream::Storage => "Table Storage",
+        }
+    }
+}
+
+/// Why a request could not be done. `crate::api::error` maps each to an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is malformed or breaks a rule; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{message}")]
+    Conflict {
+        /// A stable code for scripts (`alreadyEnrolled`, `deviceIdTaken`, `deviceOffline`, …).
+        code: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// The record changed since the client read it (If-Match), or a concurrent writer won.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// The device did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// An outside service asks us to slow down.
+    #[error("{} is throttling requests", .service.name())]
+    Throttled {
+        /// Which one.
+        service: Upstream,
+        /// Seconds to wait, if known.
+        retry_after: Option<u64>,
+    },
+    /// An outside service is unreachable or failing; retrying later may help.
+    #[error("{} is unavailable", .service.name())]
+    Unavailable {
+        /// Which one.
+        service: Upstream,
+        /// What happened (logged, not shown to clients).
+        detail: String,
+    },
+    /// An outside service answered in a way we cannot use (wrong credentials, unknown hub).
+    #[error("{} answered in a way the middleware cannot use", .service.name())]
+    BadGateway {
+        /// Which one.
+        service: Upstream,
+        /// What happened (logged, not shown to clients).
+        detail: String,
+    },
+}
+
+impl ServiceError {
+    fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Maps a DPS or hub failure that has no more specific meaning at the call site.
+    fn upstream(service: Upstream, error: CloudError) -> Self {
+        match error {
+            CloudError::NotFound(m) => Self::NotFound(m),
+            CloudError::Conflict(m) => Self::conflict("conflict", m),
+            CloudError::PreconditionFailed => Self::PreconditionFailed(format!(
+                "the {} resource changed; read it again",
+                service.name()
+            )),
+            CloudError::Rejected(m) => {
+                Self::Invalid(format!("{} refused the request: {m}", service.name()))
+            }
+            CloudError::DeviceOffline => {
+                Self::conflict("deviceOffline", "the device is not connected to its hub")
+            }
+            CloudError::Timeout => Self::Timeout("the device did not answer in time".into()),
+            CloudError::Throttled { retry_after } => Self::Throttled {
+                service,
+                retry_after,
+            },
+            CloudError::Unavailable(detail) => Self::Unavailable { service, detail },
+            CloudError::BadGateway(detail) => Self::BadGateway { service, detail },
+        }
+    }
+
+    fn dps(error: CloudError) -> Self {
+        Self::upstream(Upstream::Dps, error)
+    }
+
+    fn hub(error: CloudError) -> Self {
+        Self::upstream(Upstream::Hub, error)
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict => Self::conflict(
+                "conflict",
+                "the record was created by another request at the same time",
+            ),
+            StoreError::PreconditionFailed => Self::PreconditionFailed(
+                "the record changed since it was read; read it again and retry".into(),
+            ),
+            StoreError::BadContinuation => {
+                Self::Invalid("the continuation token is not valid; start the listing again".into())
+            }
+            StoreError::Unavailable(detail) => Self::Unavailable {
+                service: Upstream::Storage,
+                detail,
+            },
+        }
+    }
+}
+
+/// What provisioning codes carry besides the device's own values.
+#[derive(Debug, Clone)]
+pub struct CodeSettings {
+    /// The DPS ID scope.
+    pub id_scope: String,
+    /// The DPS device endpoint.
+    pub device_endpoint: String,
+}
+
+/// The middleware: the registry and the Azure services it keeps in step.
+#[derive(Clone)]
+pub struct Service {
+    /// Device records.
+    pub store: Arc<dyn Registry>,
+    /// DPS.
+    pub dps: Arc<dyn Provisioning>,
+    /// The linked hubs.
+    pub hubs: Arc<dyn DeviceHubs>,
+    /// For provisioning codes.
+    pub codes: CodeSettings,
+}
+
+/// Checks a client's `If-Match` against the record's etag (`*` matches anything).
+fn check_if_match(if_match: Option<&str>, etag: &str) -> Result<(), ServiceError> {
+    match if_match.map(str::trim) {
+        None | Some("*") | Some("\"*\"") => Ok(()),
+        Some(wanted) if wanted == etag => Ok(()),
+        Some(_) => Err(ServiceError::PreconditionFailed(
+            "the record changed since it was read (If-Match does not match its ETag); read it again and retry".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,430 @@
+//! The service layer over in-memory storage and cloud fakes, with failures injected at every
+//! step of the DPS/registry protocol.
+
+use super::devices::CommandRequest;
+use super::enrollments::{EnrollmentPatch, NewEnrollment};
+use super::import::{parse_csv, Outcome};
+use super::{CodeSettings, Service, ServiceError, Upstream};
+use crate::cloud::dps::Provisioning;
+use crate::cloud::fake::{FakeDps, FakeHubs};
+use crate::domain::{DpsSync, Filter, RegistrationId, Status};
+use crate::storage::memory::MemoryRegistry;
+use crate::storage::Registry;
+use serde_json::json;
+use std::sync::Arc;
+
+const HUB: &str = "hub-1.example";
+
+struct World {
+    service: Service,
+    store: Arc<MemoryRegistry>,
+    dps: Arc<FakeDps>,
+    hubs: Arc<FakeHubs>,
+}
+
+fn world() -> World {
+    let store = Arc::new(MemoryRegistry::default());
+    let dps = Arc::new(FakeDps::default());
+    let hubs = Arc::new(FakeHubs::linked(&[HUB, "hub-2.example"]));
+    let service = Service {
+        store: store.clone(),
+        dps: dps.clone(),
+        hubs: hubs.clone(),
+        codes: CodeSettings {
+            id_scope: "0ne00000001".into(),
+            device_endpoint: "dps.example".into(),
+        },
+    };
+    World {
+        service,
+        store,
+        dps,
+        hubs,
+    }
+}
+
+fn request(id: &str) -> NewEnrollment {
+    serde_json::from_value(json!({
+        "registrationId": id,
+        "customer": { "id": "contoso", "name": "Contoso" },
+        "asset": { "serialNumber": "SN-1", "model": "T-100" },
+        "initialTwin": { "tags": { "site": "berlin" } },
+    }))
+    .unwrap()
+}
+
+async fn record(world: &World, id: &str) -> Option<crate::storage::Stored> {
+    world
+        .store
+        .get(&RegistrationId::parse(id).unwrap())
+        .await
+        .unwrap()
+}
+
+fn unavailable(error: &ServiceError, service: Upstream) -> bool {
+    matches!(error, ServiceError::Unavailable { service: s, .. } if *s == service)
+}
+
+#[tokio::test]
+async fn enrolling_writes_the_record_and_the_dps_enrollment() {
+    let w = world();
+    let stored = w.service.enroll(request("dev-1")).await.unwrap();
+    assert_eq!(stored.record.sync, DpsSync::Complete);
+    assert_eq!(stored.record.status(), Status::Enrolled);
+    assert_eq!(
+        w.dps.enrollment("dev-1").unwrap().record.initial_twin.tags["site"],
+        "berlin"
+    );
+    let again = w.service.enroll(request("DEV-1")).await.unwrap_err();
+    assert!(
+        matches!(
+            again,
+            ServiceError::Conflict {
+                code: "alreadyEnrolled",
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dps_failure_during_enrollment_is_finished_by_the_clients_retry() {
+    let w = world();
+    w.dps.faults.fail("create", 1);
+    let error = w.service.enroll(request("dev-1")).await.unwrap_err();
+    assert!(unavailable(&error, Upstream::Dps), "{error:?}");
+    assert_eq!(
+        record(&w, "dev-1").await.unwrap().record.sync,
+        DpsSync::PendingCreate
+    );
+    assert!(!w.dps.has("dev-1"));
+    let stored = w.service.enroll(request("dev-1")).await.unwrap();
+    assert_eq!(stored.record.sync, DpsSync::Complete);
+    assert!(w.dps.has("dev-1"));
+}
+
+#[tokio::test]
+async fn a_storage_failure_after_dps_succeeded_is_repaired_on_the_next_read() {
+    let w = world();
+    // Reserve succeeds, DPS succeeds, clearing the intent fails.
+    w.store.fail("replace", 1);
+    let error = w.service.enroll(request("dev-1")).await.unwrap_err();
+    assert!(unavailable(&error, Upstream::Storage), "{error:?}");
+    assert!(w.dps.has("dev-1"));
+    assert_eq!(
+        record(&w, "dev-1").await.unwrap().record.sync,
+        DpsSync::PendingCreate
+    );
+    let read = w.service.enrollment("dev-1").await.unwrap();
+    assert_eq!(read.record.sync, DpsSync::Complete);
+    assert_eq!(
+        record(&w, "dev-1").await.unwrap().record.sync,
+        DpsSync::Complete
+    );
+}
+
+#[tokio::test]
+async fn an_enrollment_dps_has_but_the_registry_does_not_is_refused_and_leaves_no_record() {
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    let stored = record(&w, "dev-1").await.unwrap();
+    w.store.delete(&stored).await.unwrap();
+    let error = w.service.enroll(request("dev-1")).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ServiceError::Conflict {
+                code: "existsInDps",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(record(&w, "dev-1").await.is_none());
+}
+
+#[tokio::test]
+async fn a_failed_dps_update_leaves_an_intent_that_repair_finishes() {
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    w.dps.faults.fail("update", 1);
+    let patch: EnrollmentPatch = serde_json::from_value(
+        json!({ "enabled": false, "initialTwin": { "desiredProperties": { "interval": 5 } } }),
+    )
+    .unwrap();
+    let error = w.service.change("dev-1", patch, None).await.unwrap_err();
+    assert!(unavailable(&error, Upstream::Dps), "{error:?}");
+    assert!(
+        w.dps.enrollment("dev-1").unwrap().record.enabled,
+        "DPS was not changed"
+    );
+    let pending = w
+        .service
+        .store
+        .list(&Filter::unsynced(), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(pending.items.len(), 1);
+    let report = w.service.repair_pending(100).await.unwrap();
+    assert_eq!(report.repaired, 1);
+    let enrollment = w.dps.enrollment("dev-1").unwrap().record;
+    assert!(!enrollment.enabled);
+    assert_eq!(enrollment.initial_twin.desired_properties["interval"], 5);
+    assert_eq!(
+        record(&w, "dev-1").await.unwrap().record.status(),
+        Status::Disabled
+    );
+}
+
+#[tokio::test]
+async fn changes_are_guarded_by_the_etag_and_registry_only_changes_skip_dps() {
+    let w = world();
+    let first = w.service.enroll(request("dev-1")).await.unwrap();
+    let patch: EnrollmentPatch =
+        serde_json::from_value(json!({ "customer": { "id": "fabrikam" } })).unwrap();
+    let changed = w
+        .service
+        .change("dev-1", patch.clone(), Some(&first.etag))
+        .await
+        .unwrap();
+    assert_eq!(changed.record.customer.id.as_str(), "fabrikam");
+    assert_eq!(
+        w.dps
+            .enrollment("dev-1")
+            .unwrap()
+            .record
+            .customer
+            .id
+            .as_str(),
+        "contoso",
+        "DPS holds no customer"
+    );
+    let stale = w
+        .service
+        .change("dev-1", patch, Some(&first.etag))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, ServiceError::PreconditionFailed(_)),
+        "{stale:?}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_removes_the_enrollment_registration_and_hub_identity_even_after_a_failure() {
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    w.dps.register("dev-1", HUB);
+    w.hubs.add_device(HUB, "dev-1", false);
+    w.hubs.faults.fail("delete_device", 1);
+    let error = w.service.remove("dev-1", None).await.unwrap_err();
+    assert!(unavailable(&error, Upstream::Hub), "{error:?}");
+    assert!(
+        !w.dps.has("dev-1"),
+        "the enrollment goes first, so the device cannot come back"
+    );
+    assert_eq!(
+        record(&w, "dev-1").await.unwrap().record.status(),
+        Status::Deleting
+    );
+    w.service.repair_pending(100).await.unwrap();
+    assert!(record(&w, "dev-1").await.is_none());
+    assert!(!w.hubs.has_device(HUB, "dev-1"));
+    assert!(w.dps.registration("dev-1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn device_ids_are_unique_across_enrollments() {
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    let mut other = request("dev-2");
+    other.device_id = Some("dev-1".into());
+    let error = w.service.enroll(other).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ServiceError::Conflict {
+                code: "deviceIdTaken",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_provisioning_code_carries_the_dps_key_and_scope() {
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    let answer = w.service.provisioning_code("dev-1").await.unwrap();
+    let parsed = iot_credentials::ProvisioningCode::parse(&answer.code.expose()).unwrap();
+    assert_eq!(parsed.id_scope, "0ne00000001");
+    assert_eq!(parsed.device_key, w.dps.enrollment("dev-1").unwrap().key);
+    assert!(matches!(
+        w.service.provisioning_code("nope").await,
+        Err(ServiceError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn reading_an_unassigned_device_learns_its_registration_from_dps() {
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    w.dps.register("dev-1", HUB);
+    // Fresh enrollments are not re-checked at once; an old check is.
+    let stored = record(&w, "dev-1").await.unwrap();
+    let mut aged = stored.record.clone();
+    aged.registration_checked_at = Some("2020-01-01T00:00:00Z".into());
+    w.store.replace(&stored, &aged).await.unwrap();
+    let device = w.service.device("dev-1", false).await.unwrap();
+    assert_eq!(device.record.status(), Status::Assigned);
+    assert_eq!(device.record.assigned_hub(), Some(HUB));
+    let by_hub = Filter {
+        hub: Some(crate::domain::HubName::parse(HUB).unwrap()),
+        ..Filter::default()
+    };
+    assert_eq!(
+        w.service
+            .devices(&by_hub, 10, None)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn live_device_calls_explain_why_they_cannot_reach_the_device() {
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    let command = |_name: &str| CommandRequest {
+        payload: json!({"n": 1}),
+        timeout_seconds: None,
+        connect_timeout_seconds: None,
+    };
+    let error = w
+        .service
+        .command("dev-1", "reboot", command("reboot"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ServiceError::Conflict {
+                code: "deviceNotAssigned",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    w.dps.register("dev-1", HUB);
+    let stored = record(&w, "dev-1").await.unwrap();
+    let mut registered = stored.record.clone();
+    registered.registration = w.dps.registration("dev-1").await.unwrap();
+    w.store.replace(&stored, &registered).await.unwrap();
+    w.hubs.add_device(HUB, "dev-1", false);
+    let error = w
+        .service
+        .command("dev-1", "reboot", command("reboot"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ServiceError::Conflict {
+                code: "deviceOffline",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    w.hubs
+        .online
+        .lock()
+        .unwrap()
+        .push((HUB.into(), "dev-1".into()));
+    let answer = w
+        .service
+        .command("dev-1", "reboot", command("reboot"))
+        .await
+        .unwrap();
+    assert_eq!(answer.payload["echo"]["n"], 1);
+    let error = w
+        .service
+        .command("dev-1", "hang", command("hang"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ServiceError::Timeout(_)), "{error:?}");
+    let desired = w
+        .service
+        .update_desired(
+            "dev-1",
+            json!({"interval": 9}).as_object().cloned().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(desired.desired["interval"], 9);
+    let error = w
+        .service
+        .command("dev-1", "bad/name", command("x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ServiceError::Invalid(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn an_import_reports_every_row_and_enrolls_the_valid_ones() {
+    let w = world();
+    w.service.enroll(request("existing")).await.unwrap();
+    let mut csv = String::from("registrationId,customerId,serialNumber,tag.refuse\n");
+    for i in 0..25 {
+        csv.push_str(&format!("dev-{i},contoso,SN{i},\n"));
+    }
+    csv.push_str("existing,contoso,,\n");
+    csv.push_str("bad id,contoso,,\n");
+    csv.push_str("dev-3,contoso,,\n");
+    csv.push_str("refused,contoso,,yes\n");
+    let rows = parse_csv(csv.as_bytes()).unwrap();
+    let results = w.service.import(rows).await;
+    assert_eq!(results.len(), 29);
+    let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
+    assert_eq!(count(Outcome::Created), 25);
+    assert_eq!(count(Outcome::Exists), 1);
+    assert_eq!(count(Outcome::Invalid), 3, "{results:?}");
+    assert!(
+        results[27].message.as_deref().unwrap().contains("row 4"),
+        "{:?}",
+        results[27]
+    );
+    assert!(
+        record(&w, "refused").await.is_none(),
+        "a refused row leaves no record"
+    );
+    assert!(w.dps.has("dev-24"));
+    assert!(results.windows(2).all(|p| p[0].row < p[1].row));
+}
+
+#[tokio::test]
+async fn an_import_whose_dps_calls_fail_can_simply_be_run_again() {
+    let w = world();
+    let csv = "registrationId,customerId\na,c\nb,c\n";
+    w.dps.faults.fail("create_many", 1);
+    let results = w.service.import(parse_csv(csv.as_bytes()).unwrap()).await;
+    assert!(
+        results.iter().all(|r| r.outcome == Outcome::Failed),
+        "{results:?}"
+    );
+    let results = w.service.import(parse_csv(csv.as_bytes()).unwrap()).await;
+    assert!(
+        results.iter().all(|r| r.outcome == Outcome::Created),
+        "{results:?}"
+    );
+    assert!(w
+        .store
+        .all()
+        .iter()
+        .all(|s| s.record.sync == DpsSync::Complete));
+}

@@ -1,0 +1,89 @@
+//! Where device records live, behind a small trait so the logic above can be tested with an
+//! in-memory store and run on Azure Table Storage.
+//!
+//! - [`tables`]: Azure Table Storage (Azurite locally) through azure_data_tables.
+//! - [`memory`]: an in-memory store with the same semantics, for unit tests.
+
+pub mod memory;
+pub mod tables;
+
+use crate::domain::{DeviceRecord, Filter, RegistrationId};
+use async_trait::async_trait;
+
+/// A record with the etag that guards it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The record.
+    pub record: DeviceRecord,
+    /// Its etag (opaque).
+    pub etag: String,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// The records.
+    pub items: Vec<Stored>,
+    /// Opaque token for the next page.
+    pub continuation: Option<String>,
+}
+
+/// What storage can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The record exists already.
+    #[error("the record already exists")]
+    Conflict,
+    /// The etag no longer matches.
+    #[error("the record changed since it was read")]
+    PreconditionFailed,
+    /// A continuation token this store did not issue.
+    #[error("the continuation token is not valid")]
+    BadContinuation,
+    /// Storage cannot be reached or refused the request; retrying later may help.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The device records.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// Reads a record by registration id.
+    async fn get(&self, id: &RegistrationId) -> Result<Option<Stored>, StoreError>;
+
+    /// Reads a record by device id.
+    async fn get_by_device(&self, device_id: &str) -> Result<Option<Stored>, StoreError>;
+
+    /// Creates a record; `Conflict` if one exists.
+    async fn insert(&self, record: &DeviceRecord) -> Result<String, StoreError>;
+
+    /// Replaces a record read as `previous` with etag `etag`; `PreconditionFailed` if it changed.
+    async fn replace(&self, previous: &Stored, record: &DeviceRecord)
+        -> Result<String, StoreError>;
+
+    /// Deletes a record read as `previous`; `PreconditionFailed` if it changed.
+    async fn delete(&self, previous: &Stored) -> Result<(), StoreError>;
+
+    /// One page of the records passing `filter`, ordered by registration id.
+    async fn list(
+        &self,
+        filter: &Filter,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<Page, StoreError>;
+}
+
+/// Continuation tokens are opaque to clients: base64url of the position.
+pub(crate) fn encode_token(position: &serde_json::Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position.to_string())
+}
+
+/// Decodes a token made by [`encode_token`].
+pub(crate) fn decode_token(token: &str) -> Result<serde_json::Value, StoreError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim())
+        .map_err(|_| StoreError::BadContinuation)?;
+    serde_json::from_slice(&bytes).map_err(|_| StoreError::BadContinuation)
+}

@@ -1,0 +1,495 @@
+//! Device records in Azure Table Storage (Azurite locally), through azure_data_tables.
+//!
+//! Three tables (names prefixed, default `Registry`):
+//!
+//! | table | PartitionKey | RowKey | holds |
+//! |---|---|---|---|
+//! | `Devices` | registration id, lower case | `record` | the record as JSON (`Data`) plus `CustomerId`, `Status`, `Hub`, `DeviceId` |
+//! | `DeviceIds` | device id, base64url | `alias` | `RegistrationKey`: finds a record by device id |
+//! | `Index` | `customer~<id>`, `hub~<host>`, `status~<status>` | registration id, lower case | nothing: membership |
+//!
+//! One partition per device makes point reads and etag-guarded writes cheap and lets any number of
+//! handler instances write at once: every write is conditional on the etag read. Index rows
+//! are written *before* the record and removed *after* it, so a failure half-way can leave an
+//! extra index row but never hide a record; listings check every index hit against the record
+//! and delete the ones that no longer match.
+
+use super::{decode_token, encode_token, Page, Registry, StoreError, Stored};
+use crate::domain::{DeviceRecord, Filter, IndexKind, RegistrationId};
+use async_trait::async_trait;
+use azure_core::{Etag, RetryOptions, TransportOptions};
+use azure_data_tables::clients::TableServiceClientBuilder;
+use azure_data_tables::prelude::*;
+use azure_storage::{CloudLocation, StorageCredentials};
+use base64::Engine;
+use futures_util::stream::{self, StreamExt};
+use iot_credentials::StorageConnectionString;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+const RECORD_ROW: &str = "record";
+const ALIAS_ROW: &str = "alias";
+/// Point reads in flight while checking one page of index hits.
+const VERIFY_CONCURRENCY: usize = 16;
+
+#[derive(Serialize, Deserialize)]
+struct RecordRow {
+    #[serde(rename = "PartitionKey")]
+    partition_key: String,
+    #[serde(rename = "RowKey")]
+    row_key: String,
+    #[serde(rename = "Data")]
+    data: String,
+    #[serde(rename = "CustomerId")]
+    customer_id: String,
+    #[serde(rename = "Status")]
+    status: String,
+    #[serde(rename = "Hub")]
+    hub: String,
+    #[serde(rename = "DeviceId")]
+    device_id: String,
+    #[serde(rename = "odata.etag", default, skip_serializing)]
+    etag: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AliasRow {
+    #[serde(rename = "PartitionKey")]
+    partition_key: String,
+    #[serde(rename = "RowKey")]
+    row_key: String,
+    #[serde(rename = "RegistrationKey")]
+    registration_key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexRow {
+    #[serde(rename = "PartitionKey")]
+    partition_key: String,
+    #[serde(rename = "RowKey")]
+    row_key: String,
+}
+
+/// The registry on Table Storage.
+pub struct TableRegistry {
+    devices: TableClient,
+    aliases: TableClient,
+    index: TableClient,
+    ready: OnceCell<()>,
+}
+
+fn status_of(error: &azure_core::Error) -> Option<u16> {
+    error.as_http_error().map(|e| u16::from(e.status()))
+}
+
+fn unavailable(error: azure_core::Error) -> StoreError {
+    // The status and error code are enough to act on; the message may echo request details.
+    let detail = match error.as_http_error() {
+        Some(http) => format!(
+            "HTTP {} {}",
+            u16::from(http.status()),
+            http.error_code().unwrap_or_default()
+        ),
+        None => format!("{:?}", error.kind()),
+    };
+    StoreError::Unavailable(detail)
+}
+
+fn alias_key(device_id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(device_id)
+}
+
+fn index_partition(kind: IndexKind, value: &str) -> String {
+    format!("{}~{}", kind.prefix(), value)
+}
+
+fn row_of(record: &DeviceRecord) -> Result<RecordRow, StoreError> {
+    Ok(RecordRow {
+        partition_key: record.registration_id.key(),
+        row_key: RECORD_ROW.into(),
+        data: serde_json::to_string(record).map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        customer_id: record.customer.id.as_str().to_owned(),
+        status: record.status().as_str().to_owned(),
+        hub: record
+            .assigned_hub()
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        device_id: record.device_id.as_str().to_owned(),
+        etag: None,
+    })
+}
+
+fn stored_of(row: RecordRow, etag: String) -> Result<Stored, StoreError> {
+    let record = serde_json::from_str(&row.data)
+        .map_err(|e| StoreError::Unavailable(format!("a stored record is unreadable: {e}")))?;
+    Ok(Stored { record, etag })
+}
+
+impl TableRegistry {
+    /// A registry on the account of `storage`, tables named `{prefix}Devices` and so on.
+    pub fn new(storage: &StorageConnectionString, prefix: &str, http: reqwest::Client) -> Self {
+        let credentials = StorageCredentials::access_key(
+            storage.account_name().to_owned(),
+            storage.account_key().expose_base64().to_owned(),
+        );
+        let location = CloudLocation::Custom {
+            account: storage.account_name().to_owned(),
+            uri: storage.table_endpoint().to_owned(),
+        };
+        // The default transport turns connection pooling off; a pooled client is several times
+        // faster. Retries are the caller's business (503 with Retry-After).
+        let service = TableServiceClientBuilder::with_location(location, credentials)
+            .transport(TransportOptions::new(Arc::new(http)))
+            .retry(RetryOptions::none())
+            .build();
+        Self {
+            devices: service.table_client(format!("{prefix}Devices")),
+            aliases: service.table_client(format!("{prefix}DeviceIds")),
+            index: service.table_client(format!("{prefix}Index")),
+            ready: OnceCell::new(),
+        }
+    }
+
+    /// Creates the tables if they do not exist (once per process).
+    pub async fn ensure_tables(&self) -> Result<(), StoreError> {
+        self.ready
+            .get_or_try_init(|| async {
+                for table in [&self.devices, &self.aliases, &self.index] {
+                    match table.create().await {
+                        Ok(_) => {}
+                        Err(e) if status_of(&e) == Some(409) => {}
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn get_row(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        self.ensure_tables().await?;
+        let entity = self
+            .devices
+            .partition_key_client(key)
+            .entity_client(RECORD_ROW);
+        match entity.get::<RecordRow>().await {
+            Ok(response) => stored_of(response.entity, response.etag.to_string()).map(Some),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn put_index(&self, partition: String, key: &str) -> Result<(), StoreError> {
+        let row = IndexRow {
+            partition_key: partition.clone(),
+            row_key: key.to_owned(),
+        };
+        self.index
+            .partition_key_client(partition)
+            .entity_client(key)
+            .insert_or_replace(&row)
+            .map_err(unavailable)?
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn drop_index(&self, partition: String, key: &str) {
+        let outcome = self
+            .index
+            .partition_key_client(partition)
+            .entity_client(key)
+            .delete()
+            .await;
+        if let Err(e) = outcome {
+            if status_of(&e) != Some(404) {
+                // Harmless: listings skip and remove index rows that no longer match.
+                tracing::warn!(error = %unavailable(e), "a stale index row could not be removed");
+            }
+        }
+    }
+
+    /// Claims the device id for `record` (refusing one that another record holds).
+    async fn claim_device_id(&self, record: &DeviceRecord) -> Result<(), StoreError> {
+        let key = record.registration_id.key();
+        let alias = AliasRow {
+            partition_key: alias_key(record.device_id.as_str()),
+            row_key: ALIAS_ROW.into(),
+            registration_key: key.clone(),
+        };
+        let client = self
+            .aliases
+            .partition_key_client(&alias.partition_key)
+            .entity_client(ALIAS_ROW);
+        match self
+            .aliases
+            .insert::<_, serde_json::Value>(&alias)
+            .map_err(unavailable)?
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if status_of(&e) != Some(409) => return Err(unavailable(e)),
+            Err(_) => {}
+        }
+        let existing = client.get::<AliasRow>().await.map_err(unavailable)?;
+        if existing.entity.registration_key == key {
+            return Ok(());
+        }
+        // Held by another registration: only if that record still uses the id.
+        let holder = RegistrationId::parse(&existing.entity.registration_key).ok();
+        if let Some(holder) = holder {
+            if let Some(stored) = self.get_row(&holder.key()).await? {
+                if stored.record.device_id == record.device_id {
+                    return Err(StoreError::Conflict);
+                }
+            }
+        }
+        client
+            .update(&alias, IfMatchCondition::Etag(existing.etag))
+            .map_err(unavailable)?
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if status_of(&e) == Some(412) {
+                    StoreError::Conflict
+                } else {
+                    unavailable(e)
+                }
+            })
+    }
+}
+
+#[async_trait]
+impl Registry for TableRegistry {
+    async fn get(&self, id: &RegistrationId) -> Result<Option<Stored>, StoreError> {
+        self.get_row(&id.key()).await
+    }
+
+    async fn get_by_device(&self, device_id: &str) -> Result<Option<Stored>, StoreError> {
+        self.ensure_tables().await?;
+        // Most devices keep their registration id as device id: one point read finds them.
+        if let Ok(id) = RegistrationId::parse(device_id) {
+            if let Some(stored) = self.get_row(&id.key()).await? {
+                if stored.record.device_id.as_str() == device_id {
+                    return Ok(Some(stored));
+                }
+            }
+        }
+        let alias = self
+            .aliases
+            .partition_key_client(alias_key(device_id))
+            .entity_client(ALIAS_ROW);
+        let key = match alias.get::<AliasRow>().await {
+            Ok(response) => response.entity.registration_key,
+            Err(e) if status_of(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        // An alias left by a half-finished write may point at a record with another device id.
+        Ok(self
+            .get_row(&key)
+            .await?
+            .filter(|s| s.record.device_id.as_str() == device_id))
+    }
+
+    async fn insert(&self, record: &DeviceRecord) -> Result<String, StoreError> {
+        self.ensure_tables().await?;
+        let key = record.registration_id.key();
+        if self.get_row(&key).await?.is_some() {
+            return Err(StoreError::Conflict);
+        }
+        self.claim_device_id(record).await?;
+        for (kind, value) in record.index_entries() {
+            self.put_index(index_partition(kind, &value), &key).await?;
+        }
+        let row = row_of(record)?;
+        match self
+            .devices
+            .insert::<_, serde_json::Value>(&row)
+            .map_err(unavailable)?
+            .await
+        {
+            Ok(response) => Ok(response.etag.to_string()),
+            Err(e) if status_of(&e) == Some(409) => Err(StoreError::Conflict),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn replace(
+        &self,
+        previous: &Stored,
+        record: &DeviceRecord,
+    ) -> Result<String, StoreError> {
+        self.ensure_tables().await?;
+        let key = record.registration_id.key();
+        let old = previous.record.index_entries();
+        let new = record.index_entries();
+        for (kind, value) in new.iter().filter(|e| !old.contains(e)) {
+            self.put_index(index_partition(*kind, value), &key).await?;
+        }
+        let row = row_of(record)?;
+        let response = self
+            .devices
+            .partition_key_client(&key)
+            .entity_client(RECORD_ROW)
+            .update(
+                &row,
+                IfMatchCondition::Etag(Etag::from(previous.etag.clone())),
+            )
+            .map_err(unavailable)?
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(412) | Some(404) => StoreError::PreconditionFailed,
+                _ => unavailable(e),
+            })?;
+        for (kind, value) in old.iter().filter(|e| !new.contains(e)) {
+            self.drop_index(index_partition(*kind, value), &key).await;
+        }
+        Ok(response.etag.to_string())
+    }
+
+    async fn delete(&self, previous: &Stored) -> Result<(), StoreError> {
+        self.ensure_tables().await?;
+        let record = &previous.record;
+        let key = record.registration_id.key();
+        self.devices
+            .partition_key_client(&key)
+            .entity_client(RECORD_ROW)
+            .delete()
+            .if_match(IfMatchCondition::Etag(Etag::from(previous.etag.clone())))
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(412) | Some(404) => StoreError::PreconditionFailed,
+                _ => unavailable(e),
+            })?;
+        for (kind, value) in record.index_entries() {
+            self.drop_index(index_partition(kind, &value), &key).await;
+        }
+        let alias = self
+            .aliases
+            .partition_key_client(alias_key(record.device_id.as_str()))
+            .entity_client(ALIAS_ROW);
+        if let Err(e) = alias.delete().await {
+            if status_of(&e) != Some(404) {
+                tracing::warn!(error = %unavailable(e), "a device id alias could not be removed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        filter: &Filter,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<Page, StoreError> {
+        self.ensure_tables().await?;
+        let index = filter.index();
+        let kind = if index.is_some() { "index" } else { "scan" };
+        let position = match continuation {
+            Some(token) => {
+                let value = decode_token(token)?;
+                if value["t"] != kind {
+                    return Err(StoreError::BadContinuation);
+                }
+                let text = |field: &str| value[field].as_str().map(str::to_owned);
+                Some((text("pk").ok_or(StoreError::BadContinuation)?, text("rk")))
+            }
+            None => None,
+        };
+        let table = if index.is_some() {
+            &self.index
+        } else {
+            &self.devices
+        };
+        let mut query = table
+            .query()
+            .top(Top::new(u32::try_from(page_size.max(1)).unwrap_or(1000)));
+        if let Some((kind_name, value)) = &index {
+            query = query.filter(Filter_::partition(&index_partition(*kind_name, value)));
+        }
+        if let Some((pk, rk)) = position {
+            query = query.initial_partition_key(pk);
+            if let Some(rk) = rk {
+                query = query.initial_row_key(rk);
+            }
+        }
+        let page = match index {
+            None => {
+                let mut pages = query.into_stream::<RecordRow>();
+                let Some(page) = pages.next().await else {
+                    return Ok(Page::default());
+                };
+                let page = page.map_err(unavailable)?;
+                let next = azure_core::Continuable::continuation(&page);
+                let mut items = Vec::new();
+                for row in page.entities {
+                    let etag = row.etag.clone().unwrap_or_default();
+                    let stored = stored_of(row, etag)?;
+                    if filter.matches(&stored.record) {
+                        items.push(stored);
+                    }
+                }
+                (items, next)
+            }
+            Some((kind_name, value)) => {
+                let mut pages = query.into_stream::<IndexRow>();
+                let Some(page) = pages.next().await else {
+                    return Ok(Page::default());
+                };
+                let page = page.map_err(unavailable)?;
+                let next = azure_core::Continuable::continuation(&page);
+                let keys: Vec<String> = page.entities.into_iter().map(|row| row.row_key).collect();
+                let checked: Vec<(String, Result<Option<Stored>, StoreError>)> = stream::iter(keys)
+                    .map(|key| async move {
+                        let stored = self.get_row(&key).await;
+                        (key, stored)
+                    })
+                    .buffered(VERIFY_CONCURRENCY)
+                    .collect()
+                    .await;
+                let partition = index_partition(kind_name, &value);
+                let mut items = Vec::new();
+                for (key, stored) in checked {
+                    match stored? {
+                        Some(stored) if filter.matches(&stored.record) => items.push(stored),
+                        // A leftover of an interrupted or superseded write: tidy it away.
+                        _ => self.drop_index(partition.clone(), &key).await,
+                    }
+                }
+                (items, next)
+            }
+        };
+        let (items, next) = page;
+        Ok(Page {
+            items,
+            continuation: next
+                .map(|(pk, rk)| encode_token(&json!({ "t": kind, "pk": pk, "rk": rk }))),
+        })
+    }
+}
+
+/// OData filters for queries.
+struct Filter_;
+
+impl Filter_ {
+    fn partition(partition: &str) -> azure_data_tables::Filter {
+        azure_data_tables::Filter::new(format!(
+            "PartitionKey eq '{}'",
+            partition.replace('\'', "''")
+        ))
+    }
+}
+
+/// The HTTP client storage calls go through: pooled, with a bound on every call.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(3))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
+}

@@ -1,0 +1,221 @@
+//! The harness: an emulator (DPS, two hubs, the Functions host stand-in) running the repository's
+//! function app with the real handler binary, storing in the Azurite that `make test` started.
+
+use emulator::config::{EmulatorConfig, FunctionsConfig};
+use emulator::fleet::device::{DeviceCredentials, HttpsRegistrar};
+use emulator::fleet::hub_device::{DeviceConnection, Endpoint};
+use emulator::fleet::{client_tls, https_client};
+use emulator::RunningEmulator;
+use iot_credentials::{ProvisioningCode, StorageConnectionString};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// The variable `make test` sets (scripts/with-azurite.sh).
+const AZURITE: &str = "AZURITE_TABLE_ENDPOINT";
+
+pub struct TestApp {
+    pub emulator: RunningEmulator,
+    _state: TempDir,
+    pub base_url: String,
+    pub function_key: String,
+    pub http: reqwest::Client,
+    /// Trusts the emulator's CA, for device-side calls.
+    pub device_http: reqwest::Client,
+}
+
+/// An answer as tests look at it.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+}
+
+pub fn azurite_endpoint() -> String {
+    std::env::var(AZURITE).unwrap_or_else(|_| {
+        panic!("{AZURITE} is not set: these tests need Azurite. Run them with `make test`, or `scripts/with-azurite.sh cargo test -p handler`.")
+    })
+}
+
+fn repository_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The app, with the handler's settings pointed at this emulator and a fresh set of tables.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Like [`spawn_app`] with some settings replaced (to point a dependency somewhere broken).
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let state = tempfile::tempdir().unwrap();
+    let mut config = EmulatorConfig::for_tests(state.path());
+    let table_prefix = format!("T{}", uuid::Uuid::new_v4().simple());
+    let storage = StorageConnectionString::development(&azurite_endpoint()).expose();
+    let mut settings: Vec<(String, String)> = [
+        (
+            "DPS_SERVICE_CONNECTION_STRING",
+            "{dps.serviceConnectionString}",
+        ),
+        ("DPS_ID_SCOPE", "{dps.idScope}"),
+        ("DPS_DEVICE_ENDPOINT", "{dps.deviceEndpoint}"),
+        (
+            "IOTHUB_CONNECTION_STRINGS",
+            "{hubs.0.connectionString}|{hubs.1.connectionString}",
+        ),
+        ("EXTRA_TRUSTED_CA_FILE", "{caCertificatePath}"),
+        ("AzureWebJobsStorage", storage.as_str()),
+        ("REGISTRY_TABLE_PREFIX", table_prefix.as_str()),
+        ("RUST_LOG", "warn"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    for (name, value) in overrides {
+        settings.retain(|(k, _)| k != name);
+        settings.push(((*name).to_owned(), (*value).to_owned()));
+    }
+    config.functions = Some(FunctionsConfig {
+        port: 0,
+        settings,
+        executable: Some(PathBuf::from(env!("CARGO_BIN_EXE_handler"))),
+        ..FunctionsConfig::new(repository_root())
+    });
+    let emulator = emulator::start(config)
+        .await
+        .expect("the emulator and the function app start");
+    let host = emulator.functions().expect("the Functions host runs");
+    assert!(
+        host.handler.wait_ready_for(Duration::from_secs(30)).await,
+        "the handler did not start listening"
+    );
+    let functions = emulator.endpoints().functions.clone().unwrap();
+    let device_http = https_client(emulator.ca_certificate_pem()).unwrap();
+    TestApp {
+        base_url: functions.base_url,
+        function_key: functions.function_key,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+        device_http,
+        emulator,
+        _state: state,
+    }
+}
+
+impl TestApp {
+    /// A request with the function key.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base_url))
+            .header("x-functions-key", &self.function_key)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("the Functions host answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value, if_match: Option<&str>) -> Answer {
+        let mut request = self.request(Method::PATCH, path).json(body);
+        if let Some(etag) = if_match {
+            request = request.header("if-match", etag);
+        }
+        self.send(request).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.send(self.request(Method::DELETE, path)).await
+    }
+
+    /// Enrolls a device as a CRM would; panics unless it is created.
+    pub async fn enroll(&self, id: &str, customer: &str) -> Answer {
+        let answer = self
+            .post(
+                "/enrollments",
+                &json!({
+                    "registrationId": id,
+                    "customer": { "id": customer, "name": format!("Customer {customer}") },
+                    "asset": { "serialNumber": format!("SN-{id}"), "model": "T-100", "attributes": { "color": "blue" } },
+                    "initialTwin": { "tags": { "site": "berlin" }, "desiredProperties": { "interval": 30 } },
+                }),
+            )
+            .await;
+        assert_eq!(answer.status, 201, "{}", answer.text);
+        answer
+    }
+
+    /// The device's provisioning code, parsed.
+    pub async fn code(&self, id: &str) -> ProvisioningCode {
+        let answer = self
+            .get(&format!("/enrollments/{id}/provisioning-code"))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        ProvisioningCode::parse(answer.body["code"].as_str().unwrap()).unwrap()
+    }
+
+    /// Registers the device with DPS as the device would (HTTPS), from its provisioning code.
+    pub async fn register(&self, id: &str) -> (String, String) {
+        let code = self.code(id).await;
+        let registrar = HttpsRegistrar::new(self.device_http.clone(), &code.endpoint);
+        let credentials = DeviceCredentials {
+            id_scope: code.id_scope.clone(),
+            registration_id: code.registration_id.clone(),
+            key: code.device_key.clone(),
+        };
+        let state = registrar
+            .register(&credentials, None)
+            .await
+            .expect("the device registers");
+        (state.assigned_hub.unwrap(), state.device_id.unwrap())
+    }
+
+    /// Connects the device to its hub over MQTT.
+    pub async fn connect(&self, id: &str, hub: &str, device_id: &str) -> DeviceConnection {
+        let code = self.code(id).await;
+        let endpoints = self.emulator.endpoints();
+        let hub = endpoints
+            .hubs
+            .iter()
+            .find(|h| h.host_name == hub)
+            .expect("the assigned hub is one of the emulator's");
+        let endpoint = Endpoint {
+            address: format!("{}:{}", hub.host_name, hub.mqtt_port)
+                .parse()
+                .unwrap(),
+            host: hub.host_name.clone(),
+            tls: Arc::new(client_tls(self.emulator.ca_certificate_pem()).unwrap()),
+        };
+        DeviceConnection::connect_device(&endpoint, device_id, &code.device_key)
+            .await
+            .expect("the device connects")
+    }
+}

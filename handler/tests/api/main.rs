@@ -1,0 +1,11 @@
+//! The admin API end to end: requests through the Functions host stand-in (function keys,
+//! forwarding) to the real handler, which talks to the emulator's DPS and hubs and stores in
+//! Azurite. `make test` starts Azurite and sets AZURITE_TABLE_ENDPOINT.
+// In a test crate a panic, with the failing call's message, is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod dependencies;
+mod devices;
+mod enrollments;
+mod helpers;
+mod import;
