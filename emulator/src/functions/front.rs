@@ -128,7 +128,36 @@ pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<B
     }
     let started = std::time::Instant::now();
     let invocation_id = uuid::Uuid::new_v4().to_string();
-    let response = forward(&front.invoker, request, &invocation_id).await;
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, BODY_LIMIT).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                "the request body is too large",
+            )
+        }
+        Err(BodyError::Broken) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the request body could not be read",
+            )
+        }
+    };
+    let generation = front.handler.generation();
+    let response = match forward(&front.invoker, &parts, body.clone(), &invocation_id).await {
+        Ok(response) => response,
+        // Nothing listens: the handler died and the supervisor has not restarted it yet. The
+        // request was never delivered, so it is safe to send again once the handler is back.
+        Err(Undelivered) if front.handler.wait_restarted(generation, READY_WAIT).await => {
+            forward(&front.invoker, &parts, body, &invocation_id)
+                .await
+                .unwrap_or_else(|Undelivered| handler_failed())
+        }
+        Err(Undelivered) => handler_failed(),
+    };
     tracing::info!(
         function = %function.name,
         invocation.id = %invocation_id,
@@ -180,29 +209,23 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// A request that never reached the handler (nothing accepted the connection).
+struct Undelivered;
+
+fn handler_failed() -> Response<Body> {
+    error(
+        StatusCode::BAD_GATEWAY,
+        "HandlerFailed",
+        "the function app's handler did not answer",
+    )
+}
+
 async fn forward(
     invoker: &Invoker,
-    request: Request<Incoming>,
+    parts: &http::request::Parts,
+    body: Bytes,
     invocation_id: &str,
-) -> Response<Body> {
-    let (parts, body) = request.into_parts();
-    let body = match read_body(body, BODY_LIMIT).await {
-        Ok(bytes) => bytes,
-        Err(BodyError::TooLarge) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PayloadTooLarge",
-                "the request body is too large",
-            )
-        }
-        Err(BodyError::Broken) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the request body could not be read",
-            )
-        }
-    };
+) -> Result<Response<Body>, Undelivered> {
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut outgoing = invoker
         .http()
@@ -218,13 +241,10 @@ async fn forward(
     }
     let answer = match outgoing.send().await {
         Ok(answer) => answer,
+        Err(e) if e.is_connect() => return Err(Undelivered),
         Err(e) => {
             tracing::warn!(error = %e.without_url(), "forwarding to the handler failed");
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "HandlerFailed",
-                "the function app's handler did not answer",
-            );
+            return Ok(handler_failed());
         }
     };
     let status = answer.status();
@@ -235,5 +255,5 @@ async fn forward(
     for (name, value) in headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
         response.headers_mut().append(name, value.clone());
     }
-    response
+    Ok(response)
 }

@@ -15,11 +15,15 @@ use tokio::task::JoinHandle;
 /// How long a handler may take to start listening, as on Azure.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Starts of handlers, numbering each so callers can tell them apart.
+static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A supervised handler process.
 pub struct HandlerProcess {
     port: u16,
-    ready: watch::Receiver<bool>,
+    /// 0 while the handler is not listening; otherwise which start of it is (1, 2, …), so a
+    /// caller can tell "restarted since I looked" from "still the one that failed me".
+    ready: watch::Receiver<u64>,
 }
 
 impl HandlerProcess {
@@ -33,7 +37,7 @@ impl HandlerProcess {
         let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
             .port();
-        let (ready_tx, ready) = watch::channel(false);
+        let (ready_tx, ready) = watch::channel(0u64);
         let app = app.clone();
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_secs(1);
@@ -42,7 +46,7 @@ impl HandlerProcess {
                 match spawn(&app, port) {
                     Ok(mut child) => {
                         let ended = supervise(&mut child, port, &ready_tx, &mut shutdown).await;
-                        let _ = ready_tx.send(false);
+                        let _ = ready_tx.send(0);
                         if ended {
                             let _ = child.start_kill();
                             let _ = child.wait().await;
@@ -76,13 +80,27 @@ impl HandlerProcess {
 
     /// Whether the handler accepts connections now.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.ready.borrow() != 0
     }
 
     /// Waits until the handler accepts connections.
     pub async fn wait_ready(&self) {
         let mut ready = self.ready.clone();
-        let _ = ready.wait_for(|r| *r).await;
+        let _ = ready.wait_for(|r| *r != 0).await;
+    }
+
+    /// Which start of the handler is listening now (0: none).
+    pub fn generation(&self) -> u64 {
+        *self.ready.borrow()
+    }
+
+    /// After a connection to start `failed` of the handler was refused: waits (at most
+    /// `limit`) until a later start is listening; true if one is.
+    pub async fn wait_restarted(&self, failed: u64, limit: Duration) -> bool {
+        let mut ready = self.ready.clone();
+        tokio::time::timeout(limit, ready.wait_for(|r| *r != 0 && *r != failed))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until ready, at most `limit`; true if ready.
@@ -133,7 +151,7 @@ fn spawn(app: &FunctionApp, port: u16) -> std::io::Result<Child> {
 async fn supervise(
     child: &mut Child,
     port: u16,
-    ready: &watch::Sender<bool>,
+    ready: &watch::Sender<u64>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -142,7 +160,9 @@ async fn supervise(
     loop {
         if tokio::net::TcpStream::connect(address).await.is_ok() {
             tracing::info!(port, "the custom handler is listening");
-            let _ = ready.send(true);
+            ready.send_modify(|r| {
+                *r = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+            });
             break;
         }
         if Instant::now() > deadline {
