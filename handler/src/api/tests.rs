@@ -109,6 +109,26 @@ async fn a_dependency_outage_is_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_throttling_dependency_is_429_with_its_retry_after() {
+    let (service, dps) = service();
+    dps.faults.fail_with("create", 1, crate::cloud::CloudError::Throttled { retry_after: Some(7) });
+    let response = enroll(&service, "dev-1").await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(&response), "throttled");
+    assert_eq!(response.headers()["retry-after"], "7");
+}
+
+#[tokio::test]
+async fn a_dependency_that_refuses_our_credentials_is_502() {
+    let (service, dps) = service();
+    dps.faults.fail_with("create", 1, crate::cloud::CloudError::BadGateway("DPS answered 401".into()));
+    let response = enroll(&service, "dev-1").await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(error_code(&response), "dependencyFailed");
+    assert!(!response.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
 async fn if_match_guards_changes_and_deletes() {
     let (service, _) = service();
     let created = enroll(&service, "dev-1").await;

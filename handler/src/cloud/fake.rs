@@ -10,24 +10,27 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Failures to inject: operation name → how many of the next calls fail.
+/// Failures to inject: operation name → (calls left to fail, the error they fail with).
 #[derive(Default)]
-pub struct Faults(Mutex<HashMap<&'static str, u32>>);
+pub struct Faults(Mutex<HashMap<&'static str, (u32, CloudError)>>);
 
 impl Faults {
     /// Makes the next `times` calls of `operation` fail as unavailable.
     pub fn fail(&self, operation: &'static str, times: u32) {
-        self.0.lock().unwrap().insert(operation, times);
+        self.fail_with(operation, times, CloudError::Unavailable(format!("injected failure of {operation}")));
+    }
+
+    /// Makes the next `times` calls of `operation` fail with `error`.
+    pub fn fail_with(&self, operation: &'static str, times: u32, error: CloudError) {
+        self.0.lock().unwrap().insert(operation, (times, error));
     }
 
     fn check(&self, operation: &'static str) -> Result<(), CloudError> {
         let mut faults = self.0.lock().unwrap();
         match faults.get_mut(operation) {
-            Some(left) if *left > 0 => {
+            Some((left, error)) if *left > 0 => {
                 *left -= 1;
-                Err(CloudError::Unavailable(format!(
-                    "injected failure of {operation}"
-                )))
+                Err(error.clone())
             }
             _ => Ok(()),
         }
