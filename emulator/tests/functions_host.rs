@@ -553,3 +553,54 @@ async fn a_binding_with_a_wrong_connection_stops_the_start_with_the_reason() {
         .to_string();
     assert!(error.contains("not authorized"), "{error}");
 }
+
+#[tokio::test]
+async fn a_timer_function_runs_on_demand_with_the_master_key_and_settings_given_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = write_app(
+        dir.path(),
+        &[
+            (
+                "Nightly",
+                json!({ "bindings": [{ "type": "timerTrigger", "direction": "in", "name": "timer", "schedule": "0 0 3 * * *" }] }),
+            ),
+            ("Health", http_function("health", "anonymous", &["get"])),
+        ],
+        json!({}),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut config = EmulatorConfig::for_tests(state.path());
+    config.functions = Some(FunctionsConfig {
+        port: 0,
+        // A setting given at start counts like local.settings.json's: here it disables a function.
+        settings: vec![("AzureWebJobs.Health.Disabled".into(), "true".into())],
+        ..FunctionsConfig::new(dir.path())
+    });
+    let emu = emulator::start(config).await.unwrap();
+    let base = emu.endpoints().functions.as_ref().unwrap().base_url.clone();
+    let admin = base.trim_end_matches("/api").to_owned();
+    let client = reqwest::Client::new();
+    let run = |key: &'static str| {
+        client
+            .post(format!("{admin}/admin/functions/Nightly"))
+            .header("x-functions-key", key)
+            .json(&json!({ "input": "" }))
+            .send()
+    };
+    assert_eq!(run(DEFAULT_FUNCTION_KEY).await.unwrap().status(), 401);
+    assert_eq!(run(DEFAULT_MASTER_KEY).await.unwrap().status(), 202);
+    let seen = wait_for_invocations(&log, |seen| !seen.is_empty()).await;
+    assert_eq!(
+        seen[0]["request"]["Metadata"]["sys"]["MethodName"],
+        "Nightly"
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/health"))
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "disabled by the setting given at start"
+    );
+    emu.shutdown().await.unwrap();
+}

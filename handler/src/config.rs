@@ -31,6 +31,12 @@ pub const STORAGE: &str = "AzureWebJobsStorage";
 pub const TABLE_PREFIX: &str = "REGISTRY_TABLE_PREFIX";
 /// Extra root certificate (PEM file) to trust: the emulator's CA in development.
 pub const EXTRA_CA: &str = "EXTRA_TRUSTED_CA_FILE";
+/// Hub names as events carry them, mapped to host names: `name=host|name=host`.
+pub const IOTHUB_NAMES: &str = "IOTHUB_NAMES";
+/// Where status notifications go (a Logic App's HTTP trigger in Azure).
+pub const NOTIFY_URL: &str = "NOTIFY_WEBHOOK_URL";
+/// The secret notifications are signed with.
+pub const NOTIFY_SECRET: &str = "NOTIFY_WEBHOOK_SECRET";
 
 /// Every setting the handler reads.
 pub const SETTINGS: &[Setting] = &[
@@ -42,6 +48,35 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: STORAGE, required: true, description: "storage account holding the registry tables" },
     Setting { name: TABLE_PREFIX, required: false, description: "prefix of the registry table names (default Registry)" },
     Setting { name: EXTRA_CA, required: false, description: "PEM file of an extra CA to trust (the emulator's, in development)" },
+    Setting { name: IOTHUB_NAMES, required: false, description: "hub names as events carry them, with their host names: name=host|name=host (default: a linked host starting with name.)" },
+    Setting { name: NOTIFY_URL, required: false, description: "webhook receiving status notifications (a Logic App HTTP trigger); none: no notifications" },
+    Setting { name: NOTIFY_SECRET, required: false, description: "HMAC-SHA256 secret signing notifications (16+ characters; required with NOTIFY_WEBHOOK_URL)" },
+];
+
+/// Settings the Functions host reads for the event functions' bindings (function.json), not the
+/// handler. Listed so local.settings.json and infra/ set them too.
+pub const HOST_SETTINGS: &[Setting] = &[
+    Setting {
+        name: "HUB1_EVENTS_CONNECTION",
+        required: true,
+        description:
+            "Event Hub-compatible connection string of hub 1's built-in endpoint (with EntityPath)",
+    },
+    Setting {
+        name: "HUB1_EVENT_HUB_NAME",
+        required: true,
+        description: "Event Hub-compatible name of hub 1's built-in endpoint",
+    },
+    Setting {
+        name: "HUB2_EVENTS_CONNECTION",
+        required: true,
+        description: "the same for hub 2",
+    },
+    Setting {
+        name: "HUB2_EVENT_HUB_NAME",
+        required: true,
+        description: "the same for hub 2",
+    },
 ];
 
 /// Why the configuration is unusable. Never contains a secret.
@@ -79,6 +114,10 @@ pub struct Config {
     pub table_prefix: String,
     /// Extra trusted CA (PEM text).
     pub extra_ca: Option<String>,
+    /// Hub names → host names, lower case.
+    pub hub_names: std::collections::BTreeMap<String, String>,
+    /// The notification webhook.
+    pub webhook: Option<crate::service::notify::Webhook>,
 }
 
 fn invalid(name: &'static str, error: impl std::fmt::Display) -> ConfigError {
@@ -129,6 +168,40 @@ impl Config {
             Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| invalid(EXTRA_CA, e))?),
             None => None,
         };
+        let mut hub_names = std::collections::BTreeMap::new();
+        for hub in &hubs {
+            let host = crate::cloud::hub::host_key(hub.host_name());
+            hub_names.insert(host.clone(), host);
+        }
+        for pair in lookup(IOTHUB_NAMES)
+            .unwrap_or_default()
+            .split('|')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (name, host) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid(IOTHUB_NAMES, format!("{pair:?} is not name=host")))?;
+            hub_names.insert(
+                name.trim().to_ascii_lowercase(),
+                crate::cloud::hub::host_key(host.trim()),
+            );
+        }
+        let webhook = match lookup(NOTIFY_URL) {
+            Some(url) => {
+                let parsed = reqwest::Url::parse(url.trim()).map_err(|e| invalid(NOTIFY_URL, e))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(invalid(NOTIFY_URL, "use an http or https URL"));
+                }
+                let secret = crate::service::notify::WebhookSecret::new(required(NOTIFY_SECRET)?)
+                    .ok_or_else(|| invalid(NOTIFY_SECRET, "use at least 16 characters"))?;
+                Some(crate::service::notify::Webhook {
+                    url: parsed.to_string(),
+                    secret,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             port,
             dps,
@@ -139,6 +212,8 @@ impl Config {
             storage,
             table_prefix,
             extra_ca,
+            hub_names,
+            webhook,
         })
     }
 }
@@ -201,7 +276,11 @@ mod tests {
         let file: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let values = file["Values"].as_object().unwrap();
-        for setting in SETTINGS.iter().filter(|s| s.name != PORT) {
+        for setting in SETTINGS
+            .iter()
+            .chain(HOST_SETTINGS)
+            .filter(|s| s.name != PORT)
+        {
             assert!(
                 values.contains_key(setting.name),
                 "local.settings.json lacks {}",
@@ -217,7 +296,7 @@ mod tests {
                 .get(name)
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
-                .filter(|v| !v.ends_with(".pem"))
+                .filter(|v| !v.ends_with(".pem") && !v.is_empty())
         })
         .unwrap();
         assert_eq!(config.hubs.len(), 2);

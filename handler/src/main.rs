@@ -7,10 +7,15 @@ use handler::cloud::dps::DpsClient;
 use handler::cloud::https_client;
 use handler::cloud::hub::HubClients;
 use handler::config::Config;
+use handler::service::notify::Notifier;
 use handler::service::{CodeSettings, Service};
 use handler::storage::tables::{http_client, TableRegistry};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often queued notifications are looked at without a wake-up (retries coming due).
+const NOTIFY_PERIOD: Duration = Duration::from_secs(2);
 
 // One thread: the handler waits on storage, DPS and hubs far more than it computes, and on the
 // small instances Functions runs it on, a single thread serves more requests than a pool whose
@@ -35,12 +40,15 @@ async fn main() -> anyhow::Result<()> {
     ));
     let service = Arc::new(Service {
         store: registry.clone(),
+        journal: registry.clone(),
         dps: Arc::new(DpsClient::new(config.dps.clone(), https.clone())),
-        hubs: Arc::new(HubClients::new(&config.hubs, https)),
+        hubs: Arc::new(HubClients::new(&config.hubs, https.clone())),
+        notifier: Arc::new(Notifier::new(config.webhook.clone(), https)),
         codes: CodeSettings {
             id_scope: config.id_scope.clone(),
             device_endpoint: config.device_endpoint.clone(),
         },
+        hub_names: config.hub_names.clone(),
     });
     // The host forwards on loopback; nothing else should reach the handler.
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
@@ -54,7 +62,14 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     tracing::info!(%address, hubs = config.hubs.len(), "the handler is listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let notifier = tokio::spawn(service.clone().run_notifier(NOTIFY_PERIOD, async move {
+        let mut stop = stop_rx;
+        let _ = stop.wait_for(|s| *s).await;
+    }));
     handler::api::serve(listener, service, shutdown()).await;
+    let _ = stop_tx.send(true);
+    let _ = notifier.await;
     tracing::info!("the handler stopped");
     Ok(())
 }

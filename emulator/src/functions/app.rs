@@ -240,6 +240,12 @@ fn retry_policy(path: &Path, value: &Value) -> Result<RetryPolicy, AppError> {
 impl FunctionApp {
     /// Loads the app at `root`.
     pub fn load(root: &Path) -> Result<Self, AppError> {
+        Self::load_with(root, &BTreeMap::new())
+    }
+
+    /// Loads the app at `root` with some app settings replaced (they count for `%setting%`
+    /// bindings and `AzureWebJobs.<name>.Disabled` too).
+    pub fn load_with(root: &Path, overrides: &BTreeMap<String, String>) -> Result<Self, AppError> {
         let root = std::path::absolute(root).unwrap_or_else(|_| root.to_owned());
         let host_path = root.join("host.json");
         let host = read_json(&host_path)?;
@@ -297,7 +303,7 @@ impl FunctionApp {
             .map_or(100, |n| n.clamp(1, 1000) as usize);
 
         let settings_path = root.join("local.settings.json");
-        let settings: BTreeMap<String, String> = if settings_path.exists() {
+        let mut settings: BTreeMap<String, String> = if settings_path.exists() {
             read_json(&settings_path)?
                 .get("Values")
                 .and_then(Value::as_object)
@@ -316,6 +322,7 @@ impl FunctionApp {
         } else {
             BTreeMap::new()
         };
+        settings.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
 
         let mut functions = Vec::new();
         for dir in [root.clone(), root.join("functions")] {

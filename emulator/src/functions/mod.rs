@@ -112,8 +112,7 @@ pub async fn start(
     checkpoints: Arc<Checkpoints>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(FunctionsHost, Vec<JoinHandle<()>>), FunctionsError> {
-    let mut app = FunctionApp::load(root)?;
-    app.settings.extend(overrides.settings);
+    let mut app = FunctionApp::load_with(root, &overrides.settings)?;
     if let Some(executable) = overrides.executable {
         app.handler.executable = executable;
     }

@@ -21,8 +21,42 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(desired(service.clone()))
         .unify()
-        .or(command(service))
+        .or(command(service.clone()))
         .unify()
+        .or(history(service))
+        .unify()
+        .boxed()
+}
+
+/// `GET /api/devices/{deviceId}/history`: newest first, paged.
+fn history(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "devices" / Segment / "history")
+        .and(warp::get())
+        .and(with(service))
+        .and(query_pairs())
+        .then(|id: Segment, service: Arc<Service>, pairs: Vec<(String, String)>| async move {
+            respond(async {
+                let mut page_size = 50;
+                let mut continuation = None;
+                for (name, value) in pairs {
+                    match name.as_str() {
+                        "pageSize" => {
+                            page_size = value
+                                .parse()
+                                .ok()
+                                .filter(|n| (1..=1000).contains(n))
+                                .ok_or_else(|| ApiError::invalid("pageSize must be 1 to 1000"))?
+                        }
+                        "continuationToken" => continuation = Some(value).filter(|v| !v.is_empty()),
+                        "code" => {}
+                        other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}; use pageSize or continuationToken"))),
+                    }
+                }
+                let (entries, next) = service.history(&id.0, page_size, continuation.as_deref()).await?;
+                Ok(json_reply(StatusCode::OK, &json!({ "items": entries, "continuationToken": next }), None))
+            }
+            .await)
+        })
         .boxed()
 }
 

@@ -1,5 +1,6 @@
 //! The admin API as warp filters: one function per route (in [`enrollments`] and [`devices`]),
-//! plain async handlers, JSON views in [`views`], and one `recover` in [`error`].
+//! plain async handlers, JSON views in [`views`], and one `recover` in [`error`]; and the
+//! non-HTTP functions the host invokes directly ([`functions`]).
 //!
 //! The Functions host forwards `/api/...` requests unchanged (enableForwardingHttpRequest), so
 //! the paths here are the public ones. Function keys are checked by the host, not here.
@@ -7,6 +8,7 @@
 pub mod devices;
 pub mod enrollments;
 pub mod error;
+pub mod functions;
 pub mod openapi;
 pub mod views;
 
@@ -37,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/devices"),
     ("PATCH", "/api/devices/{deviceId}/desired"),
     ("POST", "/api/devices/{deviceId}/commands/{name}"),
+    ("GET", "/api/devices/{deviceId}/history"),
     ("GET", "/api/openapi.json"),
 ];
 
@@ -63,10 +66,13 @@ impl FromStr for Segment {
 
 /// The whole API, with its rejections answered as JSON errors.
 pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    let service_for_functions = service.clone();
     let api = enrollments::routes(service.clone())
         .or(devices::routes(service))
         .unify()
         .or(openapi::route())
+        .unify()
+        .or(functions::route(service_for_functions))
         .unify();
     api.recover(error::recover).unify().boxed()
 }

@@ -21,6 +21,12 @@ fn service() -> (Arc<Service>, Arc<FakeDps>) {
             id_scope: "0ne00000001".into(),
             device_endpoint: "dps.example".into(),
         },
+        journal: Arc::new(crate::storage::memory::MemoryJournal::default()),
+        notifier: Arc::new(crate::service::notify::Notifier::new(
+            None,
+            reqwest::Client::new(),
+        )),
+        hub_names: Default::default(),
     };
     (Arc::new(service), dps)
 }
@@ -111,7 +117,13 @@ async fn a_dependency_outage_is_503_with_retry_after() {
 #[tokio::test]
 async fn a_throttling_dependency_is_429_with_its_retry_after() {
     let (service, dps) = service();
-    dps.faults.fail_with("create", 1, crate::cloud::CloudError::Throttled { retry_after: Some(7) });
+    dps.faults.fail_with(
+        "create",
+        1,
+        crate::cloud::CloudError::Throttled {
+            retry_after: Some(7),
+        },
+    );
     let response = enroll(&service, "dev-1").await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(error_code(&response), "throttled");
@@ -121,7 +133,11 @@ async fn a_throttling_dependency_is_429_with_its_retry_after() {
 #[tokio::test]
 async fn a_dependency_that_refuses_our_credentials_is_502() {
     let (service, dps) = service();
-    dps.faults.fail_with("create", 1, crate::cloud::CloudError::BadGateway("DPS answered 401".into()));
+    dps.faults.fail_with(
+        "create",
+        1,
+        crate::cloud::CloudError::BadGateway("DPS answered 401".into()),
+    );
     let response = enroll(&service, "dev-1").await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(error_code(&response), "dependencyFailed");

@@ -47,10 +47,28 @@ pub fn device(stored: &Stored) -> Value {
         "enabled": r.enabled,
         "hub": r.assigned_hub(),
         "registration": r.registration,
-        "connection": r.connection,
-        "reported": r.reported,
+        "connection": r.connection().map(|c| json!({
+            "state": if c.connected { "connected" } else { "disconnected" },
+            "since": c.at,
+        })),
+        "lastSeen": r.live.last_seen,
+        "reported": reported(r),
         "updatedAt": r.updated_at,
         "etag": stored.etag,
+    })
+}
+
+/// The kept reported properties, with the newest change among them (how fresh they are).
+fn reported(r: &DeviceRecord) -> Value {
+    if r.live.reported.is_empty() {
+        return Value::Null;
+    }
+    let newest = r.live.reported.values().max_by(|a, b| a.at.cmp(&b.at));
+    json!({
+        "provisioningStatus": r.live.reported_status(),
+        "properties": r.live.reported_properties(),
+        "version": newest.map(|v| v.version),
+        "updatedAt": newest.map(|v| &v.at),
     })
 }
 

@@ -52,6 +52,9 @@ pub trait Provisioning: Send + Sync {
 
     /// Removes the registration state; a missing one is not an error.
     async fn delete_registration(&self, registration_id: &str) -> Result<(), CloudError>;
+
+    /// The registration ids of every individual enrollment (for reconciliation).
+    async fn enrollment_ids(&self) -> Result<Vec<String>, CloudError>;
 }
 
 /// The enrollment DPS should hold for a record. Keys are left out (DPS generates them) unless
@@ -311,6 +314,62 @@ impl Provisioning for DpsClient {
             }
             404 => Ok(None),
             _ => Err(common_error("DPS", &answer)),
+        }
+    }
+
+    async fn enrollment_ids(&self) -> Result<Vec<String>, CloudError> {
+        let mut ids = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let url = format!(
+                "https://{}/enrollments/query?api-version={API_VERSION}",
+                self.connection.host_name()
+            );
+            let token = self.connection.sas_token(unix_now() + 300);
+            let mut request = self
+                .http
+                .post(url)
+                .header("Authorization", token.expose())
+                .header("x-ms-max-item-count", "1000")
+                .json(&json!({ "query": "*" }));
+            if let Some(token) = &continuation {
+                request = request.header("x-ms-continuation", token);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|_| CloudError::Unavailable("DPS: cannot query enrollments".into()))?;
+            continuation = response
+                .headers()
+                .get("x-ms-continuation")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let status = response.status().as_u16();
+            let text = response
+                .text()
+                .await
+                .map_err(|_| CloudError::Unavailable("DPS: the answer was cut off".into()))?;
+            if status != 200 {
+                return Err(common_error(
+                    "DPS",
+                    &super::Answer {
+                        status,
+                        retry_after: None,
+                        error_code: None,
+                        text,
+                    },
+                ));
+            }
+            let page: Vec<Value> = serde_json::from_str(&text).map_err(|_| {
+                CloudError::BadGateway("DPS answered an unreadable query page".into())
+            })?;
+            ids.extend(
+                page.iter()
+                    .filter_map(|e| e["registrationId"].as_str().map(str::to_owned)),
+            );
+            if continuation.is_none() {
+                return Ok(ids);
+            }
         }
     }
 

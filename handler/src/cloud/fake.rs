@@ -17,7 +17,11 @@ pub struct Faults(Mutex<HashMap<&'static str, (u32, CloudError)>>);
 impl Faults {
     /// Makes the next `times` calls of `operation` fail as unavailable.
     pub fn fail(&self, operation: &'static str, times: u32) {
-        self.fail_with(operation, times, CloudError::Unavailable(format!("injected failure of {operation}")));
+        self.fail_with(
+            operation,
+            times,
+            CloudError::Unavailable(format!("injected failure of {operation}")),
+        );
     }
 
     /// Makes the next `times` calls of `operation` fail with `error`.
@@ -191,6 +195,16 @@ impl Provisioning for FakeDps {
             .remove(&registration_id.to_ascii_lowercase());
         Ok(())
     }
+    async fn enrollment_ids(&self) -> Result<Vec<String>, CloudError> {
+        self.faults.check("enrollment_ids")?;
+        Ok(self
+            .enrollments
+            .lock()
+            .unwrap()
+            .values()
+            .map(|e| e.record.registration_id.to_string())
+            .collect())
+    }
 }
 
 /// Linked hubs in memory: device identities, desired properties, and which devices are online.
@@ -242,6 +256,27 @@ impl FakeHubs {
 impl DeviceHubs for FakeHubs {
     fn knows(&self, hub: &str) -> bool {
         self.linked.iter().any(|h| h.eq_ignore_ascii_case(hub))
+    }
+
+    async fn device(
+        &self,
+        hub: &str,
+        device_id: &str,
+    ) -> Result<Option<super::hub::HubDevice>, CloudError> {
+        self.faults.check("device")?;
+        if !self.has_device(hub, device_id) {
+            return Ok(None);
+        }
+        let connected = self
+            .online
+            .lock()
+            .unwrap()
+            .contains(&(hub.into(), device_id.into()));
+        Ok(Some(super::hub::HubDevice {
+            connected,
+            connection_state_updated: Some(now()),
+            reported: Map::new(),
+        }))
     }
 
     async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), CloudError> {

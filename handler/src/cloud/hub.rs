@@ -33,11 +33,25 @@ pub struct MethodCall {
     pub connect_timeout: u32,
 }
 
+/// What a hub's registry says about a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubDevice {
+    /// `connectionState` is `Connected`.
+    pub connected: bool,
+    /// When the connection state last changed.
+    pub connection_state_updated: Option<String>,
+    /// The twin's reported properties.
+    pub reported: serde_json::Map<String, Value>,
+}
+
 /// The calls the middleware makes to the linked hubs, each naming the hub by host name.
 #[async_trait]
 pub trait DeviceHubs: Send + Sync {
     /// Whether `hub` is a linked hub the middleware can call.
     fn knows(&self, hub: &str) -> bool;
+
+    /// The device's identity and twin on the hub; `None` if the hub has no such device.
+    async fn device(&self, hub: &str, device_id: &str) -> Result<Option<HubDevice>, CloudError>;
 
     /// Removes a device identity; a missing one is not an error.
     async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), CloudError>;
@@ -130,6 +144,40 @@ fn is_code(answer: &super::Answer, code: &str) -> bool {
 impl DeviceHubs for HubClients {
     fn knows(&self, hub: &str) -> bool {
         self.hubs.contains_key(&host_key(hub))
+    }
+
+    async fn device(&self, hub: &str, device_id: &str) -> Result<Option<HubDevice>, CloudError> {
+        let path = format!("devices/{}", encode_component(device_id));
+        let answer = self.call(hub, Method::GET, &path, None, None).await?;
+        let identity: Value = match answer.status {
+            200 => serde_json::from_str(&answer.text).map_err(|_| {
+                CloudError::BadGateway("IoT Hub answered an unreadable device".into())
+            })?,
+            404 => return Ok(None),
+            _ => return Err(common_error("IoT Hub", &answer)),
+        };
+        let path = format!("twins/{}", encode_component(device_id));
+        let answer = self.call(hub, Method::GET, &path, None, None).await?;
+        let twin: Value = match answer.status {
+            200 => serde_json::from_str(&answer.text).map_err(|_| {
+                CloudError::BadGateway("IoT Hub answered an unreadable twin".into())
+            })?,
+            404 => return Ok(None),
+            _ => return Err(common_error("IoT Hub", &answer)),
+        };
+        Ok(Some(HubDevice {
+            connected: identity["connectionState"]
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("connected")),
+            connection_state_updated: identity["connectionStateUpdatedTime"]
+                .as_str()
+                .map(str::to_owned),
+            reported: twin
+                .pointer("/properties/reported")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+        }))
     }
 
     async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), CloudError> {

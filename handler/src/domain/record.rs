@@ -2,6 +2,7 @@
 //! registered. Stored as one row; the API shows it in two views (enrollment and device).
 
 use super::ids::{CustomerId, DeviceId, HubName, RegistrationId};
+use super::live::Live;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -99,29 +100,6 @@ pub struct Registration {
     pub observed_at: String,
 }
 
-/// The device's connection to its hub.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Connection {
-    /// `connected` or `disconnected`.
-    pub state: String,
-    /// When it changed.
-    pub since: String,
-}
-
-/// The device's own report, from reported properties.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Reported {
-    /// The reported properties the registry keeps (a bounded subset).
-    pub properties: Map<String, Value>,
-    /// The twin version they came with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-    /// When they were recorded.
-    pub updated_at: String,
-}
-
 /// Where a device stands, for filtering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -203,12 +181,9 @@ pub struct DeviceRecord {
     /// When DPS was last asked about the registration (reads refresh a stale, unassigned one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_checked_at: Option<String>,
-    /// The device's connection, as IoT Hub's events report it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection: Option<Connection>,
-    /// What the device reports about its provisioning, from its twin's reported properties.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reported: Option<Reported>,
+    /// What IoT Hub's events told: hub identities, connection, reported properties, last seen.
+    #[serde(default, skip_serializing_if = "Live::is_empty")]
+    pub live: Live,
     /// When enrolled.
     pub created_at: String,
     /// When last changed.
@@ -226,19 +201,32 @@ impl DeviceRecord {
         if !self.enabled {
             return Status::Disabled;
         }
+        if self.assigned_hub().is_some() {
+            return Status::Assigned;
+        }
         match self.registration.as_ref().map(|r| r.status.as_str()) {
-            Some("assigned") => Status::Assigned,
             Some("failed") => Status::Failed,
             _ => Status::Enrolled,
         }
     }
 
-    /// The hub the device lives on, if assigned.
+    /// The hub the device lives on, if any. Once the hubs' lifecycle events have said where its
+    /// identity is, they decide (they follow re-provisioning and deletions); until then DPS's
+    /// last known assignment does.
     pub fn assigned_hub(&self) -> Option<&str> {
+        if !self.live.identities.is_empty() {
+            return self.live.current_hub();
+        }
         self.registration
             .as_ref()
             .filter(|r| r.status == "assigned")
             .and_then(|r| r.assigned_hub.as_deref())
+    }
+
+    /// The connection to the hub the device is on, as connection events reported it.
+    pub fn connection(&self) -> Option<&super::live::ConnectionState> {
+        self.assigned_hub()
+            .and_then(|hub| self.live.connections.get(hub))
     }
 
     /// The secondary index entries the record belongs to: `(kind, value)`.
@@ -364,8 +352,7 @@ pub(crate) mod tests {
             dps_etag: None,
             registration: None,
             registration_checked_at: None,
-            connection: None,
-            reported: None,
+            live: Live::default(),
             created_at: now(),
             updated_at: now(),
         }

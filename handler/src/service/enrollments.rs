@@ -244,8 +244,7 @@ impl NewEnrollment {
             registration: None,
             // Nothing can have registered yet: reads need not ask DPS for a while.
             registration_checked_at: Some(stamp.clone()),
-            connection: None,
-            reported: None,
+            live: crate::domain::live::Live::default(),
             created_at: stamp.clone(),
             updated_at: stamp,
         })
@@ -365,7 +364,10 @@ impl Service {
             }
             Err(e) => return Err(ServiceError::dps(e)),
         }
-        self.complete(&stored).await
+        let completed = self.complete(&stored).await?;
+        self.note(completed.record.device_id.as_str(), "enrolled", Some(serde_json::json!({ "registrationId": completed.record.registration_id, "customerId": completed.record.customer.id })))
+            .await;
+        Ok(completed)
     }
 
     /// `GET /api/enrollments/{registrationId}`: the record, with any unfinished DPS change
@@ -477,7 +479,10 @@ impl Service {
             let etag = self.store.replace(&stored, &record).await?;
             Stored { record, etag }
         };
-        self.finish_delete(&stored).await
+        self.finish_delete(&stored).await?;
+        self.note(stored.record.device_id.as_str(), "deleted", None)
+            .await;
+        Ok(())
     }
 
     /// `GET /api/enrollments/{registrationId}/provisioning-code`.

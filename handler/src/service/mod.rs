@@ -5,6 +5,9 @@
 //! - [`import`]: bulk enrollment from a CSV export or a JSON array.
 //! - [`devices`]: device records, desired properties and direct methods.
 //! - [`repair`]: finishing DPS changes that a failure interrupted.
+//! - [`events`]: recording IoT Hub's events in the records and each device's history.
+//! - [`notify`]: status notifications to a webhook, from an outbox.
+//! - [`reconcile`]: the periodic comparison with DPS and the hubs.
 //!
 //! Every change that touches DPS follows one order: the record is written first with the intent
 //! (`sync: pendingCreate|pendingUpdate|pendingDelete`), then DPS is changed, then the intent is
@@ -13,13 +16,16 @@
 
 pub mod devices;
 pub mod enrollments;
+pub mod events;
 pub mod import;
+pub mod notify;
+pub mod reconcile;
 pub mod repair;
 
 use crate::cloud::dps::Provisioning;
 use crate::cloud::hub::DeviceHubs;
 use crate::cloud::CloudError;
-use crate::storage::{Registry, StoreError};
+use crate::storage::{Journal, Registry, StoreError};
 use std::sync::Arc;
 
 /// Which outside service failed.
@@ -126,11 +132,11 @@ impl ServiceError {
         }
     }
 
-    fn dps(error: CloudError) -> Self {
+    pub(crate) fn dps(error: CloudError) -> Self {
         Self::upstream(Upstream::Dps, error)
     }
 
-    fn hub(error: CloudError) -> Self {
+    pub(crate) fn hub(error: CloudError) -> Self {
         Self::upstream(Upstream::Hub, error)
     }
 }
@@ -174,8 +180,30 @@ pub struct Service {
     pub dps: Arc<dyn Provisioning>,
     /// The linked hubs.
     pub hubs: Arc<dyn DeviceHubs>,
+    /// History, dead letters, notification outbox.
+    pub journal: Arc<dyn Journal>,
+    /// Status notifications.
+    pub notifier: Arc<notify::Notifier>,
     /// For provisioning codes.
     pub codes: CodeSettings,
+    /// Hub names as events carry them (`hubName`) → host names as DPS assigns them.
+    pub hub_names: std::collections::BTreeMap<String, String>,
+}
+
+impl Service {
+    /// The host name of the hub an event names: the configured one, or the linked hub whose
+    /// host starts with the name (Azure: `<name>.azure-devices.net`), or the name itself.
+    pub fn hub_host(&self, name: &str) -> String {
+        let name = name.to_ascii_lowercase();
+        if let Some(host) = self.hub_names.get(&name) {
+            return host.clone();
+        }
+        self.hub_names
+            .values()
+            .find(|host| host.split('.').next() == Some(name.as_str()))
+            .cloned()
+            .unwrap_or(name)
+    }
 }
 
 /// Checks a client's `If-Match` against the record's etag (`*` matches anything).

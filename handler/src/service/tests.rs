@@ -34,6 +34,12 @@ fn world() -> World {
             id_scope: "0ne00000001".into(),
             device_endpoint: "dps.example".into(),
         },
+        journal: Arc::new(crate::storage::memory::MemoryJournal::default()),
+        notifier: Arc::new(crate::service::notify::Notifier::new(
+            None,
+            reqwest::Client::new(),
+        )),
+        hub_names: Default::default(),
     };
     World {
         service,

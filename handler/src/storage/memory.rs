@@ -1,7 +1,8 @@
 //! An in-memory [`Registry`] with the same semantics as Table Storage (etags, conflicts, paging),
 //! for unit tests of the logic above it.
 
-use super::{decode_token, encode_token, Page, Registry, StoreError, Stored};
+use super::{decode_token, encode_token, Journal, Page, Registry, StoreError, Stored};
+use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, RegistrationId};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -160,5 +161,156 @@ impl Registry for MemoryRegistry {
             items: items.into_iter().map(|(_, s)| s).collect(),
             continuation,
         })
+    }
+}
+
+/// History, dead letters and outbox in memory.
+#[derive(Default)]
+pub struct MemoryJournal {
+    history: Mutex<BTreeMap<(String, String), HistoryEntry>>,
+    dead: Mutex<Vec<DeadLetter>>,
+    outbox: Mutex<BTreeMap<String, Notification>>,
+    faults: Mutex<BTreeMap<&'static str, u32>>,
+}
+
+impl MemoryJournal {
+    /// Makes the next `times` calls of `operation` (`add_history`, `dead_letter`, `enqueue`)
+    /// fail as unavailable.
+    pub fn fail(&self, operation: &'static str, times: u32) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(operation, times);
+    }
+
+    fn check(&self, operation: &'static str) -> Result<(), StoreError> {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        match faults.get_mut(operation) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Err(StoreError::Unavailable(format!(
+                    "injected failure of {operation}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every queued notification.
+    pub fn queued(&self) -> Vec<Notification> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Journal for MemoryJournal {
+    async fn add_history(
+        &self,
+        device_id: &str,
+        entries: &[HistoryEntry],
+    ) -> Result<(), StoreError> {
+        self.check("add_history")?;
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in entries {
+            history
+                .entry((device_id.to_owned(), entry.key()))
+                .or_insert_with(|| entry.clone());
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        device_id: &str,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<(Vec<HistoryEntry>, Option<String>), StoreError> {
+        let after = match continuation {
+            Some(token) => Some(
+                decode_token(token)?
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or(StoreError::BadContinuation)?,
+            ),
+            None => None,
+        };
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows = history.iter().filter(|((device, key), _)| {
+            device == device_id && after.as_ref().is_none_or(|a| key > a)
+        });
+        let page: Vec<(String, HistoryEntry)> = rows
+            .by_ref()
+            .take(page_size)
+            .map(|((_, k), e)| (k.clone(), e.clone()))
+            .collect();
+        let next = match (rows.next(), page.last()) {
+            (Some(_), Some((key, _))) => {
+                Some(encode_token(&serde_json::Value::String(key.clone())))
+            }
+            _ => None,
+        };
+        Ok((page.into_iter().map(|(_, e)| e).collect(), next))
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.check("dead_letter")?;
+        self.dead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(letter.clone());
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self
+            .dead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn enqueue(&self, notification: &Notification) -> Result<(), StoreError> {
+        self.check("enqueue")?;
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(notification.id.clone())
+            .or_insert_with(|| notification.clone());
+        Ok(())
+    }
+
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<Notification>, StoreError> {
+        let outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(outbox
+            .values()
+            .filter(|n| n.next_attempt_ms <= now_ms)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn reschedule(&self, notification: &Notification) -> Result<(), StoreError> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(notification.id.clone(), notification.clone());
+        Ok(())
+    }
+
+    async fn delivered(&self, id: &str) -> Result<(), StoreError> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
     }
 }

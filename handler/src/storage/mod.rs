@@ -7,6 +7,7 @@
 pub mod memory;
 pub mod tables;
 
+use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, RegistrationId};
 use async_trait::async_trait;
 
@@ -71,6 +72,44 @@ pub trait Registry: Send + Sync {
         page_size: usize,
         continuation: Option<&str>,
     ) -> Result<Page, StoreError>;
+}
+
+/// A device's history, dead letters and the notification outbox.
+#[async_trait]
+pub trait Journal: Send + Sync {
+    /// Adds entries to a device's history; an entry already there (same time and cause) is
+    /// left as it is.
+    async fn add_history(
+        &self,
+        device_id: &str,
+        entries: &[HistoryEntry],
+    ) -> Result<(), StoreError>;
+
+    /// One page of a device's history, newest first.
+    async fn history(
+        &self,
+        device_id: &str,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<(Vec<HistoryEntry>, Option<String>), StoreError>;
+
+    /// Keeps an event that cannot be applied.
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
+
+    /// The newest dead letters (for operators and tests).
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Queues a notification; one with the same id already queued is left as it is.
+    async fn enqueue(&self, notification: &Notification) -> Result<(), StoreError>;
+
+    /// Notifications due at `now_ms`, at most `limit`.
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<Notification>, StoreError>;
+
+    /// Stores a notification's new attempt count and next attempt.
+    async fn reschedule(&self, notification: &Notification) -> Result<(), StoreError>;
+
+    /// Removes a delivered notification.
+    async fn delivered(&self, id: &str) -> Result<(), StoreError>;
 }
 
 /// Continuation tokens are opaque to clients: base64url of the position.

@@ -6,7 +6,10 @@
 //! |---|---|---|---|
 //! | `Devices` | registration id, lower case | `record` | the record as JSON (`Data`) plus `CustomerId`, `Status`, `Hub`, `DeviceId` |
 //! | `DeviceIds` | device id, base64url | `alias` | `RegistrationKey`: finds a record by device id |
-//! | `Index` | `customer~<id>`, `hub~<host>`, `status~<status>` | registration id, lower case | nothing: membership |
+//! | `Index` | `customer~<id>`, `hub~<host>`, `status~<status>`, `sync~pending` | registration id, lower case | nothing: membership |
+//! | `History` | device id, base64url | inverted time `~` cause | one timeline entry (`Data`) |
+//! | `DeadLetters` | `dead` | inverted time `~` event | an event that cannot be applied (`Data`) |
+//! | `Outbox` | `pending` | notification id | a notification until delivered (`Data`, `NextAttempt`) |
 //!
 //! One partition per device makes point reads and etag-guarded writes cheap and lets any number of
 //! handler instances write at once: every write is conditional on the etag read. Index rows
@@ -14,7 +17,8 @@
 //! extra index row but never hide a record; listings check every index hit against the record
 //! and delete the ones that no longer match.
 
-use super::{decode_token, encode_token, Page, Registry, StoreError, Stored};
+use super::{decode_token, encode_token, Journal, Page, Registry, StoreError, Stored};
+use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, IndexKind, RegistrationId};
 use async_trait::async_trait;
 use azure_core::{Etag, RetryOptions, TransportOptions};
@@ -78,6 +82,9 @@ pub struct TableRegistry {
     devices: TableClient,
     aliases: TableClient,
     index: TableClient,
+    history: TableClient,
+    dead_letters: TableClient,
+    outbox: TableClient,
     ready: OnceCell<()>,
 }
 
@@ -149,6 +156,9 @@ impl TableRegistry {
             devices: service.table_client(format!("{prefix}Devices")),
             aliases: service.table_client(format!("{prefix}DeviceIds")),
             index: service.table_client(format!("{prefix}Index")),
+            history: service.table_client(format!("{prefix}History")),
+            dead_letters: service.table_client(format!("{prefix}DeadLetters")),
+            outbox: service.table_client(format!("{prefix}Outbox")),
             ready: OnceCell::new(),
         }
     }
@@ -157,7 +167,14 @@ impl TableRegistry {
     pub async fn ensure_tables(&self) -> Result<(), StoreError> {
         self.ready
             .get_or_try_init(|| async {
-                for table in [&self.devices, &self.aliases, &self.index] {
+                for table in [
+                    &self.devices,
+                    &self.aliases,
+                    &self.index,
+                    &self.history,
+                    &self.dead_letters,
+                    &self.outbox,
+                ] {
                     match table.create().await {
                         Ok(_) => {}
                         Err(e) if status_of(&e) == Some(409) => {}
@@ -469,6 +486,242 @@ impl Registry for TableRegistry {
             continuation: next
                 .map(|(pk, rk)| encode_token(&json!({ "t": kind, "pk": pk, "rk": rk }))),
         })
+    }
+}
+
+/// A row holding one JSON document.
+#[derive(Serialize, Deserialize)]
+struct DataRow {
+    #[serde(rename = "PartitionKey")]
+    partition_key: String,
+    #[serde(rename = "RowKey")]
+    row_key: String,
+    #[serde(rename = "Data")]
+    data: String,
+    /// Outbox rows: the next attempt, unix ms, zero-padded so text order is time order.
+    #[serde(
+        rename = "NextAttempt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    next_attempt: Option<String>,
+}
+
+const DEAD_PARTITION: &str = "dead";
+const OUTBOX_PARTITION: &str = "pending";
+/// Entity group transactions hold at most 100 operations.
+const TRANSACTION_LIMIT: usize = 100;
+
+fn json_of<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(row: &DataRow) -> Result<T, StoreError> {
+    serde_json::from_str(&row.data)
+        .map_err(|e| StoreError::Unavailable(format!("a stored row is unreadable: {e}")))
+}
+
+fn next_attempt_text(ms: i64) -> String {
+    format!("{:016}", ms.max(0))
+}
+
+impl TableRegistry {
+    async fn insert_ignoring_existing(
+        &self,
+        table: &TableClient,
+        row: &DataRow,
+    ) -> Result<(), StoreError> {
+        match table
+            .insert::<_, serde_json::Value>(row)
+            .map_err(unavailable)?
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(409) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Journal for TableRegistry {
+    async fn add_history(
+        &self,
+        device_id: &str,
+        entries: &[HistoryEntry],
+    ) -> Result<(), StoreError> {
+        self.ensure_tables().await?;
+        let partition = alias_key(device_id);
+        let rows = entries
+            .iter()
+            .map(|entry| {
+                Ok(DataRow {
+                    partition_key: partition.clone(),
+                    row_key: entry.key(),
+                    data: json_of(entry)?,
+                    next_attempt: None,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        for chunk in rows.chunks(TRANSACTION_LIMIT) {
+            // One round trip per device and batch; if an entry is already there (the same event
+            // recorded before), the transaction is refused whole and the rows go one by one.
+            let mut transaction = self.history.partition_key_client(&partition).transaction();
+            for row in chunk {
+                transaction = transaction.insert(row).map_err(unavailable)?;
+            }
+            let response = transaction.into_future().await.map_err(unavailable)?;
+            let refused = response
+                .operation_responses
+                .iter()
+                .any(|r| !(200..300).contains(&u16::from(r.status_code)));
+            if refused {
+                for row in chunk {
+                    self.insert_ignoring_existing(&self.history, row).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        device_id: &str,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<(Vec<HistoryEntry>, Option<String>), StoreError> {
+        self.ensure_tables().await?;
+        let mut query = self
+            .history
+            .query()
+            .filter(Filter_::partition(&alias_key(device_id)))
+            .top(Top::new(u32::try_from(page_size.max(1)).unwrap_or(1000)));
+        if let Some(token) = continuation {
+            let position = decode_token(token)?;
+            let text = |field: &str| position[field].as_str().map(str::to_owned);
+            query = query.initial_partition_key(text("pk").ok_or(StoreError::BadContinuation)?);
+            if let Some(rk) = text("rk") {
+                query = query.initial_row_key(rk);
+            }
+        }
+        let mut pages = query.into_stream::<DataRow>();
+        let Some(page) = pages.next().await else {
+            return Ok((Vec::new(), None));
+        };
+        let page = page.map_err(unavailable)?;
+        let next = azure_core::Continuable::continuation(&page)
+            .map(|(pk, rk)| encode_token(&json!({ "pk": pk, "rk": rk })));
+        let entries = page
+            .entities
+            .iter()
+            .map(from_json)
+            .collect::<Result<Vec<HistoryEntry>, _>>()?;
+        Ok((entries, next))
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        self.ensure_tables().await?;
+        let nanos = i64::try_from(letter.at.nanos()).unwrap_or(i64::MAX).max(0);
+        let row = DataRow {
+            partition_key: DEAD_PARTITION.into(),
+            row_key: format!(
+                "{:019}~{}",
+                i64::MAX - nanos,
+                letter.key.replace(['/', '\\', '#', '?'], "_")
+            ),
+            data: json_of(letter)?,
+            next_attempt: None,
+        };
+        self.insert_ignoring_existing(&self.dead_letters, &row)
+            .await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.ensure_tables().await?;
+        let query = self
+            .dead_letters
+            .query()
+            .filter(Filter_::partition(DEAD_PARTITION))
+            .top(Top::new(
+                u32::try_from(limit.clamp(1, 1000)).unwrap_or(1000),
+            ));
+        let mut pages = query.into_stream::<DataRow>();
+        let Some(page) = pages.next().await else {
+            return Ok(Vec::new());
+        };
+        page.map_err(unavailable)?
+            .entities
+            .iter()
+            .map(from_json)
+            .collect()
+    }
+
+    async fn enqueue(&self, notification: &Notification) -> Result<(), StoreError> {
+        self.ensure_tables().await?;
+        let row = DataRow {
+            partition_key: OUTBOX_PARTITION.into(),
+            row_key: notification.id.clone(),
+            data: json_of(notification)?,
+            next_attempt: Some(next_attempt_text(notification.next_attempt_ms)),
+        };
+        self.insert_ignoring_existing(&self.outbox, &row).await
+    }
+
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<Notification>, StoreError> {
+        self.ensure_tables().await?;
+        let filter = format!(
+            "PartitionKey eq '{OUTBOX_PARTITION}' and NextAttempt le '{}'",
+            next_attempt_text(now_ms)
+        );
+        let query = self
+            .outbox
+            .query()
+            .filter(azure_data_tables::Filter::new(filter))
+            .top(Top::new(
+                u32::try_from(limit.clamp(1, 1000)).unwrap_or(1000),
+            ));
+        let mut pages = query.into_stream::<DataRow>();
+        let Some(page) = pages.next().await else {
+            return Ok(Vec::new());
+        };
+        page.map_err(unavailable)?
+            .entities
+            .iter()
+            .map(from_json)
+            .collect()
+    }
+
+    async fn reschedule(&self, notification: &Notification) -> Result<(), StoreError> {
+        self.ensure_tables().await?;
+        let row = DataRow {
+            partition_key: OUTBOX_PARTITION.into(),
+            row_key: notification.id.clone(),
+            data: json_of(notification)?,
+            next_attempt: Some(next_attempt_text(notification.next_attempt_ms)),
+        };
+        self.outbox
+            .partition_key_client(OUTBOX_PARTITION)
+            .entity_client(&notification.id)
+            .insert_or_replace(&row)
+            .map_err(unavailable)?
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn delivered(&self, id: &str) -> Result<(), StoreError> {
+        self.ensure_tables().await?;
+        match self
+            .outbox
+            .partition_key_client(OUTBOX_PARTITION)
+            .entity_client(id)
+            .delete()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 }
 

@@ -25,6 +25,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// Trusts the emulator's CA, for device-side calls.
     pub device_http: reqwest::Client,
+    /// The registry's table names start with this.
+    pub table_prefix: String,
 }
 
 /// An answer as tests look at it.
@@ -111,10 +113,49 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         device_http,
         emulator,
         _state: state,
+        table_prefix,
     }
 }
 
+/// Polls `check` until it answers `Some` (at most ~20 s): for effects of events, which arrive
+/// asynchronously and announce nothing.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..400 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 20 s");
+}
+
 impl TestApp {
+    /// The handler itself, behind the stand-in (where the host sends non-HTTP invocations).
+    pub fn handler_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.emulator.functions().unwrap().handler.port()
+        )
+    }
+
+    /// Runs a timer function now, through the stand-in's admin API.
+    pub async fn run_function(&self, name: &str) -> u16 {
+        let base = self.base_url.trim_end_matches("/api");
+        self.http
+            .post(format!("{base}/admin/functions/{name}"))
+            .header("x-functions-key", emulator::config::DEFAULT_MASTER_KEY)
+            .json(&json!({ "input": "" }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// A request with the function key.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http

@@ -7,5 +7,6 @@
 mod dependencies;
 mod devices;
 mod enrollments;
+mod events;
 mod helpers;
 mod import;
