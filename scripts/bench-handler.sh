@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The handler's part of `make bench`: start-up time, memory, enrollment create and device read
-# rates at 16 clients, next to Azurite's raw insert and point-read rates in the same run.
+# rates at 16 clients next to Azurite's raw insert and point-read rates, events recorded per
+# second next to Azurite's raw batch-insert rate (all in the same run), and the time from an
+# event entering a hub to its record being readable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -15,9 +17,15 @@ cleanup() {
 }
 trap cleanup EXIT
 start_azurite "$state/azurite.log"
-target/release/emulator --state-dir "$state" --in-memory --https-port 0 --mqtt-port 0 >"$state/emulator.log" 2>&1 &
+# The emulator runs the function app too, for the event-to-record latency at the end.
+functions_app_args target/release/handler
+target/release/emulator --state-dir "$state" --in-memory --https-port 0 --mqtt-port 0 \
+  --registration-retry-after 0 --functions-port 0 "${FUNCTIONS_APP_ARGS[@]}" >"$state/emulator.log" 2>&1 &
 pid=$!
 wait_ready "$state" "$pid"
+wait_host "$state"
 echo "The handler against the emulator's DPS and Azurite $(node -e 'console.log(require("./emulator/azurite/node_modules/azurite/package.json").version)') in memory ($(nproc) cores, $(date -u +%Y-%m-%d)):"
 target/release/handler-bench --endpoints "$state/endpoints.json" --storage "$AZURITE_CONNECTION_STRING" \
   --handler target/release/handler --devices "${BENCH_HANDLER_DEVICES:-1000}" --clients 16
+echo
+target/release/fleet --endpoints "$state/endpoints.json" bench-event-latency --samples "${BENCH_LATENCY_SAMPLES:-200}"

@@ -22,10 +22,16 @@ start_azurite "$state/azurite.log"
 echo "Starting the local Azure emulator: a Device Provisioning Service, two IoT hubs, and the"
 echo "Functions host stand-in running the middleware's function app..."
 functions_app_args target/debug/handler
+# The demo receives the middleware's status notifications itself, where a Logic App would.
+webhook_port=$(free_port)
+webhook_secret=demo-webhook-secret-for-this-run-$RANDOM$RANDOM
 target/debug/emulator --state-dir "$state" --in-memory --https-port 0 --mqtt-port 0 \
-  --functions-port 0 "${FUNCTIONS_APP_ARGS[@]}" >"$state/emulator.log" 2>&1 &
+  --functions-port 0 "${FUNCTIONS_APP_ARGS[@]}" \
+  --functions-setting "NOTIFY_WEBHOOK_URL=http://127.0.0.1:$webhook_port/notifications" \
+  --functions-setting "NOTIFY_WEBHOOK_SECRET=$webhook_secret" >"$state/emulator.log" 2>&1 &
 pid=$!
 wait_ready "$state" "$pid"
 wait_host "$state"
 echo
-target/debug/fleet --endpoints "$state/endpoints.json" demo
+NOTIFY_WEBHOOK_SECRET=$webhook_secret target/debug/fleet --endpoints "$state/endpoints.json" demo \
+  --webhook-port "$webhook_port"

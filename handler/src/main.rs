@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
             device_endpoint: config.device_endpoint.clone(),
         },
         hub_names: config.hub_names.clone(),
+        events_cache: Default::default(),
     });
     // The host forwards on loopback; nothing else should reach the handler.
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));

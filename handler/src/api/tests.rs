@@ -27,6 +27,7 @@ fn service() -> (Arc<Service>, Arc<FakeDps>) {
             reqwest::Client::new(),
         )),
         hub_names: Default::default(),
+        events_cache: Default::default(),
     };
     (Arc::new(service), dps)
 }

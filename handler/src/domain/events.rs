@@ -38,6 +38,17 @@ impl Stamp {
         }
     }
 
+    /// The start of its minute, in UTC.
+    pub fn floor_minute(&self) -> Self {
+        let minute = 60_000_000_000_i128;
+        let nanos = self.nanos.div_euclid(minute) * minute;
+        let text = OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| self.text.clone());
+        Self { text, nanos }
+    }
+
     /// Nanoseconds since the epoch.
     pub fn nanos(&self) -> i128 {
         self.nanos

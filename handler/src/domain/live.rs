@@ -67,7 +67,7 @@ pub struct Live {
     /// Kept reported properties.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reported: BTreeMap<String, ReportedValue>,
-    /// The newest event of any kind.
+    /// The minute of the newest event of any kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Stamp>,
 }
@@ -81,12 +81,11 @@ impl Live {
     /// Applies one event; true if anything changed.
     pub fn apply(&mut self, event: &HubEvent) -> bool {
         let before = self.clone();
-        if self
-            .last_seen
-            .as_ref()
-            .is_none_or(|seen| event.enqueued > *seen)
-        {
-            self.last_seen = Some(event.enqueued.clone());
+        // To the minute: enough to tell a live device from a silent one, and a busy device's
+        // telemetry then changes its record once a minute rather than with every batch.
+        let seen = event.enqueued.floor_minute();
+        if self.last_seen.as_ref().is_none_or(|known| seen > *known) {
+            self.last_seen = Some(seen);
         }
         match &event.change {
             Change::Created { reported } => {
@@ -283,7 +282,7 @@ pub(crate) mod tests {
         assert_eq!(live.reported_status(), Some("reprovisioned"));
         assert_eq!(
             live.last_seen.as_ref().unwrap().as_str(),
-            "2026-11-26T10:00:08Z"
+            "2026-11-26T10:00:00Z"
         );
     }
 

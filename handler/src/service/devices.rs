@@ -91,30 +91,32 @@ impl Service {
                 return Ok(stored);
             }
         };
-        let mut record = stored.record.clone();
-        if let Some(registration) = registration {
-            record.registration = Some(registration);
-        }
-        record.registration_checked_at = Some(now());
-        match self.store.replace(&stored, &record).await {
-            Ok(etag) => Ok(Stored { record, etag }),
-            // A concurrent writer got there first; its version is at least as new.
-            Err(crate::storage::StoreError::PreconditionFailed) => Ok(self
-                .store
-                .get_by_device(device_id)
-                .await?
-                .unwrap_or(Stored {
-                    record,
-                    etag: stored.etag,
-                })),
-            Err(error) => {
-                tracing::warn!(device.id = %device_id, %error, "a refreshed registration could not be stored");
-                Ok(Stored {
-                    record,
-                    etag: stored.etag,
-                })
+        // Events may write the record meanwhile; apply what DPS said to the newest copy.
+        let mut current = stored;
+        for _ in 0..3 {
+            let mut record = current.record.clone();
+            if let Some(registration) = registration.clone() {
+                record.registration = Some(registration);
+            }
+            record.registration_checked_at = Some(now());
+            match self.store.replace(&current, &record).await {
+                Ok(etag) => return Ok(Stored { record, etag }),
+                Err(crate::storage::StoreError::PreconditionFailed) => {
+                    match self.store.get_by_device(device_id).await? {
+                        Some(fresh) => current = fresh,
+                        None => return Err(unknown_device(device_id)),
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(device.id = %device_id, %error, "a refreshed registration could not be stored");
+                    return Ok(Stored {
+                        record,
+                        etag: current.etag,
+                    });
+                }
             }
         }
+        Ok(current)
     }
 
     /// `GET /api/devices`.

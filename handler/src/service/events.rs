@@ -9,10 +9,53 @@ use crate::domain::events::{Change, HubEvent, Stamp};
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Status};
 use crate::storage::StoreError;
+use crate::storage::Stored;
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Records kept in memory between batches, so that events that change nothing (most telemetry)
+/// cost no storage call. Safe with several instances: merging only ever adds, so an event that
+/// changes nothing in an older copy changes nothing in a newer one either; a write from a stale
+/// copy is refused by its etag and retried from storage. Entries expire so that a record deleted
+/// and enrolled again is read afresh.
+#[derive(Default)]
+pub struct RecordCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Stored, Instant)>>,
+}
+
+/// How long a cached record is trusted.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Records kept (about 2 KiB each).
+const CACHE_CAPACITY: usize = 50_000;
+
+impl RecordCache {
+    fn get(&self, device_id: &str) -> Option<Stored> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(device_id)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(stored, _)| stored.clone())
+    }
+
+    fn put(&self, device_id: &str, stored: Stored) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CACHE_CAPACITY && !entries.contains_key(device_id) {
+            // Crude but bounded: start over rather than track use.
+            entries.clear();
+        }
+        entries.insert(device_id.to_owned(), (stored, Instant::now()));
+    }
+
+    fn forget(&self, device_id: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(device_id);
+    }
+}
 
 /// Devices of one batch written at once.
 const DEVICE_CONCURRENCY: usize = 16;
@@ -50,15 +93,27 @@ fn provisioning_status(record: &DeviceRecord) -> (Status, Option<String>) {
     )
 }
 
-/// History entries for a device's events, read against the record as each is applied (so a
-/// registration on a second hub reads as re-provisioning).
+/// History entries for the events that change a device's record, each read against the record
+/// as the events before it left it (so a registration on a second hub reads as re-provisioning).
 fn timeline(record: &DeviceRecord, events: &[HubEvent]) -> Vec<HistoryEntry> {
     let mut ordered: Vec<&HubEvent> = events.iter().collect();
     ordered.sort_by(|a, b| (&a.at, &a.key).cmp(&(&b.at, &b.key)));
     let mut live = record.live.clone();
     let mut entries = Vec::new();
     for event in ordered {
-        let previous_hub = live.current_hub().map(str::to_owned);
+        // The hub the device was on before: the other hub whose identity changed last, whether
+        // or not its removal has been recorded yet (streams of different hubs arrive in any
+        // order, and DPS may remove the old identity before or after creating the new one).
+        let previous_hub = live
+            .identities
+            .iter()
+            .filter(|(hub, _)| **hub != event.hub)
+            .max_by(|a, b| (&a.1.at, a.1.sequence).cmp(&(&b.1.at, b.1.sequence)))
+            .map(|(hub, _)| hub.clone());
+        // Only what changes the record makes history: a repeated or superseded event does not.
+        if !live.apply(event) {
+            continue;
+        }
         let entry = |kind: &str, detail: Option<serde_json::Value>| HistoryEntry {
             at: event.at.clone(),
             kind: kind.to_owned(),
@@ -67,7 +122,7 @@ fn timeline(record: &DeviceRecord, events: &[HubEvent]) -> Vec<HistoryEntry> {
             cause: event.key.to_string(),
         };
         match &event.change {
-            Change::Created { .. } => match previous_hub.filter(|h| *h != event.hub) {
+            Change::Created { .. } => match previous_hub {
                 Some(from) => entries.push(entry("reprovisioned", Some(json!({ "from": from })))),
                 None => entries.push(entry("registered", None)),
             },
@@ -86,7 +141,6 @@ fn timeline(record: &DeviceRecord, events: &[HubEvent]) -> Vec<HistoryEntry> {
             }
             Change::Twin { .. } | Change::Telemetry => {}
         }
-        live.apply(event);
     }
     entries
 }
@@ -151,28 +205,31 @@ impl Service {
         device_id: &str,
         events: &[HubEvent],
     ) -> Result<Outcome, ServiceError> {
-        let mut history_written = false;
+        let mut cached = self.events_cache.get(device_id);
         for _ in 0..WRITE_ATTEMPTS {
-            let Some(stored) = self.store.get_by_device(device_id).await? else {
-                return Ok(Outcome::Unknown);
+            let (stored, from_cache) = match cached.take() {
+                Some(stored) => (stored, true),
+                None => match self.store.get_by_device(device_id).await? {
+                    Some(stored) => (stored, false),
+                    None => return Ok(Outcome::Unknown),
+                },
             };
-            if !history_written {
-                let entries = timeline(&stored.record, events);
-                if !entries.is_empty() {
-                    self.journal.add_history(device_id, &entries).await?;
-                }
-                history_written = true;
-            }
             let mut record = stored.record.clone();
             let mut changed = false;
             for event in events {
                 changed |= record.live.apply(event);
             }
             if !changed {
+                self.events_cache.put(device_id, stored);
                 return Ok(Outcome::Unchanged);
             }
             let before = provisioning_status(&stored.record);
             let after = provisioning_status(&record);
+            if before != after && from_cache {
+                // A notification must describe the stored record, not a copy that may be stale
+                // (status changes are rare; one more read is cheap).
+                continue;
+            }
             let mut notified = false;
             if before != after && self.notifier.enabled() {
                 // Queued before the record is written: if the write fails, the redelivered
@@ -188,10 +245,23 @@ impl Service {
                 notified = true;
             }
             record.updated_at = crate::domain::now();
-            match self.store.replace(&stored, &record).await {
-                Ok(_) => return Ok(Outcome::Changed { notified }),
-                Err(StoreError::PreconditionFailed) => continue,
-                Err(e) => return Err(e.into()),
+            let entries = timeline(&stored.record, events);
+            match self
+                .store
+                .replace_with_history(&stored, &record, &entries)
+                .await
+            {
+                Ok(etag) => {
+                    self.events_cache.put(device_id, Stored { record, etag });
+                    return Ok(Outcome::Changed { notified });
+                }
+                // Changed elsewhere (or the cached copy was stale, or the record is gone): read
+                // it again.
+                Err(StoreError::PreconditionFailed) => self.events_cache.forget(device_id),
+                Err(e) => {
+                    self.events_cache.forget(device_id);
+                    return Err(e.into());
+                }
             }
         }
         Err(ServiceError::Unavailable {
@@ -217,7 +287,7 @@ impl Service {
             detail,
             cause: format!("api~{}", uuid::Uuid::new_v4().simple()),
         };
-        if let Err(error) = self.journal.add_history(device_id, &[entry]).await {
+        if let Err(error) = self.store.add_history(device_id, &[entry]).await {
             tracing::warn!(device.id = %device_id, %error, "a history entry could not be written");
         }
     }
@@ -231,7 +301,7 @@ impl Service {
         continuation: Option<&str>,
     ) -> Result<(Vec<HistoryEntry>, Option<String>), ServiceError> {
         let (entries, next) = self
-            .journal
+            .store
             .history(device_id, page_size, continuation)
             .await?;
         if entries.is_empty()

@@ -188,6 +188,8 @@ pub struct Service {
     pub codes: CodeSettings,
     /// Hub names as events carry them (`hubName`) → host names as DPS assigns them.
     pub hub_names: std::collections::BTreeMap<String, String>,
+    /// Records recently seen by the event functions.
+    pub events_cache: Arc<events::RecordCache>,
 }
 
 impl Service {

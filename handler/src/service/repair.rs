@@ -100,19 +100,31 @@ impl Service {
             .delete_registration(id)
             .await
             .map_err(ServiceError::dps)?;
-        match self.store.delete(stored).await {
-            Ok(()) => Ok(()),
-            // Someone else finished it, or changed the record meanwhile: theirs stands.
-            Err(crate::storage::StoreError::PreconditionFailed) => {
-                match self.store.get(&record.registration_id).await? {
-                    None => Ok(()),
-                    Some(_) => Err(ServiceError::PreconditionFailed(
-                        "the record changed while it was being deleted; read it again".into(),
-                    )),
-                }
+        // Events (the hub reporting the removal, the connection closing) may still be writing to
+        // the record; while it stays marked for deletion, delete the newest copy.
+        let mut current = stored.clone();
+        for _ in 0..5 {
+            match self.store.delete(&current).await {
+                Ok(()) => return Ok(()),
+                Err(crate::storage::StoreError::PreconditionFailed) => match self
+                    .store
+                    .get(&record.registration_id)
+                    .await?
+                {
+                    None => return Ok(()),
+                    Some(fresh) if fresh.record.sync == DpsSync::PendingDelete => current = fresh,
+                    Some(_) => {
+                        return Err(ServiceError::PreconditionFailed(
+                            "the record changed while it was being deleted; read it again".into(),
+                        ))
+                    }
+                },
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
         }
+        Err(ServiceError::PreconditionFailed(
+            "the record kept changing while it was being deleted; retry".into(),
+        ))
     }
 
     /// Finishes every pending DPS change (what a timer runs); bounded by `limit` records.

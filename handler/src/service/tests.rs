@@ -40,6 +40,7 @@ fn world() -> World {
             reqwest::Client::new(),
         )),
         hub_names: Default::default(),
+        events_cache: Default::default(),
     };
     World {
         service,

@@ -14,6 +14,8 @@ pub struct MemoryRegistry {
     records: Mutex<BTreeMap<String, Stored>>,
     /// Injected failures: operation (`insert`, `replace`, `delete`) → calls left to fail.
     faults: Mutex<BTreeMap<&'static str, u32>>,
+    /// History entries by (device id, entry key).
+    history: Mutex<BTreeMap<(String, String), HistoryEntry>>,
 }
 
 fn new_etag() -> String {
@@ -162,59 +164,27 @@ impl Registry for MemoryRegistry {
             continuation,
         })
     }
-}
 
-/// History, dead letters and outbox in memory.
-#[derive(Default)]
-pub struct MemoryJournal {
-    history: Mutex<BTreeMap<(String, String), HistoryEntry>>,
-    dead: Mutex<Vec<DeadLetter>>,
-    outbox: Mutex<BTreeMap<String, Notification>>,
-    faults: Mutex<BTreeMap<&'static str, u32>>,
-}
-
-impl MemoryJournal {
-    /// Makes the next `times` calls of `operation` (`add_history`, `dead_letter`, `enqueue`)
-    /// fail as unavailable.
-    pub fn fail(&self, operation: &'static str, times: u32) {
-        self.faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(operation, times);
-    }
-
-    fn check(&self, operation: &'static str) -> Result<(), StoreError> {
-        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-        match faults.get_mut(operation) {
-            Some(left) if *left > 0 => {
-                *left -= 1;
-                Err(StoreError::Unavailable(format!(
-                    "injected failure of {operation}"
-                )))
-            }
-            _ => Ok(()),
+    async fn replace_with_history(
+        &self,
+        previous: &Stored,
+        record: &DeviceRecord,
+        history: &[HistoryEntry],
+    ) -> Result<String, StoreError> {
+        let etag = self.replace(previous, record).await?;
+        let mut entries = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in history {
+            entries.insert((record.device_id.to_string(), entry.key()), entry.clone());
         }
+        Ok(etag)
     }
 
-    /// Every queued notification.
-    pub fn queued(&self) -> Vec<Notification> {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-}
-
-#[async_trait]
-impl Journal for MemoryJournal {
     async fn add_history(
         &self,
         device_id: &str,
         entries: &[HistoryEntry],
     ) -> Result<(), StoreError> {
-        self.check("add_history")?;
+        self.check("history")?;
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
             history
@@ -256,7 +226,52 @@ impl Journal for MemoryJournal {
         };
         Ok((page.into_iter().map(|(_, e)| e).collect(), next))
     }
+}
 
+/// History, dead letters and outbox in memory.
+#[derive(Default)]
+pub struct MemoryJournal {
+    dead: Mutex<Vec<DeadLetter>>,
+    outbox: Mutex<BTreeMap<String, Notification>>,
+    faults: Mutex<BTreeMap<&'static str, u32>>,
+}
+
+impl MemoryJournal {
+    /// Makes the next `times` calls of `operation` (`dead_letter`, `enqueue`)
+    /// fail as unavailable.
+    pub fn fail(&self, operation: &'static str, times: u32) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(operation, times);
+    }
+
+    fn check(&self, operation: &'static str) -> Result<(), StoreError> {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        match faults.get_mut(operation) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Err(StoreError::Unavailable(format!(
+                    "injected failure of {operation}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every queued notification.
+    pub fn queued(&self) -> Vec<Notification> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Journal for MemoryJournal {
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         self.check("dead_letter")?;
         self.dead

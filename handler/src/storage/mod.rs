@@ -72,11 +72,16 @@ pub trait Registry: Send + Sync {
         page_size: usize,
         continuation: Option<&str>,
     ) -> Result<Page, StoreError>;
-}
 
-/// A device's history, dead letters and the notification outbox.
-#[async_trait]
-pub trait Journal: Send + Sync {
+    /// Replaces a record like [`Registry::replace`] and adds `history` entries for its device
+    /// in the same atomic write: an entry exists exactly when the change it describes does.
+    async fn replace_with_history(
+        &self,
+        previous: &Stored,
+        record: &DeviceRecord,
+        history: &[HistoryEntry],
+    ) -> Result<String, StoreError>;
+
     /// Adds entries to a device's history; an entry already there (same time and cause) is
     /// left as it is.
     async fn add_history(
@@ -92,7 +97,11 @@ pub trait Journal: Send + Sync {
         page_size: usize,
         continuation: Option<&str>,
     ) -> Result<(Vec<HistoryEntry>, Option<String>), StoreError>;
+}
 
+/// Dead letters and the notification outbox.
+#[async_trait]
+pub trait Journal: Send + Sync {
     /// Keeps an event that cannot be applied.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
 

@@ -5,9 +5,9 @@
 //! | table | PartitionKey | RowKey | holds |
 //! |---|---|---|---|
 //! | `Devices` | registration id, lower case | `record` | the record as JSON (`Data`) plus `CustomerId`, `Status`, `Hub`, `DeviceId` |
-//! | `DeviceIds` | device id, base64url | `alias` | `RegistrationKey`: finds a record by device id |
+//! | `Devices` | the same | `h~` inverted time `~` cause | one entry of the device's history (`Data`) |
+//! | `DeviceIds` | device id, base64url | `alias` | `RegistrationKey`: finds a record (and its history, which outlives it) by device id |
 //! | `Index` | `customer~<id>`, `hub~<host>`, `status~<status>`, `sync~pending` | registration id, lower case | nothing: membership |
-//! | `History` | device id, base64url | inverted time `~` cause | one timeline entry (`Data`) |
 //! | `DeadLetters` | `dead` | inverted time `~` event | an event that cannot be applied (`Data`) |
 //! | `Outbox` | `pending` | notification id | a notification until delivered (`Data`, `NextAttempt`) |
 //!
@@ -35,6 +35,8 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 const RECORD_ROW: &str = "record";
+/// History rows sort after `h~` and before `h~~` (their keys start with digits).
+const HISTORY_PREFIX: &str = "h~";
 const ALIAS_ROW: &str = "alias";
 /// Point reads in flight while checking one page of index hits.
 const VERIFY_CONCURRENCY: usize = 16;
@@ -82,7 +84,6 @@ pub struct TableRegistry {
     devices: TableClient,
     aliases: TableClient,
     index: TableClient,
-    history: TableClient,
     dead_letters: TableClient,
     outbox: TableClient,
     ready: OnceCell<()>,
@@ -156,7 +157,6 @@ impl TableRegistry {
             devices: service.table_client(format!("{prefix}Devices")),
             aliases: service.table_client(format!("{prefix}DeviceIds")),
             index: service.table_client(format!("{prefix}Index")),
-            history: service.table_client(format!("{prefix}History")),
             dead_letters: service.table_client(format!("{prefix}DeadLetters")),
             outbox: service.table_client(format!("{prefix}Outbox")),
             ready: OnceCell::new(),
@@ -171,7 +171,6 @@ impl TableRegistry {
                     &self.devices,
                     &self.aliases,
                     &self.index,
-                    &self.history,
                     &self.dead_letters,
                     &self.outbox,
                 ] {
@@ -385,15 +384,8 @@ impl Registry for TableRegistry {
         for (kind, value) in record.index_entries() {
             self.drop_index(index_partition(kind, &value), &key).await;
         }
-        let alias = self
-            .aliases
-            .partition_key_client(alias_key(record.device_id.as_str()))
-            .entity_client(ALIAS_ROW);
-        if let Err(e) = alias.delete().await {
-            if status_of(&e) != Some(404) {
-                tracing::warn!(error = %unavailable(e), "a device id alias could not be removed");
-            }
-        }
+        // The alias stays: it leads to the device's history, which outlives the record. Another
+        // enrollment may take the device id over later (see `claim_device_id`).
         Ok(())
     }
 
@@ -425,8 +417,16 @@ impl Registry for TableRegistry {
         let mut query = table
             .query()
             .top(Top::new(u32::try_from(page_size.max(1)).unwrap_or(1000)));
-        if let Some((kind_name, value)) = &index {
-            query = query.filter(Filter_::partition(&index_partition(*kind_name, value)));
+        match &index {
+            Some((kind_name, value)) => {
+                query = query.filter(Filter_::partition(&index_partition(*kind_name, value)))
+            }
+            // The Devices table also holds history rows; a scan wants records only.
+            None => {
+                query = query.filter(azure_data_tables::Filter::new(format!(
+                    "RowKey eq '{RECORD_ROW}'"
+                )))
+            }
         }
         if let Some((pk, rk)) = position {
             query = query.initial_partition_key(pk);
@@ -487,6 +487,129 @@ impl Registry for TableRegistry {
                 .map(|(pk, rk)| encode_token(&json!({ "t": kind, "pk": pk, "rk": rk }))),
         })
     }
+
+    async fn replace_with_history(
+        &self,
+        previous: &Stored,
+        record: &DeviceRecord,
+        history: &[HistoryEntry],
+    ) -> Result<String, StoreError> {
+        if history.is_empty() {
+            return self.replace(previous, record).await;
+        }
+        self.ensure_tables().await?;
+        let key = record.registration_id.key();
+        let old = previous.record.index_entries();
+        let new = record.index_entries();
+        for (kind, value) in new.iter().filter(|e| !old.contains(e)) {
+            self.put_index(index_partition(*kind, value), &key).await?;
+        }
+        let mut rows = history_rows(&key, history)?;
+        // A transaction holds 100 operations, the record update among them; more entries than fit
+        // go first, on their own (the same entries written again later are harmless).
+        let overflow = rows.len().saturating_sub(TRANSACTION_LIMIT - 1);
+        for row in rows.drain(..overflow) {
+            self.upsert_history(&row).await?;
+        }
+        let partition = self.devices.partition_key_client(&key);
+        let mut transaction = partition
+            .transaction()
+            .update(
+                RECORD_ROW,
+                row_of(record)?,
+                Some(IfMatchCondition::Etag(Etag::from(previous.etag.clone()))),
+            )
+            .map_err(unavailable)?;
+        for row in &rows {
+            transaction = transaction
+                .insert_or_replace(row.row_key.clone(), row)
+                .map_err(unavailable)?;
+        }
+        let response = transaction.into_future().await.map_err(unavailable)?;
+        if let Some(failed) = response
+            .operation_responses
+            .iter()
+            .find(|r| !(200..300).contains(&u16::from(r.status_code)))
+        {
+            return Err(match u16::from(failed.status_code) {
+                412 | 404 => StoreError::PreconditionFailed,
+                status => StoreError::Unavailable(format!("HTTP {status} in a transaction")),
+            });
+        }
+        for (kind, value) in old.iter().filter(|e| !new.contains(e)) {
+            self.drop_index(index_partition(*kind, value), &key).await;
+        }
+        match response
+            .operation_responses
+            .first()
+            .and_then(|r| r.etag.clone())
+        {
+            Some(etag) => Ok(etag.to_string()),
+            // Without the new etag the caller cannot write again; read it.
+            None => self
+                .get_row(&key)
+                .await?
+                .map(|s| s.etag)
+                .ok_or(StoreError::PreconditionFailed),
+        }
+    }
+
+    async fn add_history(
+        &self,
+        device_id: &str,
+        entries: &[HistoryEntry],
+    ) -> Result<(), StoreError> {
+        self.ensure_tables().await?;
+        let Some(key) = self.history_partition(device_id).await? else {
+            return Ok(());
+        };
+        for row in history_rows(&key, entries)? {
+            self.upsert_history(&row).await?;
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        device_id: &str,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<(Vec<HistoryEntry>, Option<String>), StoreError> {
+        self.ensure_tables().await?;
+        let Some(key) = self.history_partition(device_id).await? else {
+            return Ok((Vec::new(), None));
+        };
+        let filter = format!(
+            "PartitionKey eq '{}' and RowKey gt '{HISTORY_PREFIX}' and RowKey lt '{HISTORY_PREFIX}~'",
+            key.replace('\'', "''")
+        );
+        let mut query = self
+            .devices
+            .query()
+            .filter(azure_data_tables::Filter::new(filter))
+            .top(Top::new(u32::try_from(page_size.max(1)).unwrap_or(1000)));
+        if let Some(token) = continuation {
+            let position = decode_token(token)?;
+            let text = |field: &str| position[field].as_str().map(str::to_owned);
+            query = query.initial_partition_key(text("pk").ok_or(StoreError::BadContinuation)?);
+            if let Some(rk) = text("rk") {
+                query = query.initial_row_key(rk);
+            }
+        }
+        let mut pages = query.into_stream::<DataRow>();
+        let Some(page) = pages.next().await else {
+            return Ok((Vec::new(), None));
+        };
+        let page = page.map_err(unavailable)?;
+        let next = azure_core::Continuable::continuation(&page)
+            .map(|(pk, rk)| encode_token(&json!({ "pk": pk, "rk": rk })));
+        let entries = page
+            .entities
+            .iter()
+            .map(from_json)
+            .collect::<Result<Vec<HistoryEntry>, _>>()?;
+        Ok((entries, next))
+    }
 }
 
 /// A row holding one JSON document.
@@ -525,7 +648,46 @@ fn next_attempt_text(ms: i64) -> String {
     format!("{:016}", ms.max(0))
 }
 
+fn history_rows(partition: &str, entries: &[HistoryEntry]) -> Result<Vec<DataRow>, StoreError> {
+    entries
+        .iter()
+        .map(|entry| {
+            Ok(DataRow {
+                partition_key: partition.to_owned(),
+                row_key: format!("{HISTORY_PREFIX}{}", entry.key()),
+                data: json_of(entry)?,
+                next_attempt: None,
+            })
+        })
+        .collect()
+}
+
 impl TableRegistry {
+    async fn upsert_history(&self, row: &DataRow) -> Result<(), StoreError> {
+        self.devices
+            .partition_key_client(&row.partition_key)
+            .entity_client(&row.row_key)
+            .insert_or_replace(row)
+            .map_err(unavailable)?
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// The partition holding a device's history: its record's, found through the device id's
+    /// alias (which outlives the record).
+    async fn history_partition(&self, device_id: &str) -> Result<Option<String>, StoreError> {
+        let alias = self
+            .aliases
+            .partition_key_client(alias_key(device_id))
+            .entity_client(ALIAS_ROW);
+        match alias.get::<AliasRow>().await {
+            Ok(response) => Ok(Some(response.entity.registration_key)),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     async fn insert_ignoring_existing(
         &self,
         table: &TableClient,
@@ -545,80 +707,6 @@ impl TableRegistry {
 
 #[async_trait]
 impl Journal for TableRegistry {
-    async fn add_history(
-        &self,
-        device_id: &str,
-        entries: &[HistoryEntry],
-    ) -> Result<(), StoreError> {
-        self.ensure_tables().await?;
-        let partition = alias_key(device_id);
-        let rows = entries
-            .iter()
-            .map(|entry| {
-                Ok(DataRow {
-                    partition_key: partition.clone(),
-                    row_key: entry.key(),
-                    data: json_of(entry)?,
-                    next_attempt: None,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        for chunk in rows.chunks(TRANSACTION_LIMIT) {
-            // One round trip per device and batch; if an entry is already there (the same event
-            // recorded before), the transaction is refused whole and the rows go one by one.
-            let mut transaction = self.history.partition_key_client(&partition).transaction();
-            for row in chunk {
-                transaction = transaction.insert(row).map_err(unavailable)?;
-            }
-            let response = transaction.into_future().await.map_err(unavailable)?;
-            let refused = response
-                .operation_responses
-                .iter()
-                .any(|r| !(200..300).contains(&u16::from(r.status_code)));
-            if refused {
-                for row in chunk {
-                    self.insert_ignoring_existing(&self.history, row).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn history(
-        &self,
-        device_id: &str,
-        page_size: usize,
-        continuation: Option<&str>,
-    ) -> Result<(Vec<HistoryEntry>, Option<String>), StoreError> {
-        self.ensure_tables().await?;
-        let mut query = self
-            .history
-            .query()
-            .filter(Filter_::partition(&alias_key(device_id)))
-            .top(Top::new(u32::try_from(page_size.max(1)).unwrap_or(1000)));
-        if let Some(token) = continuation {
-            let position = decode_token(token)?;
-            let text = |field: &str| position[field].as_str().map(str::to_owned);
-            query = query.initial_partition_key(text("pk").ok_or(StoreError::BadContinuation)?);
-            if let Some(rk) = text("rk") {
-                query = query.initial_row_key(rk);
-            }
-        }
-        let mut pages = query.into_stream::<DataRow>();
-        let Some(page) = pages.next().await else {
-            return Ok((Vec::new(), None));
-        };
-        let page = page.map_err(unavailable)?;
-        let next = azure_core::Continuable::continuation(&page)
-            .map(|(pk, rk)| encode_token(&json!({ "pk": pk, "rk": rk })));
-        let entries = page
-            .entities
-            .iter()
-            .map(from_json)
-            .collect::<Result<Vec<HistoryEntry>, _>>()?;
-        Ok((entries, next))
-    }
-
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         self.ensure_tables().await?;
         let nanos = i64::try_from(letter.at.nanos()).unwrap_or(i64::MAX).max(0);

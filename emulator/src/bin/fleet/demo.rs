@@ -3,62 +3,85 @@
 //! from its provisioning code, connects and reports, and the backend reads and drives it through
 //! the same API.
 
+use super::admin::AdminApi;
 use super::Emulator;
 use anyhow::{bail, Context};
+use base64::Engine;
 use emulator::fleet::device::{finished, register_mqtt, DeviceCredentials};
 use emulator::fleet::hub_device::DeviceConnection;
 use iot_credentials::{ProvisioningCode, SharedAccessKey};
 use serde_json::{json, Value};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// The middleware's admin API, as a CRM script would call it.
-struct AdminApi {
-    http: reqwest::Client,
-    base: String,
-    key: String,
+/// What the webhook receiver got: the document and whether its signature was right.
+type Received = Arc<Mutex<Vec<(Value, bool)>>>;
+
+/// A stand-in for the Logic App: accepts the middleware's notifications on 127.0.0.1:`port` and
+/// checks each signature (HMAC-SHA256 of the body with the shared secret, hex).
+async fn start_receiver(
+    port: u16,
+    secret: String,
+) -> anyhow::Result<(Received, tokio::sync::watch::Sender<bool>)> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("the webhook receiver cannot listen on {port}"))?;
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    let key = SharedAccessKey::from_bytes(secret.into_bytes())?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(emulator::net::https::serve_plain(
+        listener,
+        move |request: hyper::Request<hyper::body::Incoming>| {
+            let sink = sink.clone();
+            let key = key.clone();
+            async move {
+                let signature =
+                    emulator::net::https::header(request.headers(), "x-registry-signature")
+                        .unwrap_or_default()
+                        .to_owned();
+                let body = emulator::net::https::read_body(request.into_body(), 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                let expected = base64::engine::general_purpose::STANDARD
+                    .decode(key.sign(&body))
+                    .map(|mac| {
+                        format!(
+                            "sha256={}",
+                            mac.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                        )
+                    })
+                    .unwrap_or_default();
+                if let Ok(document) = serde_json::from_slice::<Value>(&body) {
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((document, signature == expected));
+                }
+                emulator::net::https::empty(http::StatusCode::NO_CONTENT)
+            }
+        },
+        stopped,
+    ));
+    Ok((received, stop))
 }
 
-impl AdminApi {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base))
-            .header("x-functions-key", &self.key);
-        if let Some(body) = body {
-            request = request.json(&body);
+/// Polls the admin API (bounded) until `done` holds for the device.
+async fn wait_for(
+    api: &AdminApi,
+    path: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = api.call(reqwest::Method::GET, path, None).await?;
+        if done(&value) {
+            return Ok(value);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("calling {method} {path}"))?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            bail!("{method} {path} answered {status}: {text}");
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn enroll(&self, body: Value) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::POST, "/enrollments", Some(body))
-            .await
-    }
-
-    async fn code(&self, id: &str) -> anyhow::Result<ProvisioningCode> {
-        let answer = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/enrollments/{id}/provisioning-code"),
-                None,
-            )
-            .await?;
-        let text = answer["code"].as_str().context("no code in the answer")?;
-        Ok(ProvisioningCode::parse(text)?)
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the middleware did not record the events within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -81,15 +104,15 @@ fn credentials(code: &ProvisioningCode) -> DeviceCredentials {
 }
 
 /// Runs the demo against the emulator and the function app its Functions host stand-in runs.
-pub async fn run(emulator: &Emulator) -> anyhow::Result<()> {
+pub async fn run(emulator: &Emulator, webhook: Option<(u16, String)>) -> anyhow::Result<()> {
+    let receiver = match webhook {
+        Some((port, secret)) => Some(start_receiver(port, secret).await?),
+        None => None,
+    };
     let functions = emulator.endpoints.functions.clone().context(
         "the emulator runs no function app; start it with --functions-app (make demo does)",
     )?;
-    let api = AdminApi {
-        http: reqwest::Client::new(),
-        base: functions.base_url.clone(),
-        key: functions.function_key.clone(),
-    };
+    let api = AdminApi::new(&functions);
     let dps = &emulator.endpoints.dps;
     println!("Local Azure is running:");
     println!(
@@ -281,10 +304,90 @@ pub async fn run(emulator: &Emulator) -> anyhow::Result<()> {
         answer["status"], answer["payload"]
     );
 
+    println!("12. Meanwhile IoT Hub's events (lifecycle, connection, twin changes, telemetry) reached the");
+    println!("    middleware's event functions, which keep the record current without asking DPS:");
+    let record = wait_for(&api, &format!("/devices/{device_id}"), |d| {
+        d["reported"]["provisioningStatus"] == "provisioned"
+            && d["connection"]["state"] == "disconnected"
+    })
+    .await?;
+    println!(
+        "    status {}, hub {}, connection {} since {}, last seen {},",
+        record["status"],
+        record["hub"],
+        record["connection"]["state"],
+        record["connection"]["since"],
+        record["lastSeen"]
+    );
+    println!(
+        "    reported {} (as of {})",
+        record["reported"]["properties"], record["reported"]["updatedAt"]
+    );
+
+    println!("13. The device's history (GET /api/devices/{device_id}/history), oldest first:");
+    let history = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/devices/{device_id}/history"),
+            None,
+        )
+        .await?;
+    for entry in history["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .rev()
+    {
+        let detail = match entry["kind"].as_str() {
+            Some("reported") => format!(" {}", entry["detail"]["properties"]),
+            _ => entry["hub"]
+                .as_str()
+                .map(|h| format!(" on {}", emulator.hub_name(h)))
+                .unwrap_or_default(),
+        };
+        println!(
+            "    {} {}{detail}",
+            entry["at"].as_str().unwrap_or("?"),
+            entry["kind"].as_str().unwrap_or("?")
+        );
+    }
+
+    if let Some((received, stop)) = receiver {
+        println!("14. Each change of the device's provisioning status was POSTed to a webhook (a Logic App in");
+        println!("    Azure; here a receiver in this program), signed with HMAC-SHA256:");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let notes = loop {
+            let notes: Vec<(Value, bool)> = received
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(d, _)| d["deviceId"] == device_id.as_str())
+                .cloned()
+                .collect();
+            if notes.len() >= 2 || Instant::now() > deadline {
+                break notes;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for (document, signed) in &notes {
+            println!(
+                "    {} -> {} (reported {}), signature {}",
+                document["previousStatus"].as_str().unwrap_or("?"),
+                document["status"].as_str().unwrap_or("?"),
+                document["reportedStatus"],
+                if *signed { "valid" } else { "INVALID" }
+            );
+        }
+        let _ = stop.send(true);
+    }
+
     println!();
     println!(
         "Done: enrolled through the middleware, provisioned from one code, assigned, connected,"
     );
-    println!("reporting and driven from the backend, all on this machine.");
+    println!(
+        "reporting, driven from the backend and followed through its events, all on this machine."
+    );
     Ok(())
 }

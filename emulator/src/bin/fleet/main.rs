@@ -15,7 +15,9 @@
 // A command-line tool: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
+mod admin;
 mod demo;
+mod latency;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -52,7 +54,15 @@ struct Args {
 enum Command {
     /// Enroll sample devices through the admin API, provision them, connect one to its hub and
     /// drive it from the backend, explaining each step.
-    Demo,
+    Demo {
+        /// Receive the middleware's status notifications on this port (127.0.0.1), as a Logic
+        /// App would; the function app's NOTIFY_WEBHOOK_URL must point here.
+        #[arg(long)]
+        webhook_port: Option<u16>,
+        /// The secret the notifications are signed with (NOTIFY_WEBHOOK_SECRET).
+        #[arg(long, env = "NOTIFY_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+    },
     /// Provision N devices through DPS, connect each to its hub, send telemetry at a rate.
     Simulate {
         /// Number of devices.
@@ -89,6 +99,14 @@ enum Command {
         /// Label for the results line.
         #[arg(long, default_value = "emulator")]
         label: String,
+    },
+    /// Latency from an event entering a hub to its effect being readable through the admin API:
+    /// a device reports a property SAMPLES times; each time, the device record is read until it
+    /// shows the value.
+    BenchEventLatency {
+        /// Reports to time.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
     },
     /// Write a server certificate for ADDRESS signed by the emulator's CA.
     IssueCertificate {
@@ -215,7 +233,11 @@ async fn main() -> anyhow::Result<()> {
     let emulator = Emulator::load(&args.endpoints)?;
     match args.command {
         Command::IssueCertificate { .. } => Ok(()),
-        Command::Demo => demo::run(&emulator).await,
+        Command::BenchEventLatency { samples } => latency::run(&emulator, samples).await,
+        Command::Demo {
+            webhook_port,
+            webhook_secret,
+        } => demo::run(&emulator, webhook_port.zip(webhook_secret)).await,
         Command::Simulate {
             devices,
             rate,
