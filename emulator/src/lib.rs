@@ -86,6 +86,7 @@ pub enum StartError {
 /// when the runtime ends, but skips the final snapshot (the journal still has everything).
 pub struct RunningEmulator {
     endpoints: Endpoints,
+    dps: Arc<Dps>,
     dps_https: SocketAddr,
     dps_mqtt: SocketAddr,
     hubs: Vec<RunningHub>,
@@ -107,6 +108,11 @@ pub struct RunningHub {
 }
 
 impl RunningEmulator {
+    /// The provisioning service (to throttle it in tests of clients' backoff).
+    pub fn dps(&self) -> &Dps {
+        &self.dps
+    }
+
     /// What endpoints.json says.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
@@ -386,6 +392,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
         })?;
     Ok(RunningEmulator {
         endpoints,
+        dps: dps.clone(),
         dps_https,
         dps_mqtt,
         hubs,

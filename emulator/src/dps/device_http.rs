@@ -57,6 +57,7 @@ async fn serve(
         ([], _) => return Err(method_not_allowed(&parts.method)),
         _ => return Err(DpsError::RouteNotFound("no such resource".into())),
     };
+    dps.check_throttle()?;
     let credential = header(&parts.headers, http::header::AUTHORIZATION);
     let admission = dps.authenticate(scope, registration_id, credential)?;
     require_api_version(&parts.uri)?;

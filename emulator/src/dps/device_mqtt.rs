@@ -166,6 +166,11 @@ impl Session<'_> {
         let Some(rid) = param("$rid") else {
             return false;
         };
+        if let Err(DpsError::Throttled(seconds)) = self.dps.check_throttle() {
+            let error = DpsError::Throttled(seconds);
+            let body = Bytes::from(error.body());
+            return self.respond_after(&rid, 429, body, seconds).await;
+        }
         let outcome = match request {
             Request::Register => self.register(&publish.payload).await,
             Request::Status => match param("operationId") {
@@ -208,16 +213,29 @@ impl Session<'_> {
     }
 
     async fn respond(&mut self, rid: &str, status: u16, body: Bytes, retry: bool) -> bool {
+        let after = retry.then(|| self.dps.settings().retry_after.as_secs());
+        self.answer(rid, status, body, after).await
+    }
+
+    /// A 429 with how long to wait.
+    async fn respond_after(&mut self, rid: &str, status: u16, body: Bytes, seconds: u64) -> bool {
+        self.answer(rid, status, body, Some(seconds)).await
+    }
+
+    async fn answer(
+        &mut self,
+        rid: &str,
+        status: u16,
+        body: Bytes,
+        retry_after: Option<u64>,
+    ) -> bool {
         let Some(qos) = self.response_qos else {
             // Not subscribed: Azure delivers nothing.
             return true;
         };
         let mut topic = format!("$dps/registrations/res/{status}/?$rid={rid}");
-        if retry {
-            topic.push_str(&format!(
-                "&retry-after={}",
-                self.dps.settings().retry_after.as_secs()
-            ));
+        if let Some(seconds) = retry_after {
+            topic.push_str(&format!("&retry-after={seconds}"));
         }
         let pkid = if qos == QoS::AtMostOnce {
             0

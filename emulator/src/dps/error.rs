@@ -51,6 +51,9 @@ pub enum DpsError {
     /// The emulator cannot save state; retrying later may help.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many requests: the caller must wait this many seconds.
+    #[error("too many requests; retry after {0} s")]
+    Throttled(u64),
 }
 
 impl DpsError {
@@ -69,6 +72,7 @@ impl DpsError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -87,6 +91,7 @@ impl DpsError {
             Self::PayloadTooLarge(_) => 413001,
             Self::UnsupportedMediaType(_) => 415001,
             Self::Unavailable(_) => 503001,
+            Self::Throttled(_) => 429001,
         }
     }
 
@@ -121,6 +126,9 @@ impl DpsError {
         );
         if let Ok(code) = HeaderValue::from_str(&self.code().to_string()) {
             headers.insert("x-ms-error-code", code);
+        }
+        if let Self::Throttled(seconds) = self {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -56,6 +56,8 @@ pub struct DpsSettings {
 
 /// The DPS instance: settings, durable records and registration operations in flight.
 pub struct Dps {
+    /// Until when device requests are answered 429 (tests of clients' backoff).
+    throttled_until: std::sync::Mutex<Option<std::time::Instant>>,
     settings: DpsSettings,
     store: Arc<Store<CloudState>>,
     hubs: Hubs,
@@ -64,6 +66,29 @@ pub struct Dps {
 }
 
 impl Dps {
+    /// Answers device registration requests with 429 and Retry-After for `duration`, as DPS does
+    /// when a scope exceeds its registration rate.
+    pub fn throttle_for(&self, duration: std::time::Duration) {
+        *self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now() + duration);
+    }
+
+    /// `Throttled` with the seconds left, while throttling.
+    pub fn check_throttle(&self) -> Result<(), error::DpsError> {
+        let until = *self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match until.map(|u| u.saturating_duration_since(std::time::Instant::now())) {
+            Some(left) if !left.is_zero() => Err(error::DpsError::Throttled(
+                left.as_secs_f64().ceil().max(1.0) as u64,
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A DPS over `store`, assigning devices to `hubs`.
     pub fn new(settings: DpsSettings, store: Arc<Store<CloudState>>, hubs: Hubs) -> Self {
         let webhooks = reqwest::Client::builder()
@@ -71,6 +96,7 @@ impl Dps {
             .build()
             .unwrap_or_default();
         Self {
+            throttled_until: std::sync::Mutex::new(None),
             settings,
             store,
             hubs,

@@ -1,0 +1,238 @@
+//! What a provisioned device knows: its DPS credentials and where DPS put it. Kept in one file in
+//! the device's state directory, written atomically (a new file renamed over the old) and
+//! readable by the device's own user only, because it holds the device key.
+
+use iot_credentials::SharedAccessKey;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File name inside the state directory.
+pub const FILE_NAME: &str = "assignment.json";
+
+/// How the device reaches DPS and proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The DPS ID scope.
+    pub id_scope: String,
+    /// The registration id.
+    pub registration_id: String,
+    /// The device key (never printed).
+    pub key: SharedAccessKey,
+    /// The DPS device endpoint (`host[:port]`).
+    pub endpoint: String,
+}
+
+impl From<iot_credentials::ProvisioningCode> for Credentials {
+    fn from(code: iot_credentials::ProvisioningCode) -> Self {
+        Self {
+            id_scope: code.id_scope,
+            registration_id: code.registration_id,
+            key: code.device_key,
+            endpoint: code.endpoint,
+        }
+    }
+}
+
+/// The result of provisioning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The credentials it was obtained with (kept for re-provisioning).
+    pub credentials: Credentials,
+    /// The IoT hub's host name.
+    pub hub: String,
+    /// The device id on that hub.
+    pub device_id: String,
+    /// DPS's substatus (`initialAssignment`, `deviceDataMigrated`, …).
+    pub substatus: Option<String>,
+    /// When the device was assigned (RFC 3339).
+    pub assigned_at: String,
+}
+
+/// The file's shape.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Stored {
+    id_scope: String,
+    registration_id: String,
+    device_key: String,
+    dps_endpoint: String,
+    hub: String,
+    device_id: String,
+    #[serde(default)]
+    substatus: Option<String>,
+    assigned_at: String,
+}
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file system refused.
+    #[error("the device state in {path} cannot be used: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not what this program writes.
+    #[error("the device state in {0} is damaged; provision the device again")]
+    Damaged(PathBuf),
+}
+
+/// The device's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// The state in `dir` (created on first save).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    fn io(&self, source: std::io::Error) -> StateError {
+        StateError::Io {
+            path: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// The stored assignment, if the device is provisioned.
+    pub fn load(&self) -> Result<Option<Assignment>, StateError> {
+        let text = match fs::read_to_string(self.file()) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
+        let stored: Stored =
+            serde_json::from_str(&text).map_err(|_| StateError::Damaged(self.file()))?;
+        let key = SharedAccessKey::from_base64(&stored.device_key)
+            .map_err(|_| StateError::Damaged(self.file()))?;
+        Ok(Some(Assignment {
+            credentials: Credentials {
+                id_scope: stored.id_scope,
+                registration_id: stored.registration_id,
+                key,
+                endpoint: stored.dps_endpoint,
+            },
+            hub: stored.hub,
+            device_id: stored.device_id,
+            substatus: stored.substatus,
+            assigned_at: stored.assigned_at,
+        }))
+    }
+
+    /// Stores an assignment: written to a new file (owner-only), flushed, then renamed over the
+    /// old one, so a crash leaves either the old state or the new, never half of one.
+    pub fn save(&self, assignment: &Assignment) -> Result<(), StateError> {
+        fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
+        let stored = Stored {
+            id_scope: assignment.credentials.id_scope.clone(),
+            registration_id: assignment.credentials.registration_id.clone(),
+            device_key: assignment.credentials.key.expose_base64().to_owned(),
+            dps_endpoint: assignment.credentials.endpoint.clone(),
+            hub: assignment.hub.clone(),
+            device_id: assignment.device_id.clone(),
+            substatus: assignment.substatus.clone(),
+            assigned_at: assignment.assigned_at.clone(),
+        };
+        let text =
+            serde_json::to_vec_pretty(&stored).map_err(|e| self.io(std::io::Error::other(e)))?;
+        let temporary = self.dir.join(format!("{FILE_NAME}.tmp"));
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&temporary).map_err(|e| self.io(e))?;
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| self.io(e))?;
+        fs::rename(&temporary, self.file()).map_err(|e| self.io(e))?;
+        // The rename itself must reach the disk too.
+        if let Ok(dir) = fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Forgets the assignment (the device is no longer provisioned).
+    pub fn forget(&self) -> Result<(), StateError> {
+        match fs::remove_file(self.file()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// A fingerprint of the stored file, to notice a new assignment without reading it each time.
+    pub fn fingerprint(&self) -> Option<(std::time::SystemTime, u64)> {
+        let meta = fs::metadata(self.file()).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Assignment {
+        Assignment {
+            credentials: Credentials {
+                id_scope: "0ne00000001".into(),
+                registration_id: "dev-1".into(),
+                key: SharedAccessKey::generate(32),
+                endpoint: "dps.example".into(),
+            },
+            hub: "hub-1.example".into(),
+            device_id: "dev-1".into(),
+            substatus: Some("initialAssignment".into()),
+            assigned_at: "2026-11-26T10:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn an_assignment_survives_a_round_trip_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        assert_eq!(state.load().unwrap(), None);
+        let assignment = sample();
+        state.save(&assignment).unwrap();
+        assert_eq!(state.load().unwrap(), Some(assignment));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("state").join(FILE_NAME))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        state.forget().unwrap();
+        assert_eq!(state.load().unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_file_is_reported_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), "{not json").unwrap();
+        assert!(matches!(
+            StateDir::new(dir.path()).load(),
+            Err(StateError::Damaged(_))
+        ));
+    }
+}

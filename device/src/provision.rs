@@ -1,0 +1,546 @@
+//! Registering with the Device Provisioning Service, as a device does: sign a SAS token with the
+//! device key (`skn=registration`), ask DPS to register, then poll the operation until DPS has
+//! decided, honouring `Retry-After`. Throttling (429) and service errors (5xx) are retried with
+//! exponential backoff and jitter until an overall deadline; what cannot be retried becomes an
+//! error that says what to do.
+//!
+//! HTTPS (`PUT {scope}/registrations/{id}/register`, `GET …/operations/{operationId}`) is the
+//! default; MQTT (`$dps/registrations/…` topics, rumqttc) is the alternative.
+
+use crate::assignment::{Assignment, Credentials};
+use iot_credentials::sas::{encode_component, unix_now};
+use iot_credentials::SasToken;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The device-side API version for HTTPS.
+const HTTPS_API_VERSION: &str = "2021-06-01";
+/// The device-side API version DPS expects in the MQTT user name.
+const MQTT_API_VERSION: &str = "2019-03-31";
+/// First wait after a 429 or 5xx; doubled each time, with jitter, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How far apart two clocks may be before a refusal is blamed on the device's clock.
+const CLOCK_SKEW_LIMIT: Duration = Duration::from_secs(300);
+
+/// How the device talks to DPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DpsTransport {
+    /// HTTPS (port 443, or the endpoint's port).
+    #[default]
+    Https,
+    /// MQTT over TLS (port 8883).
+    Mqtt,
+}
+
+/// Why provisioning failed, in terms a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProvisionError {
+    /// DPS refused the credentials.
+    #[error("DPS refused the device's credentials: the device key is wrong, or the registration id is not enrolled; check the provisioning code with whoever issued it")]
+    Unauthorized,
+    /// The device's clock is off, so its tokens look expired or not yet valid.
+    #[error("DPS refused the device's credentials and the device's clock is {0} s away from DPS's; set the clock and try again")]
+    ClockSkew(i64),
+    /// The enrollment is disabled.
+    #[error("the device's enrollment is disabled; ask the administrator to enable it")]
+    Disabled,
+    /// DPS knows no such registration.
+    #[error("DPS does not know this registration id; check the provisioning code")]
+    UnknownRegistration,
+    /// DPS could not assign the device.
+    #[error("DPS could not assign the device: {0}")]
+    Failed(String),
+    /// DPS cannot be reached.
+    #[error("DPS cannot be reached ({0}); check the network and try again")]
+    Unreachable(String),
+    /// DPS kept answering "too many requests" or errors until the deadline.
+    #[error("DPS is busy or failing ({0}); try again later")]
+    Service(String),
+    /// The request was malformed (a bug or an incompatible service).
+    #[error("DPS refused the request: {0}")]
+    Refused(String),
+    /// No decision within the deadline.
+    #[error("DPS did not finish within {0:?}; try again")]
+    Timeout(Duration),
+}
+
+/// What the device tells DPS about itself (passed through to allocation webhooks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Model.
+    pub model: Option<String>,
+    /// Serial number.
+    pub serial_number: Option<String>,
+    /// Firmware version.
+    pub firmware: Option<String>,
+}
+
+impl DeviceInfo {
+    fn payload(&self) -> Value {
+        json!({ "model": self.model, "serialNumber": self.serial_number, "firmware": self.firmware })
+    }
+}
+
+/// How to provision.
+#[derive(Clone)]
+pub struct Provisioner {
+    http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+    /// HTTPS or MQTT.
+    pub transport: DpsTransport,
+    /// The MQTT port (8883 on Azure).
+    pub mqtt_port: u16,
+    /// The overall deadline.
+    pub deadline: Duration,
+    /// What the device says about itself.
+    pub info: DeviceInfo,
+}
+
+/// DPS's registration state, as far as the device reads it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegistrationState {
+    status: Option<String>,
+    assigned_hub: Option<String>,
+    device_id: Option<String>,
+    substatus: Option<String>,
+    error_message: Option<String>,
+}
+
+/// An operation's status.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Operation {
+    operation_id: Option<String>,
+    status: String,
+    registration_state: Option<RegistrationState>,
+}
+
+/// TLS settings trusting the public roots and, if given, an extra CA (the emulator's).
+pub fn tls_config(extra_ca_pem: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots());
+    if let Some(pem) = extra_ca_pem {
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The public roots (Mozilla's, as webpki-roots ships them): what Azure's certificates chain to.
+fn webpki_roots() -> Vec<rustls_pki_types::TrustAnchor<'static>> {
+    webpki_roots::TLS_SERVER_ROOTS.to_vec()
+}
+
+/// An HTTPS client trusting the public roots and the extra CA.
+pub fn https_client(extra_ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30));
+    if let Some(pem) = extra_ca_pem {
+        for certificate in
+            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// A wait between half and one and a half times `base` (jitter spreads many devices' retries).
+fn jittered(base: Duration) -> Duration {
+    let mut byte = [0u8; 2];
+    let _ = getrandom::fill(&mut byte);
+    let fraction = f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX);
+    base.mul_f64(0.5 + fraction)
+}
+
+/// The registration SAS token (resource `{scope}/registrations/{id}`, key name `registration`).
+pub fn registration_token(credentials: &Credentials, lifetime: Duration) -> SasToken {
+    SasToken::sign(
+        &format!(
+            "{}/registrations/{}",
+            credentials.id_scope, credentials.registration_id
+        ),
+        &credentials.key,
+        Some("registration"),
+        unix_now() + lifetime.as_secs(),
+    )
+}
+
+impl Provisioner {
+    /// A provisioner trusting the public roots and `extra_ca_pem`.
+    pub fn new(extra_ca_pem: Option<&str>) -> Result<Self, String> {
+        Ok(Self {
+            http: https_client(extra_ca_pem)?,
+            tls: Arc::new(tls_config(extra_ca_pem)?),
+            transport: DpsTransport::Https,
+            mqtt_port: 8883,
+            deadline: Duration::from_secs(120),
+            info: DeviceInfo::default(),
+        })
+    }
+
+    /// Registers the device and answers its assignment.
+    pub async fn provision(&self, credentials: &Credentials) -> Result<Assignment, ProvisionError> {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.deadline, async {
+            match self.transport {
+                DpsTransport::Https => self.over_https(credentials, started).await,
+                DpsTransport::Mqtt => self.over_mqtt(credentials, started).await,
+            }
+        })
+        .await
+        .map_err(|_| ProvisionError::Timeout(self.deadline))??;
+        decide(credentials, outcome)
+    }
+
+    fn url(&self, credentials: &Credentials, rest: &str) -> String {
+        format!(
+            "https://{}/{}/registrations/{}/{rest}?api-version={HTTPS_API_VERSION}",
+            credentials.endpoint,
+            encode_component(&credentials.id_scope),
+            encode_component(&credentials.registration_id)
+        )
+    }
+
+    /// One call, retried on 429 and 5xx with backoff until the deadline.
+    async fn call(
+        &self,
+        credentials: &Credentials,
+        request: impl Fn() -> reqwest::RequestBuilder,
+        started: Instant,
+    ) -> Result<(u16, Value, Duration), ProvisionError> {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let token = registration_token(credentials, Duration::from_secs(3600));
+            let response = request()
+                .header("Authorization", token.expose())
+                .send()
+                .await
+                .map_err(|e| {
+                    ProvisionError::Unreachable(if e.is_timeout() {
+                        "timed out".into()
+                    } else if e.is_connect() {
+                        "cannot connect".into()
+                    } else {
+                        "the request failed".into()
+                    })
+                })?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let server_date = response
+                .headers()
+                .get("date")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let text = response.text().await.unwrap_or_default();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            match status {
+                200..=299 => {
+                    return Ok((status, body, retry_after.unwrap_or(Duration::from_secs(2))))
+                }
+                401 | 403 => return Err(clock_or_credentials(server_date.as_deref())),
+                404 => return Err(ProvisionError::UnknownRegistration),
+                429 | 500..=599 => {
+                    let wait = retry_after.unwrap_or(Duration::ZERO).max(jittered(backoff));
+                    if started.elapsed() + wait >= self.deadline {
+                        return Err(ProvisionError::Service(format!("HTTP {status}")));
+                    }
+                    tracing::info!(
+                        status,
+                        wait_ms = wait.as_millis() as u64,
+                        "DPS asked to wait; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                _ => {
+                    return Err(ProvisionError::Refused(
+                        body["message"]
+                            .as_str()
+                            .unwrap_or(&text)
+                            .chars()
+                            .take(200)
+                            .collect(),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn over_https(
+        &self,
+        credentials: &Credentials,
+        started: Instant,
+    ) -> Result<Operation, ProvisionError> {
+        let body = json!({ "registrationId": credentials.registration_id, "payload": self.info.payload() });
+        let register_url = self.url(credentials, "register");
+        let (_, answer, mut wait) = self
+            .call(
+                credentials,
+                || self.http.put(&register_url).json(&body),
+                started,
+            )
+            .await?;
+        let mut operation: Operation = serde_json::from_value(answer)
+            .map_err(|e| ProvisionError::Refused(format!("an unreadable answer: {e}")))?;
+        while operation.status == "assigning" || operation.status == "unassigned" {
+            let id = operation
+                .operation_id
+                .clone()
+                .ok_or_else(|| ProvisionError::Refused("no operation id".into()))?;
+            // Retry-After 0 is allowed; do not spin.
+            tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+            let url = self.url(
+                credentials,
+                &format!("operations/{}", encode_component(&id)),
+            );
+            let (_, answer, next_wait) = self
+                .call(credentials, || self.http.get(&url), started)
+                .await?;
+            operation = serde_json::from_value(answer)
+                .map_err(|e| ProvisionError::Refused(format!("an unreadable answer: {e}")))?;
+            if operation.operation_id.is_none() {
+                operation.operation_id = Some(id);
+            }
+            wait = next_wait;
+        }
+        Ok(operation)
+    }
+
+    async fn over_mqtt(
+        &self,
+        credentials: &Credentials,
+        started: Instant,
+    ) -> Result<Operation, ProvisionError> {
+        let host = credentials
+            .endpoint
+            .rsplit_once(':')
+            .filter(|(_, p)| p.parse::<u16>().is_ok())
+            .map_or(credentials.endpoint.as_str(), |(h, _)| h);
+        let mut options =
+            MqttOptions::new(credentials.registration_id.clone(), host, self.mqtt_port);
+        let token = registration_token(credentials, Duration::from_secs(3600));
+        options.set_credentials(
+            format!(
+                "{}/registrations/{}/api-version={MQTT_API_VERSION}",
+                credentials.id_scope, credentials.registration_id
+            ),
+            token.expose(),
+        );
+        options.set_keep_alive(Duration::from_secs(60));
+        options.set_clean_session(true);
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(self.tls.clone())));
+        let (client, mut events) = AsyncClient::new(options, 10);
+        let unreachable = |e: rumqttc::ConnectionError| match e {
+            rumqttc::ConnectionError::ConnectionRefused(_) => ProvisionError::Unauthorized,
+            other => ProvisionError::Unreachable(other.to_string()),
+        };
+        let mut backoff = FIRST_BACKOFF;
+        let mut rid = 0u32;
+        let mut request = |client: &AsyncClient, topic: String, payload: Vec<u8>| {
+            rid += 1;
+            let client = client.clone();
+            let rid = rid.to_string();
+            async move {
+                let topic = format!("{topic}$rid={rid}");
+                client
+                    .publish(topic, QoS::AtMostOnce, false, payload)
+                    .await
+                    .map(|()| rid)
+                    .map_err(|e| ProvisionError::Unreachable(e.to_string()))
+            }
+        };
+        let register_body = serde_json::to_vec(&json!({ "registrationId": credentials.registration_id, "payload": self.info.payload() })).unwrap_or_default();
+        let mut subscribed = false;
+        let mut pending: Option<String> = None;
+        loop {
+            let event = events.poll().await.map_err(unreachable)?;
+            let publish = match event {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    client
+                        .subscribe("$dps/registrations/res/#", QoS::AtLeastOnce)
+                        .await
+                        .map_err(|e| ProvisionError::Unreachable(e.to_string()))?;
+                    continue;
+                }
+                Event::Incoming(Packet::SubAck(_)) if !subscribed => {
+                    subscribed = true;
+                    pending = Some(
+                        request(
+                            &client,
+                            "$dps/registrations/PUT/iotdps-register/?".into(),
+                            register_body.clone(),
+                        )
+                        .await?,
+                    );
+                    continue;
+                }
+                Event::Incoming(Packet::Publish(publish)) => publish,
+                _ => continue,
+            };
+            let Some(rest) = publish.topic.strip_prefix("$dps/registrations/res/") else {
+                continue;
+            };
+            let Some((status, query)) = rest.split_once("/?") else {
+                continue;
+            };
+            let param = |name: &str| {
+                query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            if param("$rid") != pending {
+                continue;
+            }
+            let status: u16 = status.parse().unwrap_or(500);
+            let retry_after = param("retry-after")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body: Value = serde_json::from_slice(&publish.payload).unwrap_or(Value::Null);
+            match status {
+                200..=299 => {
+                    let operation: Operation = serde_json::from_value(body).map_err(|e| {
+                        ProvisionError::Refused(format!("an unreadable answer: {e}"))
+                    })?;
+                    if operation.status != "assigning" && operation.status != "unassigned" {
+                        let _ = client.disconnect().await;
+                        return Ok(operation);
+                    }
+                    let id = operation.operation_id.clone().unwrap_or_default();
+                    tokio::time::sleep(
+                        retry_after
+                            .unwrap_or(Duration::from_secs(2))
+                            .max(Duration::from_millis(50)),
+                    )
+                    .await;
+                    pending = Some(request(&client, format!("$dps/registrations/GET/iotdps-get-operationstatus/?operationId={id}&"), Vec::new()).await?);
+                }
+                401 | 403 => return Err(ProvisionError::Unauthorized),
+                404 => return Err(ProvisionError::UnknownRegistration),
+                429 | 500..=599 => {
+                    let wait = retry_after.unwrap_or(Duration::ZERO).max(jittered(backoff));
+                    if started.elapsed() + wait >= self.deadline {
+                        return Err(ProvisionError::Service(format!("status {status}")));
+                    }
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    pending = Some(
+                        request(
+                            &client,
+                            "$dps/registrations/PUT/iotdps-register/?".into(),
+                            register_body.clone(),
+                        )
+                        .await?,
+                    );
+                }
+                _ => {
+                    return Err(ProvisionError::Refused(
+                        body["message"]
+                            .as_str()
+                            .unwrap_or("refused")
+                            .chars()
+                            .take(200)
+                            .collect(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A 401: blame the clock if DPS's clock (the `Date` header) is far from ours.
+fn clock_or_credentials(server_date: Option<&str>) -> ProvisionError {
+    let skew = server_date
+        .and_then(|d| {
+            time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc2822).ok()
+        })
+        .map(|server| (time::OffsetDateTime::now_utc() - server).whole_seconds());
+    match skew {
+        Some(seconds) if seconds.unsigned_abs() > CLOCK_SKEW_LIMIT.as_secs() => {
+            ProvisionError::ClockSkew(seconds)
+        }
+        _ => ProvisionError::Unauthorized,
+    }
+}
+
+/// What DPS decided, as an assignment or an error.
+fn decide(credentials: &Credentials, operation: Operation) -> Result<Assignment, ProvisionError> {
+    let state = operation
+        .registration_state
+        .ok_or_else(|| ProvisionError::Refused("no registration state in the answer".into()))?;
+    match state.status.as_deref().unwrap_or(&operation.status) {
+        "assigned" => Ok(Assignment {
+            credentials: credentials.clone(),
+            hub: state
+                .assigned_hub
+                .ok_or_else(|| ProvisionError::Refused("assigned without a hub".into()))?,
+            device_id: state
+                .device_id
+                .unwrap_or_else(|| credentials.registration_id.clone()),
+            substatus: state.substatus,
+            assigned_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }),
+        "disabled" => Err(ProvisionError::Disabled),
+        "failed" => Err(ProvisionError::Failed(
+            state
+                .error_message
+                .unwrap_or_else(|| "no reason given".into()),
+        )),
+        other => Err(ProvisionError::Refused(format!(
+            "unexpected status {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_blamed_on_the_clock_only_when_the_clocks_disagree() {
+        let now = time::OffsetDateTime::now_utc();
+        let rfc2822 = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc2822)
+                .unwrap()
+        };
+        assert_eq!(
+            clock_or_credentials(Some(&rfc2822(now))),
+            ProvisionError::Unauthorized
+        );
+        assert!(
+            matches!(clock_or_credentials(Some(&rfc2822(now - time::Duration::hours(2)))), ProvisionError::ClockSkew(s) if s > 7000)
+        );
+        assert_eq!(clock_or_credentials(None), ProvisionError::Unauthorized);
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_one_and_a_half_times() {
+        for _ in 0..100 {
+            let wait = jittered(Duration::from_secs(2));
+            assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(3));
+        }
+    }
+}
