@@ -5,6 +5,12 @@
 //!   and privately.
 //! - [`provision`]: registration with DPS over HTTPS or MQTT, with backoff and errors a person can
 //!   act on.
+//! - [`outbox`]: the durable, bounded queue telemetry waits in until the hub acknowledges it.
+//! - [`telemetry`]: where telemetry comes from (a JSON-lines file or a simulated sensor).
+//! - [`sender`]: the long-running connection to the hub: telemetry, twin, methods, messages.
 
 pub mod assignment;
+pub mod outbox;
 pub mod provision;
+pub mod sender;
+pub mod telemetry;

@@ -147,6 +147,9 @@ impl Sessions {
 
     /// Closes `session` if it is still the device's current one; true if it was.
     pub fn close(&self, session: &Session) -> bool {
+        // Methods waiting for this connection's answer will not get one: fail them now (the
+        // caller answers "device not online") instead of letting them run into their timeout.
+        lock(&session.methods).clear();
         let mut open = lock(&self.open);
         let current = open
             .get(&session.device_id)

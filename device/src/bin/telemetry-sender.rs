@@ -1,0 +1,135 @@
+//! `telemetry-sender`: keeps a provisioned device connected to its hub and sends telemetry
+//! (see `device::sender`). Runs until SIGTERM or Ctrl-C, then flushes what it can.
+
+use anyhow::Context;
+use clap::Parser;
+use device::assignment::StateDir;
+use device::provision::{DeviceInfo, DpsTransport, Provisioner};
+use device::sender::{run, SenderConfig, Stats};
+use device::telemetry::Source;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Send a provisioned device's telemetry to its IoT hub"
+)]
+struct Args {
+    /// The device's state directory (the assignment the portal stored, and the outbox).
+    #[arg(long, env = "DEVICE_STATE_DIR", default_value = "device-state")]
+    state_dir: PathBuf,
+    /// A JSON-lines file of telemetry (`$UTC_TIME$` is replaced); default: a simulated sensor.
+    #[arg(long)]
+    telemetry_file: Option<PathBuf>,
+    /// Seconds between messages, until the twin's `telemetryIntervalSeconds` says otherwise.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
+    /// Messages kept while offline; past it the oldest are dropped and counted.
+    #[arg(long, default_value_t = 10_000)]
+    outbox_capacity: usize,
+    /// SAS token lifetime in seconds (renewed at 80%).
+    #[arg(long, default_value_t = 3600)]
+    token_lifetime: u64,
+    /// The hubs' MQTT port.
+    #[arg(long, default_value_t = 8883)]
+    mqtt_port: u16,
+    /// A hub's port when it differs (the emulator on free ports): HOST=PORT, repeatable.
+    #[arg(long = "hub-port", value_name = "HOST=PORT")]
+    hub_ports: Vec<String>,
+    /// A PEM file of an extra CA to trust (the emulator's).
+    #[arg(long, env = "EXTRA_TRUSTED_CA_FILE")]
+    extra_ca_file: Option<PathBuf>,
+    /// How `Reprovision` reaches DPS.
+    #[arg(long, value_enum, default_value = "https")]
+    dps_transport: DpsTransport,
+    /// DPS's MQTT port, for `--dps-transport mqtt`.
+    #[arg(long, default_value_t = 8883)]
+    dps_mqtt_port: u16,
+    /// The device's model, reported to the twin and DPS.
+    #[arg(long, env = "DEVICE_MODEL")]
+    model: Option<String>,
+    /// The device's serial number.
+    #[arg(long, env = "DEVICE_SERIAL")]
+    serial: Option<String>,
+    /// The firmware version.
+    #[arg(long, env = "DEVICE_FIRMWARE", default_value = env!("CARGO_PKG_VERSION"))]
+    firmware: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let extra_ca = match &args.extra_ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut hub_ports = BTreeMap::new();
+    for pair in &args.hub_ports {
+        let (host, port) = pair.split_once('=').context("--hub-port takes HOST=PORT")?;
+        hub_ports.insert(
+            host.to_owned(),
+            port.parse().context("--hub-port takes HOST=PORT")?,
+        );
+    }
+    let info = DeviceInfo {
+        model: args.model.clone(),
+        serial_number: args.serial.clone(),
+        firmware: Some(args.firmware.clone()),
+    };
+    let mut provisioner = Provisioner::new(extra_ca.as_deref()).map_err(anyhow::Error::msg)?;
+    provisioner.transport = args.dps_transport;
+    provisioner.mqtt_port = args.dps_mqtt_port;
+    provisioner.info = info.clone();
+    let source = match &args.telemetry_file {
+        Some(path) => Source::from_file(path).map_err(anyhow::Error::msg)?,
+        None => Source::simulated(),
+    };
+    let config = SenderConfig {
+        state: StateDir::new(&args.state_dir),
+        extra_ca,
+        mqtt_port: args.mqtt_port,
+        hub_ports,
+        interval: Duration::from_secs_f64(args.interval.clamp(0.05, 3600.0)),
+        outbox_capacity: args.outbox_capacity,
+        token_lifetime: Duration::from_secs(args.token_lifetime.max(60)),
+        window: 16,
+        info,
+        provisioner,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: flushing the outbox");
+        let _ = stop.send(true);
+    });
+    let stats = Arc::new(Stats::default());
+    run(config, source, stats.clone(), stopped).await?;
+    tracing::info!(?stats, "stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
