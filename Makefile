@@ -16,7 +16,9 @@ lint:
 
 # The handler's API tests need Table Storage: an in-memory Azurite on a free port, from the
 # committed lockfile, stopped afterwards.
+# The portal's browser tests need Debian's Chromium and ChromeDriver (installed when missing).
 unit:
+	scripts/browser.sh
 	scripts/with-azurite.sh $(CARGO) test --workspace --locked
 
 conformance: $(CONFORMANCE)/node_modules/.installed

@@ -8,9 +8,11 @@
 //! - [`outbox`]: the durable, bounded queue telemetry waits in until the hub acknowledges it.
 //! - [`telemetry`]: where telemetry comes from (a JSON-lines file or a simulated sensor).
 //! - [`sender`]: the long-running connection to the hub: telemetry, twin, methods, messages.
+//! - [`portal`]: the setup web page the device serves to its owner.
 
 pub mod assignment;
 pub mod outbox;
+pub mod portal;
 pub mod provision;
 pub mod sender;
 pub mod telemetry;

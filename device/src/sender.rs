@@ -99,6 +99,8 @@ enum End {
 /// What the session shares with the telemetry producer.
 struct Shared {
     outbox: Mutex<Outbox>,
+    /// Whether the producer may still accept messages (false once it has stopped).
+    producing: std::sync::atomic::AtomicBool,
     interval_ms: AtomicU64,
     produced: Notify,
     stats: Arc<Stats>,
@@ -129,7 +131,13 @@ async fn produce(shared: Arc<Shared>, mut source: Source, mut shutdown: watch::R
     loop {
         let wait = Duration::from_millis(shared.interval_ms.load(Ordering::Relaxed).max(10));
         tokio::select! {
-            _ = stopped(&mut shutdown) => return,
+            // Biased: once shutdown is asked, no further message is accepted.
+            biased;
+            _ = stopped(&mut shutdown) => {
+                shared.producing.store(false, Ordering::Release);
+                shared.produced.notify_one();
+                return;
+            }
             _ = tokio::time::sleep(wait) => {}
         }
         let body = source.next_body();
@@ -168,6 +176,7 @@ pub async fn run(
     let tls = Arc::new(tls_config(config.extra_ca.as_deref()).map_err(SenderError::Tls)?);
     let shared = Arc::new(Shared {
         outbox: Mutex::new(outbox),
+        producing: std::sync::atomic::AtomicBool::new(true),
         interval_ms: AtomicU64::new(config.interval.as_millis() as u64),
         produced: Notify::new(),
         stats: stats.clone(),
@@ -296,7 +305,9 @@ async fn session(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .is_empty();
-                if empty || tokio::time::Instant::now() >= deadline {
+                // Done when the producer has stopped and everything it accepted is acknowledged.
+                let done = empty && !shared.producing.load(Ordering::Acquire);
+                if done || tokio::time::Instant::now() >= deadline {
                     let _ = client.try_disconnect();
                     return End::Shutdown;
                 }

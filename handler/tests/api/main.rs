@@ -10,3 +10,6 @@ mod enrollments;
 mod events;
 mod helpers;
 mod import;
+mod mission;
+#[path = "../../../device/tests/support/webdriver.rs"]
+mod webdriver;

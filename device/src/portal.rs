@@ -1,0 +1,529 @@
+//! The setup portal a device serves to its owner: paste the provisioning code (or type the
+//! fields by hand), watch the device provision, see where it is, re-provision or forget it.
+//!
+//! Server-rendered HTML that works without JavaScript and on a phone. Progress is a page that
+//! refreshes itself until the background provisioning job ends. Every form carries a CSRF token
+//! (double submit: a random cookie and the same value in the form); once the device is
+//! provisioned, changing it needs the device's local setup password.
+
+use crate::assignment::{Assignment, Credentials, StateDir};
+use crate::provision::{ProvisionError, Provisioner};
+use iot_credentials::{ProvisioningCode, SharedAccessKey};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+/// Forms are small.
+const FORM_LIMIT: u64 = 8 * 1024;
+const CSRF_COOKIE: &str = "portal_csrf";
+
+/// How the portal runs.
+#[derive(Clone)]
+pub struct PortalConfig {
+    /// Where the assignment is stored.
+    pub state: StateDir,
+    /// How to reach DPS.
+    pub provisioner: Provisioner,
+    /// The DPS endpoint for hand-typed fields (`global.azure-devices-provisioning.net`).
+    pub default_endpoint: String,
+    /// The device's local setup password; changes to a provisioned device need it.
+    pub setup_password: Option<String>,
+}
+
+/// A provisioning run in the background.
+#[derive(Clone)]
+enum Job {
+    Running,
+    Done(Box<Result<Assignment, String>>),
+}
+
+/// The portal's state.
+pub struct Portal {
+    config: PortalConfig,
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    // A failing OS generator leaves zeros: tokens then still differ from what an attacker
+    // guesses only by luck, so refuse to serve forms rather than pretend.
+    if getrandom::fill(&mut bytes).is_err() {
+        return String::new();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Escapes text for HTML.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A page in the portal's frame.
+fn page(title: &str, body: &str, refresh: bool) -> String {
+    let refresh = if refresh {
+        r#"<meta http-equiv="refresh" content="1">"#
+    } else {
+        ""
+    };
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">{refresh}
+<title>{title} · Device setup</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:0 auto;max-width:34rem;padding:1rem;line-height:1.45;color:#1b1b1b}}
+h1{{font-size:1.4rem}} label{{display:block;margin:.8rem 0 .2rem;font-weight:600}}
+input[type=text],input[type=password],textarea{{width:100%;box-sizing:border-box;font:inherit;padding:.5rem;border:1px solid #888;border-radius:.3rem}}
+textarea{{min-height:6rem;font-family:ui-monospace,monospace}}
+button{{font:inherit;padding:.6rem 1.2rem;margin-top:1rem;border-radius:.3rem;border:0;background:#0b5cad;color:#fff}}
+button.danger{{background:#a01818}} .error{{background:#fde8e8;border-left:4px solid #a01818;padding:.6rem}}
+.ok{{background:#e6f4ea;border-left:4px solid #1e7b34;padding:.6rem}} dt{{font-weight:600}} dd{{margin:0 0 .5rem}}
+details{{margin-top:1rem}} .hint{{color:#555;font-size:.9rem}}
+</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>"#,
+        title = esc(title)
+    )
+}
+
+/// A form's fields, parsed from `application/x-www-form-urlencoded`.
+type Form = HashMap<String, String>;
+
+impl Portal {
+    /// A portal over `config`.
+    pub fn new(config: PortalConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            jobs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn setup_form(&self, csrf: &str, error: Option<&str>, code: &str) -> String {
+        let mut body = String::new();
+        if let Some(error) = error {
+            let _ = write!(
+                body,
+                r#"<p class="error" role="alert" id="error">{}</p>"#,
+                esc(error)
+            );
+        }
+        let _ = write!(
+            body,
+            r#"<p>This device is not connected to the cloud yet. Paste the provisioning code you received.</p>
+<form method="post" action="/provision">
+<input type="hidden" name="csrf" value="{csrf}">
+<label for="code">Provisioning code</label>
+<textarea id="code" name="code" autocomplete="off" spellcheck="false" placeholder="DP1~…">{code}</textarea>
+<details><summary>No code? Enter the values by hand</summary>
+<label for="idScope">ID scope</label><input type="text" id="idScope" name="idScope" autocomplete="off">
+<label for="registrationId">Registration ID</label><input type="text" id="registrationId" name="registrationId" autocomplete="off">
+<label for="deviceKey">Device key</label><input type="password" id="deviceKey" name="deviceKey" autocomplete="off">
+<p class="hint">The provisioning service is {endpoint}.</p>
+</details>
+<button type="submit" id="submit">Connect this device</button>
+</form>"#,
+            csrf = esc(csrf),
+            code = esc(code),
+            endpoint = esc(&self.config.default_endpoint)
+        );
+        page("Set up this device", &body, false)
+    }
+
+    fn status_page(&self, assignment: &Assignment, csrf: &str, error: Option<&str>) -> String {
+        let mut body = String::new();
+        if let Some(error) = error {
+            let _ = write!(
+                body,
+                r#"<p class="error" role="alert" id="error">{}</p>"#,
+                esc(error)
+            );
+        }
+        let password_field = if self.config.setup_password.is_some() {
+            r#"<label>Setup password<input type="password" name="password" autocomplete="off"></label>"#
+        } else {
+            r#"<p class="hint">No setup password is configured on this device, so it cannot be changed here.</p>"#
+        };
+        let _ = write!(
+            body,
+            r#"<p class="ok" id="status">This device is connected to the cloud.</p>
+<dl><dt>IoT hub</dt><dd id="hub">{hub}</dd><dt>Device ID</dt><dd id="deviceId">{device}</dd>
+<dt>Registration ID</dt><dd>{registration}</dd><dt>Provisioned</dt><dd>{at}{substatus}</dd></dl>
+<form method="post" action="/reprovision"><input type="hidden" name="csrf" value="{csrf}">
+<h2>Provision again</h2><p class="hint">Asks the provisioning service again, with the same credentials. The device moves if its hub changed.</p>
+{password_field}<label><input type="checkbox" name="confirm" value="yes"> Yes, provision again</label>
+<button type="submit">Provision again</button></form>
+<form method="post" action="/forget"><input type="hidden" name="csrf" value="{csrf}">
+<h2>Forget this device</h2><p class="hint">Removes the stored credentials. The device stops sending until it is set up again.</p>
+{password_field}<label><input type="checkbox" name="confirm" value="yes"> Yes, forget the credentials</label>
+<button type="submit" class="danger">Forget this device</button></form>"#,
+            hub = esc(&assignment.hub),
+            device = esc(&assignment.device_id),
+            registration = esc(&assignment.credentials.registration_id),
+            at = esc(&assignment.assigned_at),
+            substatus = assignment
+                .substatus
+                .as_deref()
+                .map(|s| format!(" ({})", esc(s)))
+                .unwrap_or_default(),
+            csrf = esc(csrf)
+        );
+        page("This device", &body, false)
+    }
+
+    /// Credentials from the form: the code, or the hand-typed fields. Errors say what to fix.
+    fn credentials(&self, form: &Form) -> Result<Credentials, String> {
+        let field = |name: &str| form.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        if let Some(code) = field("code") {
+            let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+            return ProvisioningCode::parse(&code)
+                .map(Credentials::from)
+                .map_err(|e| e.to_string());
+        }
+        let (Some(scope), Some(registration), Some(key)) = (
+            field("idScope"),
+            field("registrationId"),
+            field("deviceKey"),
+        ) else {
+            return Err("Paste the provisioning code, or fill in all three fields: ID scope, registration ID and device key.".into());
+        };
+        if !(scope.len() == 11
+            && scope.starts_with("0ne")
+            && scope.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err("The ID scope looks like 0ne followed by 8 letters and digits (for example 0ne00012345).".into());
+        }
+        let registration_ok = registration.len() <= 128
+            && registration
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
+            && registration
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
+        if !registration_ok {
+            return Err("The registration ID may hold letters, digits and - . _ : only, and starts with a letter or digit.".into());
+        }
+        let key = SharedAccessKey::from_base64(key).map_err(|_| "The device key is not valid: copy it again, exactly (it ends with = in most cases).".to_owned())?;
+        Ok(Credentials {
+            id_scope: scope.to_owned(),
+            registration_id: registration.to_owned(),
+            key,
+            endpoint: self.config.default_endpoint.clone(),
+        })
+    }
+
+    fn start(self: &Arc<Self>, credentials: Credentials) -> String {
+        let id = random_token();
+        self.jobs().insert(id.clone(), Job::Running);
+        let portal = self.clone();
+        let job = id.clone();
+        tokio::spawn(async move {
+            let outcome = match portal.config.provisioner.provision(&credentials).await {
+                Ok(assignment) => portal
+                    .config
+                    .state
+                    .save(&assignment)
+                    .map(|()| assignment)
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(advice(&error)),
+            };
+            if let Err(message) = &outcome {
+                tracing::warn!(%message, "provisioning from the portal failed");
+            }
+            portal.jobs().insert(job, Job::Done(Box::new(outcome)));
+        });
+        id
+    }
+
+    fn password_ok(&self, form: &Form) -> Result<(), String> {
+        match &self.config.setup_password {
+            None => Err("This device has no setup password configured, so it cannot be changed from the portal.".into()),
+            Some(expected) if form.get("password").is_some_and(|p| same(p, expected)) => Ok(()),
+            Some(_) => Err("The setup password is not right. It is printed on the device's label.".into()),
+        }
+    }
+}
+
+/// What to tell a person after a failure.
+fn advice(error: &ProvisionError) -> String {
+    error.to_string()
+}
+
+fn html(status: StatusCode, body: String, csrf_cookie: Option<&str>) -> Response {
+    let mut response = warp::reply::with_status(warp::reply::html(body), status).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    if let Some(token) = csrf_cookie {
+        if let Ok(value) = HeaderValue::from_str(&format!(
+            "{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+        )) {
+            headers.insert(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+fn redirect(to: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(location) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn cookie_token(cookies: Option<&str>) -> Option<String> {
+    cookies?
+        .split(';')
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == CSRF_COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|v| v.len() == 32)
+}
+
+/// The current token, or a new one to set as the cookie.
+fn token_for(cookies: Option<&str>) -> (String, Option<String>) {
+    match cookie_token(cookies) {
+        Some(token) => (token, None),
+        None => {
+            let token = random_token();
+            (token.clone(), Some(token))
+        }
+    }
+}
+
+/// Whether the form's token matches the cookie's.
+fn csrf_ok(cookies: Option<&str>, form: &Form) -> bool {
+    match (cookie_token(cookies), form.get("csrf")) {
+        (Some(cookie), Some(field)) => same(&cookie, field),
+        _ => false,
+    }
+}
+
+fn forbidden() -> Response {
+    html(
+        StatusCode::FORBIDDEN,
+        page(
+            "Please try again",
+            r#"<p class="error" role="alert" id="error">This form has expired or did not come from this page. <a href="/">Start again</a>.</p>"#,
+            false,
+        ),
+        None,
+    )
+}
+
+/// The portal's routes.
+pub fn routes(portal: Arc<Portal>) -> warp::filters::BoxedFilter<(Response,)> {
+    let with = move || {
+        let portal = portal.clone();
+        warp::any().map(move || portal.clone())
+    };
+    let cookies = || warp::header::optional::<String>("cookie");
+    let form = || warp::body::content_length_limit(FORM_LIMIT).and(warp::body::form::<Form>());
+
+    // GET /: the setup form, or the device's state.
+    let home = warp::path::end()
+        .and(warp::get())
+        .and(with())
+        .and(cookies())
+        .map(|portal: Arc<Portal>, cookies: Option<String>| {
+            let (token, set) = token_for(cookies.as_deref());
+            match portal.config.state.load() {
+                Ok(Some(assignment)) => html(
+                    StatusCode::OK,
+                    portal.status_page(&assignment, &token, None),
+                    set.as_deref(),
+                ),
+                Ok(None) => html(
+                    StatusCode::OK,
+                    portal.setup_form(&token, None, ""),
+                    set.as_deref(),
+                ),
+                Err(error) => html(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    page(
+                        "Something is wrong",
+                        &format!(
+                            r#"<p class="error" id="error">{}</p>"#,
+                            esc(&error.to_string())
+                        ),
+                        false,
+                    ),
+                    set.as_deref(),
+                ),
+            }
+        });
+
+    // POST /provision: start provisioning from a code or the fields.
+    let provision = warp::path!("provision").and(warp::post()).and(with()).and(cookies()).and(form()).map(|portal: Arc<Portal>, cookies: Option<String>, form: Form| {
+        if !csrf_ok(cookies.as_deref(), &form) {
+            return forbidden();
+        }
+        let (token, _) = token_for(cookies.as_deref());
+        if let Ok(Some(assignment)) = portal.config.state.load() {
+            // Already provisioned: changing it goes through the password-protected forms.
+            return html(StatusCode::CONFLICT, portal.status_page(&assignment, &token, Some("This device is already set up. To change it, provision again or forget it below.")), None);
+        }
+        match portal.credentials(&form) {
+            Ok(credentials) => redirect(&format!("/progress/{}", portal.start(credentials))),
+            Err(message) => {
+                let code = form.get("code").map(String::as_str).unwrap_or_default();
+                html(StatusCode::UNPROCESSABLE_ENTITY, portal.setup_form(&token, Some(&message), code), None)
+            }
+        }
+    });
+
+    // GET /progress/{job}: refreshes itself until the job ends.
+    let progress = warp::path!("progress" / String).and(warp::get()).and(with()).map(|job: String, portal: Arc<Portal>| {
+        let state = portal.jobs().get(&job).cloned();
+        match state {
+            None => html(StatusCode::NOT_FOUND, page("Not found", r#"<p class="error" id="error">There is no such setup in progress. <a href="/">Back</a></p>"#, false), None),
+            Some(Job::Running) => html(StatusCode::OK, page("Connecting…", r#"<p id="progress">The device is registering with the provisioning service. This page updates by itself.</p>"#, true), None),
+            Some(Job::Done(done)) => match *done {
+                Ok(assignment) => html(
+                    StatusCode::OK,
+                    page(
+                        "Connected",
+                        &format!(
+                            r#"<p class="ok" id="result">Done: this device is provisioned to IoT hub <strong id="hub">{}</strong> as device <strong id="deviceId">{}</strong>.</p><p><a href="/">See the device</a></p>"#,
+                            esc(&assignment.hub),
+                            esc(&assignment.device_id)
+                        ),
+                        false,
+                    ),
+                    None,
+                ),
+                Err(message) => html(
+                    StatusCode::OK,
+                    page("Not connected", &format!(r#"<p class="error" role="alert" id="error">{}</p><p><a href="/">Try again</a></p>"#, esc(&message)), false),
+                    None,
+                ),
+            },
+        }
+    });
+
+    // POST /reprovision and /forget: confirmed, with the setup password.
+    let change = |path: &'static str| {
+        warp::path(path)
+            .and(warp::path::end())
+            .and(warp::post())
+            .and(with())
+            .and(cookies())
+            .and(form())
+            .map(
+                move |portal: Arc<Portal>, cookies: Option<String>, form: Form| {
+                    if !csrf_ok(cookies.as_deref(), &form) {
+                        return forbidden();
+                    }
+                    let (token, _) = token_for(cookies.as_deref());
+                    let Ok(Some(assignment)) = portal.config.state.load() else {
+                        return redirect("/");
+                    };
+                    let refusal = portal.password_ok(&form).and_then(|()| {
+                        if form.get("confirm").map(String::as_str) == Some("yes") {
+                            Ok(())
+                        } else {
+                            Err("Tick the box to confirm.".to_owned())
+                        }
+                    });
+                    if let Err(message) = refusal {
+                        return html(
+                            StatusCode::FORBIDDEN,
+                            portal.status_page(&assignment, &token, Some(&message)),
+                            None,
+                        );
+                    }
+                    if path == "forget" {
+                        return match portal.config.state.forget() {
+                            Ok(()) => redirect("/"),
+                            Err(error) => html(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                portal.status_page(&assignment, &token, Some(&error.to_string())),
+                                None,
+                            ),
+                        };
+                    }
+                    redirect(&format!(
+                        "/progress/{}",
+                        portal.start(assignment.credentials.clone())
+                    ))
+                },
+            )
+    };
+
+    let not_found = warp::get().map(|| {
+        html(
+            StatusCode::NOT_FOUND,
+            page(
+                "Not found",
+                r#"<p><a href="/">Back to the device</a></p>"#,
+                false,
+            ),
+            None,
+        )
+    });
+    home.or(provision)
+        .unify()
+        .or(progress)
+        .unify()
+        .or(change("reprovision"))
+        .unify()
+        .or(change("forget"))
+        .unify()
+        .or(not_found)
+        .unify()
+        .recover(|_| async {
+            Ok::<_, std::convert::Infallible>(html(StatusCode::BAD_REQUEST, page("That did not work", r#"<p class="error" id="error">The request could not be read. <a href="/">Start again</a>.</p>"#, false), None))
+        })
+        .unify()
+        .boxed()
+}
+
+/// Serves the portal on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    portal: Arc<Portal>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(portal))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
