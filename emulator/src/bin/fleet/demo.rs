@@ -7,8 +7,7 @@ use super::admin::AdminApi;
 use super::Emulator;
 use anyhow::{bail, Context};
 use base64::Engine;
-use emulator::fleet::device::{finished, register_mqtt, DeviceCredentials};
-use emulator::fleet::hub_device::DeviceConnection;
+use emulator::fleet::device::DeviceCredentials;
 use iot_credentials::{ProvisioningCode, SharedAccessKey};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -85,6 +84,59 @@ async fn wait_for(
     }
 }
 
+/// Does what a person does in the portal: open it (for the form's CSRF cookie), paste the code,
+/// submit, and wait on the progress page for the result. Answers (hub, device id).
+async fn submit_code(portal: &str, code: &str) -> anyhow::Result<(String, String)> {
+    let http = reqwest::Client::new();
+    let first = http
+        .get(portal)
+        .send()
+        .await
+        .with_context(|| format!("opening the portal at {portal}"))?;
+    let cookie = first
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+        .context("the portal set no CSRF cookie")?;
+    let token = cookie
+        .split_once('=')
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default();
+    let submitted = http
+        .post(format!("{}/provision", portal.trim_end_matches('/')))
+        .header("cookie", &cookie)
+        .form(&[("code", code), ("csrf", token.as_str())])
+        .send()
+        .await?;
+    let progress = submitted.url().clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = http.get(progress.clone()).send().await?.text().await?;
+        if !page.contains(r#"id="progress""#) {
+            let between = |start: &str| {
+                page.split(start)
+                    .nth(1)
+                    .and_then(|rest| rest.split('<').next())
+                    .map(str::to_owned)
+            };
+            match (between(r#"id="hub">"#), between(r#"id="deviceId">"#)) {
+                (Some(hub), Some(device)) => return Ok((hub, device)),
+                _ => bail!(
+                    "the portal did not provision the device: {}",
+                    between(r#"id="error">"#).unwrap_or(page)
+                ),
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the portal did not finish within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The code with its key replaced, for showing on screen.
 fn elided(code: &ProvisioningCode) -> String {
     let text = code.expose();
@@ -104,7 +156,11 @@ fn credentials(code: &ProvisioningCode) -> DeviceCredentials {
 }
 
 /// Runs the demo against the emulator and the function app its Functions host stand-in runs.
-pub async fn run(emulator: &Emulator, webhook: Option<(u16, String)>) -> anyhow::Result<()> {
+pub async fn run(
+    emulator: &Emulator,
+    webhook: Option<(u16, String)>,
+    portal_url: Option<&str>,
+) -> anyhow::Result<()> {
     let receiver = match webhook {
         Some((port, secret)) => Some(start_receiver(port, secret).await?),
         None => None,
@@ -136,7 +192,7 @@ pub async fn run(emulator: &Emulator, webhook: Option<(u16, String)>) -> anyhow:
             "registrationId": id,
             "customer": { "id": "contoso", "name": "Contoso Ltd" },
             "asset": { "serialNumber": "SN-0001", "model": "TX-100", "attributes": { "orderNumber": "PO-4711" } },
-            "initialTwin": { "tags": { "site": "berlin" }, "desiredProperties": { "telemetryIntervalSeconds": 30 } },
+            "initialTwin": { "tags": { "site": "berlin" }, "desiredProperties": { "telemetryIntervalSeconds": 2 } },
         }))
         .await?;
     println!(
@@ -159,172 +215,91 @@ pub async fn run(emulator: &Emulator, webhook: Option<(u16, String)>) -> anyhow:
     println!("   {}", elided(&code));
     println!("   It carries the ID scope, registration id, device key and DPS endpoint, with check digits.");
 
+    let portal = portal_url
+        .context("the demo needs the device's portal (--portal-url; make demo starts it)")?;
+    println!("4. On the device, the setup portal runs at {portal} (the device-portal program).");
+    println!("   The customer opens it, pastes the code and presses \"Connect this device\".");
+    let (hub_host, device_id) = submit_code(portal, &code.expose()).await?;
+    println!("   -> The portal registered the device with DPS (HTTPS, a SAS token signed with its key) and shows:");
     println!(
-        "4. Typed into the device's portal, the code lets the device register with DPS over HTTPS,"
-    );
-    println!("   signing a SAS token with its key.");
-    let device = credentials(&code);
-    let mut step = emulator
-        .registrar
-        .start(&device, Some(json!({ "model": "TX-100" })))
-        .await?;
-    println!(
-        "   -> DPS answered {} and asked the device to poll again in {} s.",
-        json!(step.status.status),
-        step.retry_after.as_secs()
-    );
-    let state = loop {
-        if let Some(state) = finished(&step)? {
-            break state;
-        }
-        tokio::time::sleep(step.retry_after).await;
-        step = emulator
-            .registrar
-            .poll(&device, &step.status.operation_id)
-            .await?;
-        println!(
-            "   -> Polling the operation: {}.",
-            json!(step.status.status)
-        );
-    };
-    let hub_host = state
-        .assigned_hub
-        .clone()
-        .context("assigned without a hub")?;
-    let device_id = state.device_id.clone().unwrap_or_default();
-    println!(
-        "   -> Assigned to IoT hub {} as device {device_id:?}.",
+        "      \"provisioned to IoT hub {} as device {device_id}\"",
         emulator.hub_name(&hub_host)
     );
 
-    println!("5. The backend asks the middleware about the device (GET /api/devices/{device_id}):");
-    let known = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/devices/{device_id}?refresh=true"),
-            None,
-        )
-        .await?;
-    println!(
-        "   status {}, hub {}, owner {}",
-        known["status"], known["hub"], known["customer"]["name"]
-    );
-
-    let second = format!("sensor-{}", std::process::id());
-    api.enroll(json!({ "registrationId": second, "customer": { "id": "fabrikam" }, "asset": { "model": "SX-2" } })).await?;
-    let second_code = api.code(&second).await?;
-    println!("6. A second device, {second:?}, enrolled the same way, registers over MQTT instead.");
-    let started = Instant::now();
-    let second_state = register_mqtt(
-        &dps.mqtt_host,
-        dps.mqtt_port,
-        emulator.tls.clone(),
-        &credentials(&second_code),
-        None,
-    )
+    println!("5. The telemetry sender (a second program on the device) reads the stored assignment, connects");
+    println!("   to the hub over MQTT with TLS, reports its provisioning status and starts sending readings.");
+    println!("   The backend sees it through the middleware (GET /api/devices/{device_id}), learned from IoT Hub's events:");
+    let record = wait_for(&api, &format!("/devices/{device_id}"), |d| {
+        d["reported"]["provisioningStatus"] == "provisioned"
+            && d["connection"]["state"] == "connected"
+    })
     .await?;
     println!(
-        "   -> Assigned to IoT hub {} in {} ms.",
-        emulator.hub_name(second_state.assigned_hub.as_deref().unwrap_or("?")),
-        started.elapsed().as_millis()
+        "   status {}, hub {}, connection {} since {}, owner {}",
+        record["status"],
+        record["hub"],
+        record["connection"]["state"],
+        record["connection"]["since"],
+        record["customer"]["name"]
+    );
+    println!("   reported {}", record["reported"]["properties"]);
+
+    println!("6. The backend asks the device for its diagnostics (POST /api/devices/{device_id}/commands/GetDiagnostics):");
+    // Ask until the first readings are through (the enrollment set a 2 s interval).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let diagnostics = loop {
+        let answer = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/devices/{device_id}/commands/GetDiagnostics"),
+                Some(json!({ "timeoutSeconds": 10 })),
+            )
+            .await?;
+        if answer["payload"]["acknowledged"]
+            .as_u64()
+            .unwrap_or_default()
+            >= 2
+            || Instant::now() > deadline
+        {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let payload = &diagnostics["payload"];
+    println!(
+        "   -> {} readings accepted, {} acknowledged by the hub, {} waiting, {} dropped; interval {} ms",
+        payload["accepted"], payload["acknowledged"], payload["queued"], payload["dropped"], payload["intervalMs"]
     );
 
-    println!("7. Someone tries to register {id:?} with a key of their own.");
+    println!("7. ...and changes how often it reports (PATCH /api/devices/{device_id}/desired, telemetryIntervalSeconds = 1):");
+    let desired = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/devices/{device_id}/desired"),
+            Some(json!({ "telemetryIntervalSeconds": 1 })),
+        )
+        .await?;
+    let version = desired["desired"]["$version"].as_u64().unwrap_or_default();
+    let acknowledged = wait_for(&api, &format!("/devices/{device_id}"), |d| {
+        d["reported"]["properties"]["acknowledgedDesiredVersion"].as_u64() >= Some(version)
+    })
+    .await?;
+    println!(
+        "   -> the device applied it and acknowledged desired version {} (seen in the record, from the twin-change event)",
+        acknowledged["reported"]["properties"]["acknowledgedDesiredVersion"]
+    );
+
+    println!("8. Someone tries to register {id:?} with a key of their own.");
     let forged = DeviceCredentials {
         key: SharedAccessKey::generate(64),
-        ..device.clone()
+        ..credentials(&code)
     };
     match emulator.registrar.register(&forged, None).await {
         Err(error) => println!("   -> Refused: {error}. No hub was assigned."),
         Ok(_) => bail!("a wrong key was accepted"),
     }
 
-    println!(
-        "8. The thermostat connects to {} over MQTT with TLS and sends three readings.",
-        emulator.hub_name(&hub_host)
-    );
-    let endpoint = emulator.hub_endpoint(&hub_host)?;
-    let mut connection =
-        DeviceConnection::connect_device(&endpoint, &device_id, &device.key).await?;
-    for (n, temperature) in [21.5, 21.7, 22.0].iter().enumerate() {
-        let reading = json!({ "temperature": temperature, "unit": "C", "sequence": n + 1 });
-        connection
-            .send_telemetry(
-                reading.to_string().into(),
-                &[
-                    ("$.ct", "application/json"),
-                    ("$.ce", "utf-8"),
-                    ("kind", "reading"),
-                ],
-            )
-            .await?;
-        println!("   -> sent {reading}, acknowledged by the hub");
-    }
-    println!("9. It reports its provisioning status through reported properties.");
-    let version = connection
-        .report(&json!({ "provisioning": { "status": "provisioned", "hub": hub_host, "at": emulator::stamps::now() }, "firmware": "1.0.0" }))
-        .await?;
-    println!("   -> the hub stored them as reported version {version}");
-
-    println!("10. The backend changes a setting through the admin API (PATCH /api/devices/{device_id}/desired);");
-    api.call(
-        reqwest::Method::PATCH,
-        &format!("/devices/{device_id}/desired"),
-        Some(json!({ "telemetryIntervalSeconds": 10 })),
-    )
-    .await?;
-    let twin = connection.get_twin().await?;
-    println!(
-        "    the device reads its twin: telemetryIntervalSeconds = {}",
-        twin["desired"]["telemetryIntervalSeconds"]
-    );
-
-    println!(
-        "11. ...and calls a command on it (POST /api/devices/{device_id}/commands/getFirmware)."
-    );
-    connection.subscribe_methods().await?;
-    let device_side = tokio::spawn(async move {
-        let (name, rid, _) = connection.next_method().await?;
-        connection
-            .answer_method(&rid, 200, &json!({ "firmware": "1.0.0", "method": name }))
-            .await?;
-        connection.close().await;
-        Ok::<_, emulator::fleet::ClientError>(())
-    });
-    let answer = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/devices/{device_id}/commands/getFirmware"),
-            Some(json!({ "timeoutSeconds": 10 })),
-        )
-        .await?;
-    device_side.await??;
-    println!(
-        "    -> the device answered {} with {}",
-        answer["status"], answer["payload"]
-    );
-
-    println!("12. Meanwhile IoT Hub's events (lifecycle, connection, twin changes, telemetry) reached the");
-    println!("    middleware's event functions, which keep the record current without asking DPS:");
-    let record = wait_for(&api, &format!("/devices/{device_id}"), |d| {
-        d["reported"]["provisioningStatus"] == "provisioned"
-            && d["connection"]["state"] == "disconnected"
-    })
-    .await?;
-    println!(
-        "    status {}, hub {}, connection {} since {}, last seen {},",
-        record["status"],
-        record["hub"],
-        record["connection"]["state"],
-        record["connection"]["since"],
-        record["lastSeen"]
-    );
-    println!(
-        "    reported {} (as of {})",
-        record["reported"]["properties"], record["reported"]["updatedAt"]
-    );
-
-    println!("13. The device's history (GET /api/devices/{device_id}/history), oldest first:");
+    println!("9. The device's history (GET /api/devices/{device_id}/history), oldest first:");
     let history = api
         .call(
             reqwest::Method::GET,
@@ -354,7 +329,7 @@ pub async fn run(emulator: &Emulator, webhook: Option<(u16, String)>) -> anyhow:
     }
 
     if let Some((received, stop)) = receiver {
-        println!("14. Each change of the device's provisioning status was POSTed to a webhook (a Logic App in");
+        println!("10. Each change of the device's provisioning status was POSTed to a webhook (a Logic App in");
         println!("    Azure; here a receiver in this program), signed with HMAC-SHA256:");
         let deadline = Instant::now() + Duration::from_secs(20);
         let notes = loop {

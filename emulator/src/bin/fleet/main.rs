@@ -62,6 +62,9 @@ enum Command {
         /// The secret the notifications are signed with (NOTIFY_WEBHOOK_SECRET).
         #[arg(long, env = "NOTIFY_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: Option<String>,
+        /// The device's setup portal (device-portal), where the code is entered.
+        #[arg(long)]
+        portal_url: Option<String>,
     },
     /// Provision N devices through DPS, connect each to its hub, send telemetry at a rate.
     Simulate {
@@ -237,7 +240,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo {
             webhook_port,
             webhook_secret,
-        } => demo::run(&emulator, webhook_port.zip(webhook_secret)).await,
+            portal_url,
+        } => {
+            demo::run(
+                &emulator,
+                webhook_port.zip(webhook_secret),
+                portal_url.as_deref(),
+            )
+            .await
+        }
         Command::Simulate {
             devices,
             rate,
