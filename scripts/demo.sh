@@ -33,25 +33,10 @@ pid=$!
 wait_ready "$state" "$pid"
 wait_host "$state"
 
-# The device: its setup portal and its telemetry sender, sharing a state directory. The sender
-# waits until the portal has stored an assignment.
 echo "Starting the device's programs: the setup portal and the telemetry sender..."
-ca=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["caCertificatePath"])' "$state/endpoints.json")
-dps_endpoint=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dps"]["deviceEndpoint"])' "$state/endpoints.json")
-hub_ports=()
-while read -r hub_port; do hub_ports+=(--hub-port "$hub_port"); done < <(python3 -c '
-import json, sys
-for hub in json.load(open(sys.argv[1]))["hubs"]:
-    print(hub["hostName"] + "=" + str(hub["mqttPort"]))' "$state/endpoints.json")
-target/debug/device-portal --listen 127.0.0.1:0 --state-dir "$state/device" --extra-ca-file "$ca" \
-  --dps-endpoint "$dps_endpoint" --model TX-100 --serial SN-0001 --ready-file "$state/portal.addr" \
-  >"$state/portal.log" 2>&1 &
-portal_pid=$!
-RUST_LOG=warn target/debug/telemetry-sender --state-dir "$state/device" --extra-ca-file "$ca" "${hub_ports[@]}" \
-  --interval 2 --model TX-100 --serial SN-0001 --firmware 1.0.0 >"$state/sender.log" 2>&1 &
-sender_pid=$!
-for _ in $(seq 1 200); do [[ -s "$state/portal.addr" ]] && break; sleep 0.05; done
-[[ -s "$state/portal.addr" ]] || { echo "The portal did not start:" >&2; cat "$state/portal.log" >&2; exit 1; }
+start_device "$state" "$state/device" target/debug
+portal_pid=$DEVICE_PORTAL_PID
+sender_pid=$DEVICE_SENDER_PID
 echo
 NOTIFY_WEBHOOK_SECRET=$webhook_secret target/debug/fleet --endpoints "$state/endpoints.json" demo \
-  --webhook-port "$webhook_port" --portal-url "http://$(cat "$state/portal.addr")/"
+  --webhook-port "$webhook_port" --portal-url "$DEVICE_PORTAL_URL"

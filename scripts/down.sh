@@ -22,7 +22,9 @@ if [[ ! -f .local/emulator.pid && ! -f .local/azurite.pid ]]; then
   echo "Nothing to stop."
   exit 0
 fi
+stop "the device's telemetry sender" .local/sender.pid TERM
+stop "the device's portal" .local/portal.pid INT
 stop "the emulator and the function app" .local/emulator.pid TERM
 # Azurite saves its data on SIGINT only; SIGTERM would lose what it has not flushed yet.
 stop "Azurite" .local/azurite.pid INT
-echo "State stays in .local/emulator and .local/azurite."
+echo "State stays in .local/emulator, .local/azurite and .local/device."

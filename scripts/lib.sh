@@ -48,3 +48,34 @@ wait_host() {
   cat "$1/emulator.log" >&2 || true
   return 1
 }
+
+# start_device EMULATOR_STATE DEVICE_DIR BIN_DIR: starts the device's setup portal (a free port on
+# 127.0.0.1) and its telemetry sender, sharing DEVICE_DIR, trusting the emulator's CA. Sets
+# DEVICE_PORTAL_PID, DEVICE_SENDER_PID and DEVICE_PORTAL_URL. The sender waits until the portal
+# has stored an assignment.
+start_device() {
+  local emulator_state=$1 device_dir=$2 bin=$3 ca dps_endpoint
+  mkdir -p "$device_dir"
+  ca=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["caCertificatePath"])' "$emulator_state/endpoints.json")
+  dps_endpoint=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dps"]["deviceEndpoint"])' "$emulator_state/endpoints.json")
+  local hub_ports=()
+  while read -r hub_port; do hub_ports+=(--hub-port "$hub_port"); done < <(python3 -c '
+import json, sys
+for hub in json.load(open(sys.argv[1]))["hubs"]:
+    print(hub["hostName"] + "=" + str(hub["mqttPort"]))' "$emulator_state/endpoints.json")
+  rm -f "$device_dir/portal.addr"
+  "$bin/device-portal" --listen "${PORTAL_LISTEN:-127.0.0.1:0}" --state-dir "$device_dir" --extra-ca-file "$ca" \
+    --dps-endpoint "$dps_endpoint" --model TX-100 --serial SN-0001 --ready-file "$device_dir/portal.addr" \
+    >"$device_dir/portal.log" 2>&1 &
+  DEVICE_PORTAL_PID=$!
+  RUST_LOG=${SENDER_LOG:-warn} "$bin/telemetry-sender" --state-dir "$device_dir" --extra-ca-file "$ca" "${hub_ports[@]}" \
+    --interval 2 --model TX-100 --serial SN-0001 --firmware 1.0.0 >"$device_dir/sender.log" 2>&1 &
+  DEVICE_SENDER_PID=$!
+  for _ in $(seq 1 200); do [[ -s "$device_dir/portal.addr" ]] && break; sleep 0.05; done
+  if [[ ! -s "$device_dir/portal.addr" ]]; then
+    echo "The device's portal did not start:" >&2
+    cat "$device_dir/portal.log" >&2
+    return 1
+  fi
+  DEVICE_PORTAL_URL="http://$(cat "$device_dir/portal.addr")/"
+}

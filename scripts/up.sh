@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make up`: the local stack in the background: Azurite (Table Storage, data in .local/azurite),
 # the emulator (DPS, two hubs; state in .local/emulator) and its Functions host stand-in on 7071
-# running the middleware. Azure's ports when allowed (root), otherwise HTTPS on a free port.
+# running the middleware, and a device (its setup portal, 8080 when free, and its telemetry
+# sender; state in .local/device). Azure's ports when allowed (root), otherwise HTTPS on a free port.
 # Writes .local/endpoints.json (see docs/local-development.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ https_port=${EMULATOR_HTTPS_PORT:-$default_port}
 mqtt_port=${EMULATOR_MQTT_PORT:-8883}
 functions_port=${FUNCTIONS_PORT:-7071}
 
-cargo build --locked --quiet -p emulator --bins -p handler
+cargo build --locked --quiet -p emulator -p handler -p device --bins
 
 # Azurite's usual port when it is free, so tools that assume it (UseDevelopmentStorage=true) work.
 azurite_port=${AZURITE_TABLE_PORT:-10002}
@@ -39,18 +40,25 @@ pid=$!
 echo "$pid" > "$local_dir/emulator.pid"
 wait_ready "$state" "$pid"
 wait_host "$state"
-python3 - "$state/endpoints.json" "$local_dir/endpoints.json" "$AZURITE_CONNECTION_STRING" <<'PY'
+# The device: its portal on 8080 when free, and its telemetry sender.
+portal_port=${PORTAL_PORT:-8080}
+python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$portal_port" 2>/dev/null || portal_port=0
+PORTAL_LISTEN=127.0.0.1:$portal_port start_device "$state" "$local_dir/device" target/debug
+echo "$DEVICE_PORTAL_PID" > "$local_dir/portal.pid"
+echo "$DEVICE_SENDER_PID" > "$local_dir/sender.pid"
+python3 - "$state/endpoints.json" "$local_dir/endpoints.json" "$AZURITE_CONNECTION_STRING" "$DEVICE_PORTAL_URL" <<'PY'
 import json, sys
 emulator = json.load(open(sys.argv[1]))
 functions = emulator.pop("functions")
 with open(sys.argv[2], "w") as out:
     json.dump({
         "api": {"baseUrl": functions["baseUrl"], "functionKey": functions["functionKey"]},
+        "portal": {"url": sys.argv[4]},
         "storage": {"connectionString": sys.argv[3]},
         "emulator": emulator,
     }, out, indent=2)
 PY
 chmod 600 "$local_dir/endpoints.json"
-echo "The stack is up: admin API $(python3 -c 'import json; print(json.load(open(".local/endpoints.json"))["api"]["baseUrl"])')"
+echo "The stack is up: admin API $(python3 -c 'import json; print(json.load(open(".local/endpoints.json"))["api"]["baseUrl"])'), device portal $DEVICE_PORTAL_URL"
 echo "Endpoints and keys: $local_dir/endpoints.json; logs: $state/emulator.log, $local_dir/azurite.log"
 echo "Trust the emulator's CA with NODE_EXTRA_CA_CERTS=$(cd "$state" && pwd)/ca.pem (Node) or the CA path in endpoints.json."

@@ -195,7 +195,7 @@ pub async fn run(
                 // Not provisioned yet: telemetry accumulates in the outbox meanwhile.
                 tokio::select! {
                     _ = stopped(&mut shutdown) => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 }
             }
             Err(error) => return Err(SenderError::Storage(error.to_string())),
