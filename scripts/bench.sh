@@ -85,3 +85,7 @@ done
 echo
 kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=
 scripts/bench-handler.sh
+
+# ----- The device: sizes, memory, portal-to-first-telemetry next to the Python device SDK -----
+echo
+scripts/bench-device.sh

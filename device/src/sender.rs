@@ -361,7 +361,9 @@ async fn session(
                         if let Some(seq) = by_packet.remove(&ack.pkid) {
                             in_flight.remove(&seq);
                             shared.outbox.lock().unwrap_or_else(|p| p.into_inner()).acknowledge(seq);
-                            shared.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+                            if shared.stats.acknowledged.fetch_add(1, Ordering::Relaxed) == 0 {
+                                tracing::info!("the hub acknowledged the first message");
+                            }
                         }
                     }
                     Event::Incoming(Packet::Publish(publish)) => {

@@ -111,6 +111,16 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         samples: usize,
     },
+    /// Enroll N devices directly in DPS and print their provisioning codes, one per line (for
+    /// benchmarks and scripts that skip the middleware).
+    Codes {
+        /// Number of devices.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Registration id prefix.
+        #[arg(long, default_value = "bench-device")]
+        prefix: String,
+    },
     /// Write a server certificate for ADDRESS signed by the emulator's CA.
     IssueCertificate {
         /// The emulator's state directory (holds the CA).
@@ -237,6 +247,25 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Command::IssueCertificate { .. } => Ok(()),
         Command::BenchEventLatency { samples } => latency::run(&emulator, samples).await,
+        Command::Codes { count, prefix } => {
+            for n in 0..count {
+                let id = format!("{prefix}-{n}-{}", std::process::id());
+                emulator
+                    .service
+                    .put_enrollment(
+                        &json!({ "registrationId": id, "attestation": { "type": "symmetricKey" } }),
+                    )
+                    .await?;
+                let code = iot_credentials::ProvisioningCode {
+                    id_scope: emulator.endpoints.dps.id_scope.clone(),
+                    registration_id: id.clone(),
+                    device_key: emulator.service.primary_key(&id).await?,
+                    endpoint: emulator.endpoints.dps.device_endpoint.clone(),
+                };
+                println!("{}", code.expose());
+            }
+            Ok(())
+        }
         Command::Demo {
             webhook_port,
             webhook_secret,
