@@ -5,6 +5,7 @@
 //!   derivation of a device key from an enrollment-group key.
 //! - [`sas`]: building, parsing and verifying `SharedAccessSignature` tokens for DPS and IoT Hub.
 //! - [`provisioning_code`]: the one string a customer gives the device to provision itself.
+//! - [`ids`]: Azure's rules for registration ids and device ids.
 //! - [`connection_string`]: parsing and printing the connection strings Azure hands out
 //!   (DPS and IoT Hub service policies, devices, storage accounts).
 //!
@@ -12,6 +13,7 @@
 //! through a method whose name says so (`expose_*`).
 
 pub mod connection_string;
+pub mod ids;
 pub mod key;
 pub mod provisioning_code;
 pub mod sas;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const SUFFIX: &str = ".msg";
 const DROPPED_FILE: &str = "dropped";
@@ -149,11 +149,6 @@ impl Outbox {
     /// Messages dropped because the bound was reached, ever.
     pub fn dropped(&self) -> u64 {
         self.dropped
-    }
-
-    /// Where it lives.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

@@ -219,16 +219,9 @@ impl Portal {
         {
             return Err("The ID scope looks like 0ne followed by 8 letters and digits (for example 0ne00012345).".into());
         }
-        let registration_ok = registration.len() <= 128
-            && registration
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
-            && registration
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphanumeric());
+        let registration_ok = iot_credentials::ids::is_registration_id(registration);
         if !registration_ok {
-            return Err("The registration ID may hold letters, digits and - . _ : only, and starts with a letter or digit.".into());
+            return Err("The registration ID may hold letters, digits and - . _ : only, and starts and ends with a letter or digit.".into());
         }
         let key = SharedAccessKey::from_base64(key).map_err(|_| "The device key is not valid: copy it again, exactly (it ends with = in most cases).".to_owned())?;
         Ok(Credentials {

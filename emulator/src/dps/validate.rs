@@ -5,13 +5,7 @@ use super::error::DpsError;
 /// Registration and enrollment group ids: up to 128 characters of ASCII letters, digits and
 /// `- . _ :`, starting and ending with a letter or digit (DPS service API, 2021-10-01).
 pub fn registration_id(id: &str) -> Result<(), DpsError> {
-    let valid = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
-        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && id.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    let valid = iot_credentials::ids::is_registration_id(id);
     if valid {
         Ok(())
     } else {
@@ -24,28 +18,7 @@ pub fn registration_id(id: &str) -> Result<(), DpsError> {
 
 /// IoT Hub device ids: up to 128 ASCII letters, digits and `- . % _ * ? ! ( ) , : = @ $ '`.
 pub fn device_id(id: &str) -> Result<(), DpsError> {
-    let valid = !id.is_empty()
-        && id.len() <= 128
-        && id.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'%'
-                        | b'_'
-                        | b'*'
-                        | b'?'
-                        | b'!'
-                        | b'('
-                        | b')'
-                        | b','
-                        | b':'
-                        | b'='
-                        | b'@'
-                        | b'$'
-                        | b'\''
-                )
-        });
+    let valid = iot_credentials::ids::is_device_id(id);
     if valid {
         Ok(())
     } else {

@@ -1,6 +1,6 @@
 //! A minimal client of an IoT hub's service API (devices, twins, methods, messages).
 
-use super::{error_message, https_client, ClientError};
+use super::{https_client, ClientError};
 use iot_credentials::sas::unix_now;
 use iot_credentials::ServiceConnectionString;
 use serde_json::Value;
@@ -18,39 +18,6 @@ impl HubService {
             http: https_client(ca_pem)?,
             connection,
         })
-    }
-
-    /// GET `path` (e.g. `twins/dev-1`); None when the hub answers 404.
-    pub async fn get(&self, path: &str) -> Result<Option<Value>, ClientError> {
-        let response = self
-            .http
-            .get(format!(
-                "https://{}/{path}?api-version=2021-04-12",
-                self.connection.host_name()
-            ))
-            .header(
-                "Authorization",
-                self.connection.sas_token(unix_now() + 600).expose(),
-            )
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = response.status().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        match status {
-            200 => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| ClientError::Transport(e.to_string())),
-            404 => Ok(None),
-            401 => Err(ClientError::Unauthorized(error_message(&text))),
-            status => Err(ClientError::Refused {
-                status,
-                message: error_message(&text),
-            }),
-        }
     }
 
     /// Any call: answers the status and the JSON body (`null` when empty or not JSON).

@@ -2,7 +2,7 @@
 
 use super::error::ApiError;
 use super::{
-    if_match, json_body, json_reply, query_pairs, respond, views, with, ListQuery, Segment,
+    if_match, json_body, json_reply, list_reply, query_pairs, respond, views, with, Segment,
     JSON_LIMIT,
 };
 use crate::service::devices::CommandRequest;
@@ -40,13 +40,7 @@ fn history(service: Arc<Service>) -> BoxedFilter<(Response,)> {
                 let mut continuation = None;
                 for (name, value) in pairs {
                     match name.as_str() {
-                        "pageSize" => {
-                            page_size = value
-                                .parse()
-                                .ok()
-                                .filter(|n| (1..=1000).contains(n))
-                                .ok_or_else(|| ApiError::invalid("pageSize must be 1 to 1000"))?
-                        }
+                        "pageSize" => page_size = super::page_size(&value, 1000)?,
                         "continuationToken" => continuation = Some(value).filter(|v| !v.is_empty()),
                         "code" => {}
                         other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}; use pageSize or continuationToken"))),
@@ -68,24 +62,7 @@ fn list(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(query_pairs())
         .then(
             |service: Arc<Service>, pairs: Vec<(String, String)>| async move {
-                respond(
-                    async {
-                        let query = ListQuery::parse(pairs)?;
-                        let page = service
-                            .devices(
-                                &query.filter,
-                                query.page_size,
-                                query.continuation.as_deref(),
-                            )
-                            .await?;
-                        Ok(json_reply(
-                            StatusCode::OK,
-                            &views::page(&page, views::device),
-                            None,
-                        ))
-                    }
-                    .await,
-                )
+                respond(list_reply(&service, pairs, views::device).await)
             },
         )
         .boxed()

@@ -2,7 +2,7 @@
 
 use super::error::ApiError;
 use super::{
-    if_match, json_body, json_reply, media_type_is, query_pairs, respond, views, with, ListQuery,
+    if_match, json_body, json_reply, list_reply, media_type_is, query_pairs, respond, views, with,
     Segment, IMPORT_LIMIT, JSON_LIMIT,
 };
 use crate::service::enrollments::{EnrollmentPatch, NewEnrollment};
@@ -65,24 +65,7 @@ fn list(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(query_pairs())
         .then(
             |service: Arc<Service>, pairs: Vec<(String, String)>| async move {
-                respond(
-                    async {
-                        let query = ListQuery::parse(pairs)?;
-                        let page = service
-                            .enrollments(
-                                &query.filter,
-                                query.page_size,
-                                query.continuation.as_deref(),
-                            )
-                            .await?;
-                        Ok(json_reply(
-                            StatusCode::OK,
-                            &views::page(&page, views::enrollment),
-                            None,
-                        ))
-                    }
-                    .await,
-                )
+                respond(list_reply(&service, pairs, views::enrollment).await)
             },
         )
         .boxed()

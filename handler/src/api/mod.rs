@@ -160,13 +160,7 @@ impl ListQuery {
                         ApiError::invalid(format!("status {value:?} is unknown; use one of {}", known.join(", ")))
                     })?)
                 }
-                "pageSize" => {
-                    query.page_size = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
-                        .ok_or_else(|| ApiError::invalid(format!("pageSize must be 1 to {MAX_PAGE_SIZE}")))?
-                }
+                "pageSize" => query.page_size = page_size(&value, MAX_PAGE_SIZE)?,
                 "continuationToken" | "continuation" => query.continuation = Some(value).filter(|v| !v.is_empty()),
                 // The function key, when given in the query; the host checked it.
                 "code" => {}
@@ -175,6 +169,32 @@ impl ListQuery {
         }
         Ok(query)
     }
+}
+
+/// `GET /api/enrollments` and `GET /api/devices`: the same records, in the given view.
+async fn list_reply(
+    service: &Service,
+    pairs: Vec<(String, String)>,
+    view: fn(&crate::storage::Stored) -> Value,
+) -> Result<Response, ApiError> {
+    let query = ListQuery::parse(pairs)?;
+    let page = service
+        .list(
+            &query.filter,
+            query.page_size,
+            query.continuation.as_deref(),
+        )
+        .await?;
+    Ok(json_reply(StatusCode::OK, &views::page(&page, view), None))
+}
+
+/// A `pageSize` query value, 1 to `max`.
+fn page_size(value: &str, max: usize) -> Result<usize, ApiError> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::invalid(format!("pageSize must be 1 to {max}")))
 }
 
 /// A JSON answer, with an ETag header when given.

@@ -37,9 +37,6 @@ pub trait Provisioning: Send + Sync {
     /// Makes the enrollment say what the record says, keeping its keys (creates it if missing).
     async fn update(&self, record: &DeviceRecord) -> Result<(), CloudError>;
 
-    /// Whether DPS has an enrollment for the id.
-    async fn exists(&self, registration_id: &str) -> Result<bool, CloudError>;
-
     /// Removes the enrollment; a missing one is not an error.
     async fn delete(&self, registration_id: &str) -> Result<(), CloudError>;
 
@@ -259,17 +256,6 @@ impl Provisioning for DpsClient {
             .await?;
         match answer.status {
             200 | 201 => Ok(()),
-            _ => Err(common_error("DPS", &answer)),
-        }
-    }
-
-    async fn exists(&self, registration_id: &str) -> Result<bool, CloudError> {
-        let answer = self
-            .call(Method::GET, &enrollment_path(registration_id), None)
-            .await?;
-        match answer.status {
-            200 => Ok(true),
-            404 => Ok(false),
             _ => Err(common_error("DPS", &answer)),
         }
     }

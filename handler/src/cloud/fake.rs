@@ -153,11 +153,6 @@ impl Provisioning for FakeDps {
         Ok(())
     }
 
-    async fn exists(&self, registration_id: &str) -> Result<bool, CloudError> {
-        self.faults.check("exists")?;
-        Ok(self.has(registration_id))
-    }
-
     async fn delete(&self, registration_id: &str) -> Result<(), CloudError> {
         self.faults.check("delete")?;
         self.enrollments

@@ -18,19 +18,7 @@ pub struct RegistrationId(String);
 impl RegistrationId {
     /// Parses a registration id.
     pub fn parse(text: &str) -> Result<Self, InvalidId> {
-        let valid = !text.is_empty()
-            && text.len() <= 128
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
-            && text
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphanumeric())
-            && text
-                .bytes()
-                .last()
-                .is_some_and(|b| b.is_ascii_alphanumeric());
+        let valid = iot_credentials::ids::is_registration_id(text);
         if valid {
             Ok(Self(text.to_owned()))
         } else {
@@ -60,28 +48,7 @@ pub struct DeviceId(String);
 impl DeviceId {
     /// Parses a device id.
     pub fn parse(text: &str) -> Result<Self, InvalidId> {
-        let valid = !text.is_empty()
-            && text.len() <= 128
-            && text.bytes().all(|b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'%'
-                            | b'_'
-                            | b'*'
-                            | b'?'
-                            | b'!'
-                            | b'('
-                            | b')'
-                            | b','
-                            | b':'
-                            | b'='
-                            | b'@'
-                            | b'$'
-                            | b'\''
-                    )
-            });
+        let valid = iot_credentials::ids::is_device_id(text);
         if valid {
             Ok(Self(text.to_owned()))
         } else {

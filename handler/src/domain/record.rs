@@ -172,9 +172,6 @@ pub struct DeviceRecord {
     pub iot_hub: Option<HubName>,
     /// Agreement with DPS.
     pub sync: DpsSync,
-    /// DPS's etag of the enrollment, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dps_etag: Option<String>,
     /// The last known registration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<Registration>,
@@ -349,7 +346,6 @@ pub(crate) mod tests {
             enabled: true,
             iot_hub: None,
             sync: DpsSync::Complete,
-            dps_etag: None,
             registration: None,
             registration_checked_at: None,
             live: Live::default(),

@@ -4,8 +4,8 @@
 use super::{Service, ServiceError};
 use crate::cloud::hub::MethodCall;
 use crate::cloud::CloudError;
-use crate::domain::{age_seconds, now, DeviceRecord, DpsSync, Filter};
-use crate::storage::{Page, Stored};
+use crate::domain::{age_seconds, now, DeviceRecord, DpsSync};
+use crate::storage::Stored;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -117,16 +117,6 @@ impl Service {
             }
         }
         Ok(current)
-    }
-
-    /// `GET /api/devices`.
-    pub async fn devices(
-        &self,
-        filter: &Filter,
-        page_size: usize,
-        continuation: Option<&str>,
-    ) -> Result<Page, ServiceError> {
-        Ok(self.store.list(filter, page_size, continuation).await?)
     }
 
     /// The hub a live-device call goes to, or why there is none.

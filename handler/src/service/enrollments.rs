@@ -4,10 +4,10 @@
 use super::{check_if_match, Service, ServiceError};
 use crate::cloud::CloudError;
 use crate::domain::{
-    now, Asset, Customer, CustomerId, DeviceId, DeviceRecord, DpsSync, Filter, HubName,
-    InitialTwin, RegistrationId,
+    now, Asset, Customer, CustomerId, DeviceId, DeviceRecord, DpsSync, HubName, InitialTwin,
+    RegistrationId,
 };
-use crate::storage::{Page, Stored};
+use crate::storage::Stored;
 use iot_credentials::ProvisioningCode;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -240,7 +240,6 @@ impl NewEnrollment {
             enabled: self.enabled.unwrap_or(true),
             iot_hub: hub_of(service, self.iot_hub)?,
             sync: DpsSync::PendingCreate,
-            dps_etag: None,
             registration: None,
             // Nothing can have registered yet: reads need not ask DPS for a while.
             registration_checked_at: Some(stamp.clone()),
@@ -382,16 +381,6 @@ impl Service {
         self.settle_for_read(stored)
             .await?
             .ok_or_else(|| not_enrolled(&id))
-    }
-
-    /// `GET /api/enrollments`.
-    pub async fn enrollments(
-        &self,
-        filter: &Filter,
-        page_size: usize,
-        continuation: Option<&str>,
-    ) -> Result<Page, ServiceError> {
-        Ok(self.store.list(filter, page_size, continuation).await?)
     }
 
     /// `PATCH /api/enrollments/{registrationId}`.

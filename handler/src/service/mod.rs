@@ -193,6 +193,17 @@ pub struct Service {
 }
 
 impl Service {
+    /// `GET /api/enrollments` and `GET /api/devices`: one page of the records passing `filter`
+    /// (the API shows them in two views).
+    pub async fn list(
+        &self,
+        filter: &crate::domain::Filter,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<crate::storage::Page, ServiceError> {
+        Ok(self.store.list(filter, page_size, continuation).await?)
+    }
+
     /// The host name of the hub an event names: the configured one, or the linked hub whose
     /// host starts with the name (Azure: `<name>.azure-devices.net`), or the name itself.
     pub fn hub_host(&self, name: &str) -> String {

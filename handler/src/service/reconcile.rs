@@ -28,7 +28,7 @@ const LISTED: usize = 50;
 pub struct Repair {
     /// The device.
     pub device_id: String,
-    /// What was wrong: `pendingChange`, `registration`, `hubIdentity`, `connection`, `reported`.
+    /// What was wrong: `registration`, `hubIdentity`, `connection`, `reported`.
     pub fixed: Vec<&'static str>,
 }
 
@@ -71,6 +71,10 @@ impl Service {
     /// Compares every record with DPS and the hubs and repairs what differs.
     pub async fn reconcile(&self) -> Result<ReconcileReport, ServiceError> {
         let mut report = ReconcileReport::default();
+        // Interrupted DPS changes first, found cheaply through their index.
+        let pending = self.repair_pending(usize::MAX).await?;
+        report.repaired_count += pending.repaired;
+        report.failed += pending.failed;
         let enrolled: BTreeSet<String> = self
             .dps
             .enrollment_ids()
@@ -140,15 +144,13 @@ impl Service {
     async fn reconcile_one(&self, stored: Stored) -> Result<Option<Repair>, ServiceError> {
         let device_id = stored.record.device_id.to_string();
         let mut fixed = Vec::new();
-        let stored = if stored.record.sync == DpsSync::Complete {
-            stored
-        } else {
-            fixed.push("pendingChange");
-            match self.settle(stored).await? {
-                Some(settled) => settled,
-                None => return Ok(Some(Repair { device_id, fixed })),
-            }
-        };
+        if stored.record.sync != DpsSync::Complete {
+            // The repair pass at the start of `reconcile` just tried it; the next pass tries again.
+            return Err(ServiceError::Unavailable {
+                service: super::Upstream::Dps,
+                detail: format!("{device_id} still has an unfinished DPS change"),
+            });
+        }
         let mut record = stored.record.clone();
         let now = Stamp::now();
 

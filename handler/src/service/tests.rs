@@ -292,12 +292,7 @@ async fn reading_an_unassigned_device_learns_its_registration_from_dps() {
         ..Filter::default()
     };
     assert_eq!(
-        w.service
-            .devices(&by_hub, 10, None)
-            .await
-            .unwrap()
-            .items
-            .len(),
+        w.service.list(&by_hub, 10, None).await.unwrap().items.len(),
         1
     );
 }

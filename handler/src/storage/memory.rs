@@ -12,27 +12,26 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct MemoryRegistry {
     records: Mutex<BTreeMap<String, Stored>>,
-    /// Injected failures: operation (`insert`, `replace`, `delete`) → calls left to fail.
-    faults: Mutex<BTreeMap<&'static str, u32>>,
+    /// Injected failures of `insert`, `replace`, `delete`, `history`.
+    faults: Faults,
     /// History entries by (device id, entry key).
     history: Mutex<BTreeMap<(String, String), HistoryEntry>>,
 }
 
-fn new_etag() -> String {
-    format!("W/\"{}\"", uuid::Uuid::new_v4().simple())
-}
+/// Failures to inject: operation name → how many of the next calls fail as unavailable.
+#[derive(Default)]
+struct Faults(Mutex<BTreeMap<&'static str, u32>>);
 
-impl MemoryRegistry {
-    /// Makes the next `times` calls of `operation` fail as unavailable (for failure tests).
-    pub fn fail(&self, operation: &'static str, times: u32) {
-        self.faults
+impl Faults {
+    fn fail(&self, operation: &'static str, times: u32) {
+        self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(operation, times);
     }
 
     fn check(&self, operation: &'static str) -> Result<(), StoreError> {
-        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let mut faults = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match faults.get_mut(operation) {
             Some(left) if *left > 0 => {
                 *left -= 1;
@@ -42,6 +41,21 @@ impl MemoryRegistry {
             }
             _ => Ok(()),
         }
+    }
+}
+
+fn new_etag() -> String {
+    format!("W/\"{}\"", uuid::Uuid::new_v4().simple())
+}
+
+impl MemoryRegistry {
+    /// Makes the next `times` calls of `operation` fail as unavailable (for failure tests).
+    pub fn fail(&self, operation: &'static str, times: u32) {
+        self.faults.fail(operation, times);
+    }
+
+    fn check(&self, operation: &'static str) -> Result<(), StoreError> {
+        self.faults.check(operation)
     }
 
     /// Every record, for assertions.
@@ -233,30 +247,17 @@ impl Registry for MemoryRegistry {
 pub struct MemoryJournal {
     dead: Mutex<Vec<DeadLetter>>,
     outbox: Mutex<BTreeMap<String, Notification>>,
-    faults: Mutex<BTreeMap<&'static str, u32>>,
+    faults: Faults,
 }
 
 impl MemoryJournal {
-    /// Makes the next `times` calls of `operation` (`dead_letter`, `enqueue`)
-    /// fail as unavailable.
+    /// Makes the next `times` calls of `operation` fail as unavailable (for failure tests).
     pub fn fail(&self, operation: &'static str, times: u32) {
-        self.faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(operation, times);
+        self.faults.fail(operation, times);
     }
 
     fn check(&self, operation: &'static str) -> Result<(), StoreError> {
-        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-        match faults.get_mut(operation) {
-            Some(left) if *left > 0 => {
-                *left -= 1;
-                Err(StoreError::Unavailable(format!(
-                    "injected failure of {operation}"
-                )))
-            }
-            _ => Ok(()),
-        }
+        self.faults.check(operation)
     }
 
     /// Every queued notification.

@@ -644,6 +644,35 @@ fn from_json<T: serde::de::DeserializeOwned>(row: &DataRow) -> Result<T, StoreEr
         .map_err(|e| StoreError::Unavailable(format!("a stored row is unreadable: {e}")))
 }
 
+fn outbox_row(notification: &Notification) -> Result<DataRow, StoreError> {
+    Ok(DataRow {
+        partition_key: OUTBOX_PARTITION.into(),
+        row_key: notification.id.clone(),
+        data: json_of(notification)?,
+        next_attempt: Some(next_attempt_text(notification.next_attempt_ms)),
+    })
+}
+
+/// The first `limit` (up to 1,000) rows of `table` passing `filter`, as documents.
+async fn first_page<T: serde::de::DeserializeOwned>(
+    table: &TableClient,
+    filter: azure_data_tables::Filter,
+    limit: usize,
+) -> Result<Vec<T>, StoreError> {
+    let query = table.query().filter(filter).top(Top::new(
+        u32::try_from(limit.clamp(1, 1000)).unwrap_or(1000),
+    ));
+    let mut pages = query.into_stream::<DataRow>();
+    let Some(page) = pages.next().await else {
+        return Ok(Vec::new());
+    };
+    page.map_err(unavailable)?
+        .entities
+        .iter()
+        .map(from_json)
+        .collect()
+}
+
 fn next_attempt_text(ms: i64) -> String {
     format!("{:016}", ms.max(0))
 }
@@ -726,32 +755,17 @@ impl Journal for TableRegistry {
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         self.ensure_tables().await?;
-        let query = self
-            .dead_letters
-            .query()
-            .filter(Filter_::partition(DEAD_PARTITION))
-            .top(Top::new(
-                u32::try_from(limit.clamp(1, 1000)).unwrap_or(1000),
-            ));
-        let mut pages = query.into_stream::<DataRow>();
-        let Some(page) = pages.next().await else {
-            return Ok(Vec::new());
-        };
-        page.map_err(unavailable)?
-            .entities
-            .iter()
-            .map(from_json)
-            .collect()
+        first_page(
+            &self.dead_letters,
+            Filter_::partition(DEAD_PARTITION),
+            limit,
+        )
+        .await
     }
 
     async fn enqueue(&self, notification: &Notification) -> Result<(), StoreError> {
         self.ensure_tables().await?;
-        let row = DataRow {
-            partition_key: OUTBOX_PARTITION.into(),
-            row_key: notification.id.clone(),
-            data: json_of(notification)?,
-            next_attempt: Some(next_attempt_text(notification.next_attempt_ms)),
-        };
+        let row = outbox_row(notification)?;
         self.insert_ignoring_existing(&self.outbox, &row).await
     }
 
@@ -761,32 +775,12 @@ impl Journal for TableRegistry {
             "PartitionKey eq '{OUTBOX_PARTITION}' and NextAttempt le '{}'",
             next_attempt_text(now_ms)
         );
-        let query = self
-            .outbox
-            .query()
-            .filter(azure_data_tables::Filter::new(filter))
-            .top(Top::new(
-                u32::try_from(limit.clamp(1, 1000)).unwrap_or(1000),
-            ));
-        let mut pages = query.into_stream::<DataRow>();
-        let Some(page) = pages.next().await else {
-            return Ok(Vec::new());
-        };
-        page.map_err(unavailable)?
-            .entities
-            .iter()
-            .map(from_json)
-            .collect()
+        first_page(&self.outbox, azure_data_tables::Filter::new(filter), limit).await
     }
 
     async fn reschedule(&self, notification: &Notification) -> Result<(), StoreError> {
         self.ensure_tables().await?;
-        let row = DataRow {
-            partition_key: OUTBOX_PARTITION.into(),
-            row_key: notification.id.clone(),
-            data: json_of(notification)?,
-            next_attempt: Some(next_attempt_text(notification.next_attempt_ms)),
-        };
+        let row = outbox_row(notification)?;
         self.outbox
             .partition_key_client(OUTBOX_PARTITION)
             .entity_client(&notification.id)
