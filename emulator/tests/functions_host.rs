@@ -16,15 +16,26 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::TestEmulator;
 
-/// A function app in `dir` run by event-recorder, recording to `dir/invocations.jsonl`.
+/// A function app in `dir` run by event-recorder, recording to `dir/invocations.jsonl`, with
+/// HTTP requests proxied to the handler (`enableProxyingHttpRequest`).
 fn write_app(dir: &Path, functions: &[(&str, Value)], extra_settings: Value) -> PathBuf {
+    write_app_with(dir, "enableProxyingHttpRequest", functions, extra_settings)
+}
+
+/// The same with the HTTP mode `http_mode` (the host.json flag set to true).
+fn write_app_with(
+    dir: &Path,
+    http_mode: &str,
+    functions: &[(&str, Value)],
+    extra_settings: Value,
+) -> PathBuf {
     std::fs::write(
         dir.join("host.json"),
         json!({
             "version": "2.0",
             "customHandler": {
                 "description": { "defaultExecutablePath": env!("CARGO_BIN_EXE_event-recorder"), "workingDirectory": "", "arguments": [] },
-                "enableForwardingHttpRequest": true
+                http_mode: true
             },
             "extensions": { "eventHubs": { "maxEventBatchSize": 50 } }
         })
@@ -255,6 +266,62 @@ async fn http_functions_are_forwarded_only_with_a_valid_key() {
     assert_eq!(status["state"], "Running");
 }
 
+/// Posts `body` to `url` chunked (no Content-Length), as a streaming client does.
+async fn post_chunked(url: &str, body: &'static str) -> Value {
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(body.as_bytes())]);
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn proxying_passes_bodies_as_sent_while_forwarding_drops_those_without_a_length() {
+    for (mode, chunked_body, chunked_framing) in [
+        ("enableProxyingHttpRequest", "{\"a\":1}", "chunked"),
+        // The legacy rebuild copies a body only when Content-Length is above zero.
+        ("enableForwardingHttpRequest", "", "none"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_app_with(
+            dir.path(),
+            mode,
+            &[("Items", http_function("items", "anonymous", &["post"]))],
+            json!({}),
+        );
+        let emu = start_with_app(dir.path(), None).await;
+        let base = emu
+            .running
+            .endpoints()
+            .functions
+            .as_ref()
+            .unwrap()
+            .base_url
+            .clone();
+        let seen = post_chunked(&format!("{base}/items?x=1"), "{\"a\":1}").await;
+        assert_eq!(seen["body"], chunked_body, "{mode}: {seen}");
+        assert_eq!(seen["framing"], chunked_framing, "{mode}: {seen}");
+        assert_eq!(seen["query"], "x=1", "{mode}");
+        let sized: Value = reqwest::Client::new()
+            .post(format!("{base}/items"))
+            .body("{\"b\":2}")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(sized["body"], "{\"b\":2}", "{mode}");
+        assert_eq!(sized["framing"], "length 7", "{mode}");
+    }
+}
+
 #[tokio::test]
 async fn hub_events_arrive_in_batches_in_the_hosts_invocation_format() {
     let dir = tempfile::tempdir().unwrap();
@@ -471,16 +538,53 @@ async fn events_wait_for_the_app_and_checkpoints_survive_restarts() {
     }
 }
 
-#[tokio::test]
-async fn a_handler_that_dies_is_restarted() {
+/// Keeps every core busy until dropped, so races between the stand-in and a dying handler
+/// show up as they would on a loaded CI machine.
+struct CpuLoad(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<std::thread::JoinHandle<()>>,
+);
+
+impl CpuLoad {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        Self(stop, threads)
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.1.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_as_its_handler_dies_is_answered_by_the_restarted_handler() {
     let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("handler.pid");
     write_app(
         dir.path(),
         &[("Health", http_function("health", "anonymous", &["get"]))],
-        json!({ "EVENT_RECORDER_PID_FILE": dir.path().join("handler.pid") }),
+        json!({ "EVENT_RECORDER_PID_FILE": pid_file }),
     );
     let emu = start_with_app(dir.path(), None).await;
-    let host = emu.running.functions().unwrap();
     let base = emu
         .running
         .endpoints()
@@ -489,25 +593,38 @@ async fn a_handler_that_dies_is_restarted() {
         .unwrap()
         .base_url
         .clone();
-    assert_eq!(
-        reqwest::get(format!("{base}/health"))
-            .await
+    // One client, as a caller keeps one: its own pooled connection to the stand-in stays up.
+    let client = reqwest::Client::new();
+    let health = || async {
+        let answer = client.get(format!("{base}/health")).send().await.unwrap();
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        (status, body["pid"].as_u64())
+    };
+    // The stand-in's pooled connection to the handler is up before each kill.
+    let (status, mut pid) = health().await;
+    assert_eq!(status, 200);
+    let _load = CpuLoad::start();
+    for round in 0..50 {
+        let killed = pid.expect("the handler says who answered");
+        assert!(std::process::Command::new("kill")
+            .args(["-9", &killed.to_string()])
+            .status()
             .unwrap()
-            .status(),
-        200
-    );
-    // Kill the handler behind the stand-in's back.
-    let pid =
-        std::fs::read_to_string(dir.path().join("handler.pid")).expect("the handler wrote its pid");
-    assert!(std::process::Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .unwrap()
-        .success());
-    let _ = host;
-    // Requests wait for the restarted handler instead of failing.
-    let answer = reqwest::get(format!("{base}/health")).await.unwrap();
-    assert_eq!(answer.status(), 200);
+            .success());
+        // At once, before the stand-in can have noticed.
+        let (status, answered_by) = health().await;
+        assert_eq!(
+            status, 200,
+            "round {round}: the request waits for the restart"
+        );
+        assert_ne!(
+            answered_by,
+            Some(killed),
+            "round {round}: a new handler process answered"
+        );
+        pid = answered_by;
+    }
 }
 
 #[tokio::test]
@@ -515,20 +632,43 @@ async fn timer_functions_run_on_their_schedule() {
     let dir = tempfile::tempdir().unwrap();
     let log = write_app(
         dir.path(),
-        &[(
-            "Reconcile",
-            json!({ "bindings": [{ "type": "timerTrigger", "direction": "in", "name": "timer", "schedule": "* * * * * *", "runOnStartup": true }] }),
-        )],
+        &[
+            (
+                "Reconcile",
+                json!({ "bindings": [{ "type": "timerTrigger", "direction": "in", "name": "timer", "schedule": "* * * * * *", "runOnStartup": true }] }),
+            ),
+            (
+                "Hourly",
+                json!({ "bindings": [{ "type": "timerTrigger", "direction": "in", "name": "timer", "schedule": "0 0 * * * *", "runOnStartup": true }] }),
+            ),
+        ],
         json!({}),
     );
     let _emu = start_with_app(dir.path(), None).await;
-    let seen = wait_for_invocations(&log, |seen| seen.len() >= 2).await;
-    let timer = &seen[0]["request"]["Data"]["timer"];
+    let seen = wait_for_invocations(&log, |seen| {
+        seen.iter().filter(|i| i["function"] == "Reconcile").count() >= 2
+            && seen.iter().any(|i| i["function"] == "Hourly")
+    })
+    .await;
+    let every_second = seen.iter().find(|i| i["function"] == "Reconcile").unwrap();
+    let timer = &every_second["request"]["Data"]["timer"];
     assert_eq!(timer["IsPastDue"], false);
-    assert!(timer["ScheduleStatus"]["Next"].is_string());
+    // The host keeps no schedule status for schedules firing more than once a minute.
+    assert!(
+        timer.get("ScheduleStatus").is_some_and(Value::is_null),
+        "{timer}"
+    );
     assert_eq!(
-        seen[0]["request"]["Metadata"]["sys"]["MethodName"],
+        every_second["request"]["Metadata"]["sys"]["MethodName"],
         "Reconcile"
+    );
+    let hourly = seen.iter().find(|i| i["function"] == "Hourly").unwrap();
+    assert!(hourly["request"]["Data"]["timer"]["ScheduleStatus"]["Next"].is_string());
+    // Like the real host, non-HTTP invocations go chunked, without Content-Length.
+    assert!(
+        seen.iter().all(|i| i["framing"] == "chunked"),
+        "{:?}",
+        seen.iter().map(|i| &i["framing"]).collect::<Vec<_>>()
     );
 }
 

@@ -49,6 +49,15 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    // How the body came: tests check that the stand-in frames requests as the host does.
+    let framing = match (
+        request.headers().get("content-length"),
+        request.headers().get("transfer-encoding"),
+    ) {
+        (Some(length), _) => format!("length {}", length.to_str().unwrap_or_default()),
+        (None, Some(encoding)) => encoding.to_str().unwrap_or_default().to_owned(),
+        (None, None) => "none".to_owned(),
+    };
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
@@ -61,7 +70,7 @@ async fn handle(
     if path.starts_with("/api/") {
         return reply(
             StatusCode::OK,
-            json!({ "method": method, "path": path, "query": query, "body": String::from_utf8_lossy(&body) }),
+            json!({ "method": method, "path": path, "query": query, "body": String::from_utf8_lossy(&body), "framing": framing, "pid": std::process::id() }),
         );
     }
     let function = path.trim_matches('/').to_owned();
@@ -80,7 +89,7 @@ async fn handle(
     };
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if let Some(log) = &recorder.log {
-        let line = json!({ "function": function, "invocationId": invocation_id, "failed": failing, "request": request });
+        let line = json!({ "function": function, "invocationId": invocation_id, "failed": failing, "framing": framing, "request": request });
         let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(file, "{line}");
         let _ = file.flush();

@@ -116,6 +116,9 @@ pub enum Trigger {
         schedule: Schedule,
         /// Also run once at start.
         run_on_startup: bool,
+        /// Whether the host keeps the schedule's status (`useMonitor`; off by default for
+        /// schedules firing more than once a minute), which decides `ScheduleStatus`.
+        monitored: bool,
     },
 }
 
@@ -141,6 +144,18 @@ pub struct HandlerDescription {
     pub arguments: Vec<String>,
 }
 
+/// How the host hands an HTTP-triggered function's request to the handler. Either applies only
+/// to functions with exactly one httpTrigger input and one http output
+/// (`IsHttpInAndOutFunction`); any other HTTP function gets the invocation payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMode {
+    /// `enableProxyingHttpRequest`: the request streams through as the client sent it.
+    Proxying,
+    /// `enableForwardingHttpRequest`: the request is rebuilt; its body is copied only when it
+    /// came with a Content-Length above zero.
+    Forwarding,
+}
+
 /// A loaded function app.
 #[derive(Debug, Clone)]
 pub struct FunctionApp {
@@ -148,6 +163,8 @@ pub struct FunctionApp {
     pub root: PathBuf,
     /// The custom handler.
     pub handler: HandlerDescription,
+    /// How HTTP requests reach the handler.
+    pub http_mode: HttpMode,
     /// `extensions.http.routePrefix` (default `api`).
     pub route_prefix: String,
     /// `extensions.eventHubs.maxEventBatchSize` (default 100).
@@ -186,12 +203,14 @@ fn time_span(text: &str) -> Option<Duration> {
     let [h, m, s] = parts.as_slice() else {
         return None;
     };
-    let seconds: f64 = s.parse().ok()?;
-    Some(
-        Duration::from_secs(
-            days * 86_400 + h.parse::<u64>().ok()? * 3600 + m.parse::<u64>().ok()? * 60,
-        ) + Duration::from_secs_f64(seconds),
-    )
+    // try_from_secs_f64 refuses negative, NaN and huge values instead of panicking.
+    let seconds = Duration::try_from_secs_f64(s.parse().ok()?).ok()?;
+    Duration::from_secs(days * 86_400)
+        .checked_add(Duration::from_secs(
+            h.parse::<u64>().ok()?.checked_mul(3600)?,
+        ))?
+        .checked_add(Duration::from_secs(m.parse::<u64>().ok()?.checked_mul(60)?))?
+        .checked_add(seconds)
 }
 
 #[derive(Deserialize)]
@@ -237,6 +256,25 @@ fn retry_policy(path: &Path, value: &Value) -> Result<RetryPolicy, AppError> {
     })
 }
 
+/// Whether the bindings are one httpTrigger in and one http out, the only shape the host
+/// proxies or forwards (FunctionMetadataExtensions.IsHttpInAndOutFunction).
+fn http_in_and_out(bindings: &[Value]) -> bool {
+    let is = |b: &Value, kind: &str, direction: &str| {
+        b.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case(kind))
+            && b.get("direction")
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.eq_ignore_ascii_case(direction))
+    };
+    let inputs = bindings
+        .iter()
+        .filter(|b| is(b, "httpTrigger", "in"))
+        .count();
+    let outputs = bindings.iter().filter(|b| is(b, "http", "out")).count();
+    bindings.len() == 2 && inputs == 1 && outputs == 1
+}
+
 impl FunctionApp {
     /// Loads the app at `root`.
     pub fn load(root: &Path) -> Result<Self, AppError> {
@@ -255,15 +293,18 @@ impl FunctionApp {
                 "no customHandler section: only custom handler apps are supported",
             )
         })?;
-        let forwarding = ["enableForwardingHttpRequest", "enableProxyingHttpRequest"]
-            .iter()
-            .any(|flag| custom.get(*flag).and_then(Value::as_bool) == Some(true));
-        if !forwarding {
+        let flag = |name: &str| custom.get(name).and_then(Value::as_bool) == Some(true);
+        // The host checks proxying first (DefaultHttpWorkerService.InvokeAsync).
+        let http_mode = if flag("enableProxyingHttpRequest") {
+            HttpMode::Proxying
+        } else if flag("enableForwardingHttpRequest") {
+            HttpMode::Forwarding
+        } else {
             return Err(invalid(
                 &host_path,
-                "set customHandler.enableForwardingHttpRequest to true: the stand-in forwards HTTP requests as they are",
+                "set customHandler.enableProxyingHttpRequest (or the older enableForwardingHttpRequest) to true: the stand-in hands HTTP requests to the handler as they are, and does not build the HTTP invocation payload",
             ));
-        }
+        };
         let description = custom.get("description").cloned().unwrap_or_default();
         let executable = description
             .get("defaultExecutablePath")
@@ -362,6 +403,7 @@ impl FunctionApp {
         Ok(Self {
             root,
             handler,
+            http_mode,
             route_prefix,
             max_event_batch,
             settings,
@@ -399,6 +441,14 @@ impl FunctionApp {
                 Some(setting) => settings.get(setting).cloned().unwrap_or(value),
                 None => value,
             };
+        if text("type").as_deref() == Some("httpTrigger") && !http_in_and_out(bindings) {
+            return Err(invalid(
+                path,
+                "an HTTP function must have exactly one httpTrigger input and one http output: \
+                 only those are proxied or forwarded to the handler (IsHttpInAndOutFunction); \
+                 others get the invocation payload, which the stand-in does not build",
+            ));
+        }
         let trigger = match text("type").as_deref() {
             Some("httpTrigger") => Trigger::Http {
                 auth: match text("authLevel")
@@ -434,17 +484,28 @@ impl FunctionApp {
                     .unwrap_or_else(|| "$Default".into()),
                 binary: text("dataType").is_some_and(|d| d.eq_ignore_ascii_case("binary")),
             },
-            Some("timerTrigger") => Trigger::Timer {
-                binding,
-                schedule: Schedule::parse(&resolve(
+            Some("timerTrigger") => {
+                let schedule = Schedule::parse(&resolve(
                     text("schedule").ok_or_else(|| invalid(path, "timerTrigger needs schedule"))?,
                 ))
-                .map_err(|e| invalid(path, e))?,
-                run_on_startup: trigger_json
-                    .get("runOnStartup")
+                .map_err(|e| invalid(path, e))?;
+                // `useMonitor: true` cannot force monitoring of a sub-minute schedule: the host
+                // turns it off (TimerTriggerAttributeBindingProvider.CreateSchedule).
+                let monitored = trigger_json
+                    .get("useMonitor")
                     .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            },
+                    .unwrap_or(true)
+                    && !schedule.fires_more_than_once_a_minute();
+                Trigger::Timer {
+                    binding,
+                    schedule,
+                    run_on_startup: trigger_json
+                        .get("runOnStartup")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                    monitored,
+                }
+            }
             Some(other) => {
                 return Err(invalid(
                     path,

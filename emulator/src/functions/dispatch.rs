@@ -54,6 +54,7 @@ impl Delivery {
             let body = payload(context.as_ref());
             let invocation_id = uuid::Uuid::new_v4().to_string();
             let started = Instant::now();
+            let start_of_handler = self.handler.generation();
             let outcome = tokio::select! {
                 outcome = self.invoker.invoke(function, &body, &invocation_id) => outcome,
                 _ = shutdown.changed() => return false,
@@ -66,6 +67,12 @@ impl Delivery {
                     }
                     tracing::info!(function, invocation.id = %invocation_id, %what, attempt, elapsed_ms, "invocation succeeded");
                     return true;
+                }
+                Err(error) if self.handler.generation() != start_of_handler => {
+                    // The handler died under the invocation: like the real host after a worker
+                    // restart, deliver it again from the last checkpoint, not as a retry.
+                    tracing::warn!(function, invocation.id = %invocation_id, %what, %error, "the handler died during the invocation; it is delivered again");
+                    continue;
                 }
                 Err(error) => {
                     tracing::warn!(function, invocation.id = %invocation_id, %what, attempt, elapsed_ms, %error, "invocation failed");
@@ -168,6 +175,7 @@ pub async fn run_timer(delivery: Delivery, function: FunctionDef) {
         binding,
         schedule,
         run_on_startup,
+        monitored,
     } = &function.trigger
     else {
         return;
@@ -195,14 +203,11 @@ pub async fn run_timer(delivery: Delivery, function: FunctionDef) {
             .map(crate::stamps::format_time);
         let ran = delivery
             .run(&function.name, function.retry.as_ref(), "timer", |retry| {
-                invoke::timer(
-                    &function.name,
-                    binding,
-                    last.as_deref(),
-                    after.as_deref(),
-                    false,
-                    retry,
-                )
+                let status = monitored.then(|| invoke::ScheduleStatus {
+                    last: last.as_deref(),
+                    next: after.as_deref(),
+                });
+                invoke::timer(&function.name, binding, status, false, retry)
             })
             .await;
         if !ran {

@@ -4,21 +4,19 @@
 //! the custom handler (`enableForwardingHttpRequest`), whose answer goes back as it is.
 //! `GET /admin/host/status` answers without a key, so tools can wait for the host.
 
-use super::app::{AuthLevel, FunctionApp, Trigger};
+use super::app::{AuthLevel, FunctionApp, HttpMode, Trigger};
 use super::handler::HandlerProcess;
 use super::invoke::{Invoker, HOST_VERSION};
+use super::link::{Answer, Framing, LinkError, Outgoing, READY_WAIT};
 use crate::net::https::{json, query_param, read_body, Body, BodyError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Largest request forwarded (the real front end allows 100 MB; the admin API needs far less).
 pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
-/// How long a request may wait for a restarting handler.
-const READY_WAIT: Duration = Duration::from_secs(30);
 
 /// Function keys.
 #[derive(Clone)]
@@ -37,7 +35,7 @@ pub struct Front {
     pub keys: Keys,
     /// The handler process.
     pub handler: Arc<HandlerProcess>,
-    /// Forwards requests.
+    /// Reaches the handler.
     pub invoker: Invoker,
 }
 
@@ -120,18 +118,6 @@ pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<B
             "a valid function key is required (x-functions-key header or code query parameter)",
         );
     }
-    if !front.handler.wait_ready_for(READY_WAIT).await {
-        let mut response = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "HandlerUnavailable",
-            "the function app's handler is not running; retry shortly",
-        );
-        response.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("5"),
-        );
-        return response;
-    }
     let started = std::time::Instant::now();
     let invocation_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = request.into_parts();
@@ -152,17 +138,29 @@ pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<B
             )
         }
     };
-    let generation = front.handler.generation();
-    let response = match forward(&front.invoker, &parts, body.clone(), &invocation_id).await {
-        Ok(response) => response,
-        // Nothing listens: the handler died and the supervisor has not restarted it yet. The
-        // request was never delivered, so it is safe to send again once the handler is back.
-        Err(Undelivered) if front.handler.wait_restarted(generation, READY_WAIT).await => {
-            forward(&front.invoker, &parts, body, &invocation_id)
-                .await
-                .unwrap_or_else(|Undelivered| handler_failed())
+    let outgoing = outgoing(front.app.http_mode, &parts, body, &invocation_id);
+    let response = match front.invoker.link().exchange(&outgoing).await {
+        Ok(answer) => relay(answer),
+        Err(LinkError::NotRunning) => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "HandlerUnavailable",
+                "the function app's handler is not running; retry shortly",
+            );
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("5"),
+            );
+            response
         }
-        Err(Undelivered) => handler_failed(),
+        Err(LinkError::NoAnswer(reason)) => {
+            tracing::warn!(function = %function.name, invocation.id = %invocation_id, %reason, "the handler did not answer");
+            error(
+                StatusCode::BAD_GATEWAY,
+                "HandlerFailed",
+                "the function app's handler did not answer",
+            )
+        }
     };
     tracing::info!(
         function = %function.name,
@@ -220,7 +218,7 @@ async fn run_on_demand(front: &Front, name: &str, request: &Request<Incoming>) -
             "the function app's handler is not running",
         );
     }
-    let payload = super::invoke::timer(&function.name, binding, None, None, false, None);
+    let payload = super::invoke::timer(&function.name, binding, None, false, None);
     let invocation_id = uuid::Uuid::new_v4().to_string();
     match front
         .invoker
@@ -283,51 +281,58 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// A request that never reached the handler (nothing accepted the connection).
-struct Undelivered;
-
-fn handler_failed() -> Response<Body> {
-    error(
-        StatusCode::BAD_GATEWAY,
-        "HandlerFailed",
-        "the function app's handler did not answer",
-    )
-}
-
-async fn forward(
-    invoker: &Invoker,
+/// The request as the host hands it to the handler.
+///
+/// Proxying (`enableProxyingHttpRequest`, YARP in the host) passes the request through: path,
+/// query, headers and body as the client sent them. Forwarding (`enableForwardingHttpRequest`,
+/// the legacy mode) rebuilds it and copies the body only when the client sent a Content-Length
+/// above zero (HttpRequestExtensions.ToHttpRequestMessage), so a chunked upload arrives empty.
+/// Either way the host sets its own invocation id and version headers.
+fn outgoing(
+    mode: HttpMode,
     parts: &http::request::Parts,
     body: Bytes,
     invocation_id: &str,
-) -> Result<Response<Body>, Undelivered> {
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut outgoing = invoker
-        .http()
-        .request(
-            parts.method.clone(),
-            format!("{}{path_and_query}", invoker.base()),
-        )
-        .header("X-Azure-Functions-InvocationId", invocation_id)
-        .header("X-Azure-Functions-HostVersion", HOST_VERSION)
-        .body(body);
-    for (name, value) in parts.headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
-        outgoing = outgoing.header(name, value);
-    }
-    let answer = match outgoing.send().await {
-        Ok(answer) => answer,
-        Err(e) if e.is_connect() => return Err(Undelivered),
-        Err(e) => {
-            tracing::warn!(error = %e.without_url(), "forwarding to the handler failed");
-            return Ok(handler_failed());
-        }
+) -> Outgoing {
+    let sized = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let chunked = parts.headers.get(http::header::TRANSFER_ENCODING).is_some();
+    let body = match (mode, sized) {
+        (_, Some(length)) if length > 0 => Framing::Sized(body),
+        (HttpMode::Proxying, _) if chunked => Framing::Chunked(body),
+        _ => Framing::Empty,
     };
-    let status = answer.status();
-    let headers = answer.headers().clone();
-    let bytes = answer.bytes().await.unwrap_or_else(|_| Bytes::new());
-    let mut response = Response::new(Body::new(bytes));
-    *response.status_mut() = status;
-    for (name, value) in headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
+    let mut headers = HeaderMap::new();
+    for (name, value) in parts.headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
+        headers.append(name, value.clone());
+    }
+    if let Ok(id) = http::HeaderValue::from_str(invocation_id) {
+        headers.insert("x-azure-functions-invocationid", id);
+    }
+    headers.insert(
+        "x-azure-functions-hostversion",
+        http::HeaderValue::from_static(HOST_VERSION),
+    );
+    Outgoing {
+        method: parts.method.clone(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        headers,
+        body,
+    }
+}
+
+/// The handler's answer, as the client gets it.
+fn relay(answer: Answer) -> Response<Body> {
+    let mut response = Response::new(Body::new(answer.body));
+    *response.status_mut() = answer.status;
+    for (name, value) in answer.headers.iter().filter(|(n, _)| !hop_by_hop(n)) {
         response.headers_mut().append(name, value.clone());
     }
-    Ok(response)
+    response
 }

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 
 /// How long a handler may take to start listening, as on Azure.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The pause before restarting a handler that had been listening.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Starts of handlers, numbering each so callers can tell them apart.
 static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -40,17 +42,21 @@ impl HandlerProcess {
         let (ready_tx, ready) = watch::channel(0u64);
         let app = app.clone();
         let task = tokio::spawn(async move {
-            let mut backoff = Duration::from_secs(1);
+            let mut backoff = MIN_BACKOFF;
             loop {
-                let started = Instant::now();
+                let mut listened = false;
                 match spawn(&app, port) {
                     Ok(mut child) => {
-                        let ended = supervise(&mut child, port, &ready_tx, &mut shutdown).await;
+                        let outcome = supervise(&mut child, port, &ready_tx, &mut shutdown).await;
                         let _ = ready_tx.send(0);
-                        if ended {
-                            let _ = child.start_kill();
-                            let _ = child.wait().await;
-                            return;
+                        match outcome {
+                            Ended::Shutdown => {
+                                let _ = child.start_kill();
+                                let _ = child.wait().await;
+                                return;
+                            }
+                            Ended::AfterListening => listened = true,
+                            Ended::BeforeListening => {}
                         }
                     }
                     Err(error) => tracing::error!(
@@ -59,15 +65,20 @@ impl HandlerProcess {
                         "the custom handler could not be started"
                     ),
                 }
-                if started.elapsed() > START_TIMEOUT {
-                    backoff = Duration::from_secs(1);
+                // A handler that served and then died is restarted at once: requests are
+                // waiting for it. Only starts that never listen back off, so a handler that
+                // cannot start does not spin.
+                if listened {
+                    backoff = MIN_BACKOFF;
                 }
                 tracing::warn!(retry_in = ?backoff, "restarting the custom handler");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if !listened {
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         });
         Ok((Self { port, ready }, task))
@@ -94,11 +105,11 @@ impl HandlerProcess {
         *self.ready.borrow()
     }
 
-    /// After a connection to start `failed` of the handler was refused: waits (at most
-    /// `limit`) until a later start is listening; true if one is.
-    pub async fn wait_restarted(&self, failed: u64, limit: Duration) -> bool {
+    /// Waits (at most `limit`) until start `generation` is no longer the one listening; true if
+    /// it ended.
+    pub async fn wait_ended(&self, generation: u64, limit: Duration) -> bool {
         let mut ready = self.ready.clone();
-        tokio::time::timeout(limit, ready.wait_for(|r| *r != 0 && *r != failed))
+        tokio::time::timeout(limit, ready.wait_for(|r| *r != generation))
             .await
             .is_ok_and(|r| r.is_ok())
     }
@@ -146,14 +157,23 @@ fn spawn(app: &FunctionApp, port: u16) -> std::io::Result<Child> {
     Ok(child)
 }
 
-/// Waits for readiness, then for the process to end. Returns true when the stand-in is shutting
-/// down (and the process must be stopped), false when the process ended by itself.
+/// How a supervised process ended.
+enum Ended {
+    /// The stand-in is shutting down; the process must be stopped.
+    Shutdown,
+    /// It exited (or was stopped) without ever listening.
+    BeforeListening,
+    /// It exited after it had listened.
+    AfterListening,
+}
+
+/// Waits for readiness, then for the process to end.
 async fn supervise(
     child: &mut Child,
     port: u16,
     ready: &watch::Sender<u64>,
     shutdown: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Ended {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let deadline = Instant::now() + START_TIMEOUT;
     // A foreign process offers no readiness signal but its listening port: probe it, bounded.
@@ -172,22 +192,22 @@ async fn supervise(
             );
             let _ = child.start_kill();
             let _ = child.wait().await;
-            return false;
+            return Ended::BeforeListening;
         }
         tokio::select! {
             status = child.wait() => {
                 tracing::error!(?status, "the custom handler exited before listening");
-                return false;
+                return Ended::BeforeListening;
             }
-            _ = shutdown.changed() => return true,
+            _ = shutdown.changed() => return Ended::Shutdown,
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
     tokio::select! {
         status = child.wait() => {
             tracing::error!(?status, "the custom handler exited");
-            false
+            Ended::AfterListening
         }
-        _ = shutdown.changed() => true,
+        _ = shutdown.changed() => Ended::Shutdown,
     }
 }

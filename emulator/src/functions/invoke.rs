@@ -2,18 +2,21 @@
 //! (Azure/azure-functions-host: ScriptInvocationContextExtensions.ToHttpScriptInvocationContext,
 //! DefaultHttpWorkerService.ProcessDefaultInvocationRequest):
 //!
-//! - `POST /{FunctionName}` with `{"Data": {...}, "Metadata": {...}}` and the headers
-//!   `X-Azure-Functions-InvocationId`, `X-Azure-Functions-HostVersion`.
+//! - `POST /{FunctionName}` with `{"Data": {...}, "Metadata": {...}}`, chunked (no
+//!   Content-Length), and the headers `X-Azure-Functions-InvocationId`,
+//!   `X-Azure-Functions-HostVersion`.
 //! - Binding data whose key ends in "trigger" is left out of `Metadata`; a value that is not a
 //!   JSON object (arrays, strings, numbers) is sent JSON-encoded *as a string*
 //!   (`JsonConvert.SerializeObject`), so an event batch arrives as the string `"[\"…\",\"…\"]"`.
 //! - The answer must be 2xx with a JSON `{"Outputs", "Logs", "ReturnValue"}`; anything else is a
 //!   failed invocation. (The real host waits forever on an empty 2xx body; here that fails too.)
 
+use super::link::{Framing, HandlerLink, Outgoing};
 use crate::events::Event;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What the host version header says.
 pub const HOST_VERSION: &str = "4.0.0-emulator";
@@ -32,73 +35,73 @@ pub enum InvocationError {
     NotAResult(String),
 }
 
-/// Calls a custom handler.
+/// Calls a custom handler's non-HTTP functions.
 #[derive(Clone)]
 pub struct Invoker {
-    http: reqwest::Client,
-    base: String,
+    link: HandlerLink,
 }
 
 impl Invoker {
-    /// An invoker for the handler on `port`.
-    pub fn new(port: u16, timeout: Duration) -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
-            base: format!("http://127.0.0.1:{port}"),
-        }
+    /// An invoker over `link`.
+    pub fn new(link: HandlerLink) -> Self {
+        Self { link }
     }
 
-    /// The handler's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// The HTTP client used to reach the handler.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
+    /// The link to the handler, shared with the HTTP front.
+    pub fn link(&self) -> &HandlerLink {
+        &self.link
     }
 
     /// Invokes `function` with `payload`; returns the handler's log lines.
+    ///
+    /// The body goes chunked, without Content-Length: the host posts an `ObjectContent`, whose
+    /// length .NET's HttpClient does not compute (DefaultHttpWorkerService.cs,
+    /// HttpScriptInvocationContextExtensions.ToHttpRequestMessage; dotnet/corefx#26233).
     pub async fn invoke(
         &self,
         function: &str,
         payload: &Value,
         invocation_id: &str,
     ) -> Result<Vec<String>, InvocationError> {
-        let response = self
-            .http
-            .post(format!("{}/{function}", self.base))
-            .header("X-Azure-Functions-InvocationId", invocation_id)
-            .header("X-Azure-Functions-HostVersion", HOST_VERSION)
-            .header("User-Agent", format!("Azure-Functions-Host/{HOST_VERSION}"))
-            .json(payload)
-            .send()
-            .await
-            .map_err(|e| InvocationError::Unreachable(e.without_url().to_string()))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(InvocationError::Status(status.as_u16()));
-        }
-        let json_content = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-        let text = response
-            .text()
+        let mut headers = HeaderMap::new();
+        let mut add = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        };
+        add("x-azure-functions-invocationid", invocation_id);
+        add("x-azure-functions-hostversion", HOST_VERSION);
+        add(
+            "user-agent",
+            &format!("Azure-Functions-Host/{HOST_VERSION}"),
+        );
+        add("content-type", "application/json; charset=utf-8");
+        let request = Outgoing {
+            method: Method::POST,
+            path_and_query: format!("/{function}"),
+            headers,
+            body: Framing::Chunked(Bytes::from(payload.to_string())),
+        };
+        let answer = self
+            .link
+            .exchange(&request)
             .await
             .map_err(|e| InvocationError::Unreachable(e.to_string()))?;
+        if !answer.status.is_success() {
+            return Err(InvocationError::Status(answer.status.as_u16()));
+        }
+        let json_content = answer
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
         if !json_content {
             return Err(InvocationError::NotAResult(
                 "the Content-Type is not application/json".into(),
             ));
         }
-        let result: Value =
-            serde_json::from_str(&text).map_err(|e| InvocationError::NotAResult(e.to_string()))?;
+        let result: Value = serde_json::from_slice(&answer.body)
+            .map_err(|e| InvocationError::NotAResult(e.to_string()))?;
         let Some(object) = result.as_object() else {
             return Err(InvocationError::NotAResult("not a JSON object".into()));
         };
@@ -273,12 +276,20 @@ fn retry_context(retry: &RetryContext) -> Value {
     })
 }
 
-/// The invocation body of a timerTrigger function.
+/// What a monitored schedule reports: its last and next occurrences.
+pub struct ScheduleStatus<'a> {
+    /// The previous run, if any.
+    pub last: Option<&'a str>,
+    /// The next run.
+    pub next: Option<&'a str>,
+}
+
+/// The invocation body of a timerTrigger function; `status` is None for unmonitored schedules
+/// (those firing more than once a minute), which the host sends as `"ScheduleStatus": null`.
 pub fn timer(
     function: &str,
     binding: &str,
-    last: Option<&str>,
-    next: Option<&str>,
+    status: Option<ScheduleStatus<'_>>,
     past_due: bool,
     retry: Option<&RetryContext>,
 ) -> Value {
@@ -292,7 +303,7 @@ pub fn timer(
         binding.to_owned(),
         json!({
             "Schedule": { "AdjustForDST": true },
-            "ScheduleStatus": { "Last": last, "Next": next, "LastUpdated": crate::stamps::now() },
+            "ScheduleStatus": status.map(|s| json!({ "Last": s.last, "Next": s.next, "LastUpdated": crate::stamps::now() })),
             "IsPastDue": past_due,
         }),
     );

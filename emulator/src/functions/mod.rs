@@ -5,6 +5,7 @@
 //! - [`handler`]: starting, watching and restarting the handler process.
 //! - [`front`]: `http://127.0.0.1:7071/api/*` with function keys, forwarded as is.
 //! - [`invoke`]: the `Data`/`Metadata` invocation format for non-HTTP triggers.
+//! - [`link`]: the one path to the handler, resending what a dying handler never answered.
 //! - [`dispatch`]: event delivery (batches, order, checkpoints, retry policies) and timers.
 //! - [`routes`], [`schedule`]: route templates and NCRONTAB schedules.
 
@@ -13,6 +14,7 @@ pub mod dispatch;
 pub mod front;
 pub mod handler;
 pub mod invoke;
+pub mod link;
 pub mod routes;
 pub mod schedule;
 
@@ -24,6 +26,7 @@ use front::{Front, Keys};
 use handler::HandlerProcess;
 use invoke::Invoker;
 use iot_credentials::SharedAccessKey;
+use link::HandlerLink;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,7 +175,8 @@ pub async fn start(
     let (handler, supervisor) = HandlerProcess::start(&app, shutdown.clone())?;
     tasks.push(supervisor);
     let handler = Arc::new(handler);
-    let invoker = Invoker::new(handler.port(), Duration::from_secs(230));
+    // 230 s: the front end's limit on an HTTP answer, and the longest an invocation may run here.
+    let invoker = Invoker::new(HandlerLink::new(handler.clone(), Duration::from_secs(230)));
     let front = Arc::new(Front {
         app: app.clone(),
         keys,

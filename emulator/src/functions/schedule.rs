@@ -12,6 +12,7 @@ pub struct Schedule {
     days: u64,
     months: u64,
     weekdays: u64,
+    sub_minute: bool,
 }
 
 const MONTHS: [&str; 12] = [
@@ -78,14 +79,24 @@ impl Schedule {
         if weekdays & (1 << 7) != 0 {
             weekdays |= 1; // 7 is Sunday too
         }
+        let seconds = field(s, 0, 59, &[], 0)?;
+        // The host's rule (TimerSchedule.ShouldDisableScheduleMonitor): only `X * * * * *`
+        // can fire more than once a minute, and it does when X allows more than one second.
+        let sub_minute = [m, h, d, mo, w].iter().all(|f| **f == "*") && seconds.count_ones() > 1;
         Ok(Self {
-            seconds: field(s, 0, 59, &[], 0)?,
+            sub_minute,
+            seconds,
             minutes: field(m, 0, 59, &[], 0)?,
             hours: field(h, 0, 23, &[], 0)?,
             days: field(d, 1, 31, &[], 0)?,
             months: field(mo, 1, 12, &MONTHS, 1)?,
             weekdays,
         })
+    }
+
+    /// Whether it fires more than once a minute; the host then keeps no schedule status.
+    pub fn fires_more_than_once_a_minute(&self) -> bool {
+        self.sub_minute
     }
 
     /// The first time strictly after `after` that the schedule allows (None if it never does

@@ -2,8 +2,8 @@
 
 use super::error::ApiError;
 use super::{
-    if_match, json_body, json_reply, list_reply, media_type_is, query_pairs, respond, views, with,
-    Segment, IMPORT_LIMIT, JSON_LIMIT,
+    body_up_to, if_match, json_body, json_reply, list_reply, media_type_is, query_pairs, required,
+    respond, views, with, Segment, IMPORT_LIMIT, JSON_LIMIT,
 };
 use crate::service::enrollments::{EnrollmentPatch, NewEnrollment};
 use crate::service::import::{parse_csv, parse_json, ImportRow};
@@ -137,10 +137,10 @@ fn import(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with(service))
         .and(warp::header::optional::<String>("content-type"))
-        .and(warp::body::content_length_limit(IMPORT_LIMIT))
-        .and(warp::body::bytes())
+        .and(body_up_to(IMPORT_LIMIT))
         .then(|service: Arc<Service>, content_type: Option<String>, body: bytes::Bytes| async move {
             respond(async {
+                required(&body, "CSV rows with a header row, or a JSON array")?;
                 let rows: Vec<ImportRow> = if media_type_is(content_type.as_deref(), &["text/csv", "application/csv"]) {
                     parse_csv(&body)?
                 } else if media_type_is(content_type.as_deref(), &["application/json"]) {

@@ -26,9 +26,6 @@ pub enum ApiError {
     /// The body is bigger than the route takes.
     #[error("the body is larger than this route takes")]
     PayloadTooLarge,
-    /// A body without a Content-Length.
-    #[error("send a Content-Length header with the body")]
-    LengthRequired,
     /// The body has a media type the route does not take.
     #[error("this route takes {0}")]
     UnsupportedMediaType(&'static str),
@@ -62,7 +59,6 @@ impl ApiError {
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "routeNotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "methodNotAllowed"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payloadTooLarge"),
-            ApiError::LengthRequired => (StatusCode::LENGTH_REQUIRED, "lengthRequired"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupportedMediaType")
             }
@@ -98,7 +94,7 @@ impl ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if matches!(self, ApiError::PayloadTooLarge | ApiError::LengthRequired) {
+        if matches!(self, ApiError::PayloadTooLarge) {
             // The body was not read, so the connection cannot carry another request; say so, or
             // the caller's pool reuses a connection that is about to close.
             response
@@ -117,8 +113,6 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
         return Ok(error.response());
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        ApiError::LengthRequired
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
         ApiError::invalid("the query string is malformed")
     } else if rejection.find::<warp::reject::InvalidHeader>().is_some()

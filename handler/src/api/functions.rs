@@ -50,8 +50,7 @@ pub fn route(service: Arc<Service>) -> BoxedFilter<(Response,)> {
                 .ok_or_else(warp::reject::not_found)
         })
         .and(warp::post())
-        .and(warp::body::content_length_limit(INVOCATION_LIMIT))
-        .and(warp::body::bytes())
+        .and(super::body_up_to(INVOCATION_LIMIT))
         .then(
             move |(name, trigger): (&'static str, &'static str), body: bytes::Bytes| {
                 let service = service.clone();

@@ -108,15 +108,62 @@ fn media_type_is(content_type: Option<&str>, types: &[&str]) -> bool {
         })
 }
 
+/// The request body in whatever framing it came (Content-Length or chunked: the Functions host
+/// sends invocations chunked, and proxies client bodies as they were sent), read to at most
+/// `limit` bytes. A declared length over the limit is refused before reading; a chunked body as
+/// soon as it passes the limit, so no request makes the handler buffer more than it takes.
+fn body_up_to(
+    limit: u64,
+) -> impl warp::Filter<Extract = (bytes::Bytes,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |declared: Option<u64>, stream| read_up_to(stream, declared, limit))
+}
+
+async fn read_up_to<B: bytes::Buf>(
+    stream: impl futures_util::Stream<Item = Result<B, warp::Error>>,
+    declared: Option<u64>,
+    limit: u64,
+) -> Result<bytes::Bytes, warp::Rejection> {
+    use bytes::BufMut;
+    use futures_util::StreamExt;
+    if declared.is_some_and(|length| length > limit) {
+        return Err(warp::reject::custom(ApiError::PayloadTooLarge));
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            warp::reject::custom(ApiError::invalid("the request body could not be read"))
+        })?;
+        if (body.len() + chunk.remaining()) as u64 > limit {
+            return Err(warp::reject::custom(ApiError::PayloadTooLarge));
+        }
+        body.put(chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A body that must be there: POST and PATCH routes say so plainly instead of failing to parse
+/// nothing.
+fn required(body: &[u8], what: &str) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(format!(
+            "the request has no body; send {what}"
+        )));
+    }
+    Ok(())
+}
+
 /// A JSON body of at most `limit` bytes, parsed into `T`.
 fn json_body<T: DeserializeOwned + Send>(
     limit: u64,
 ) -> impl warp::Filter<Extract = (T,), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("content-type")
-        .and(warp::body::content_length_limit(limit))
-        .and(warp::body::bytes())
+        .and(body_up_to(limit))
         .and_then(
             |content_type: Option<String>, body: bytes::Bytes| async move {
+                required(&body, "a JSON object").map_err(warp::reject::custom)?;
                 if !media_type_is(content_type.as_deref(), &["application/json"]) {
                     return Err(warp::reject::custom(ApiError::UnsupportedMediaType(
                         "application/json",

@@ -89,6 +89,13 @@ async fn malformed_requests_get_a_json_error_and_change_nothing() {
         (warp::test::request().method("GET").path("/api/devices/nobody"), StatusCode::NOT_FOUND, "notFound"),
         (warp::test::request().method("POST").path("/api/enrollments/import").header("content-type", "application/xml").body("<a/>"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupportedMediaType"),
         (warp::test::request().method("POST").path("/api/enrollments/import").header("content-type", "text/csv").body("serial\n1\n"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        // No body at all, with or without a media type: 400 with the reason, never 411.
+        (warp::test::request().method("POST").path("/api/enrollments"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("POST").path("/api/enrollments").header("content-type", "application/json"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("PATCH").path("/api/enrollments/dev-1"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("POST").path("/api/enrollments/import").header("content-type", "text/csv"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("PATCH").path("/api/devices/dev-1/desired"), StatusCode::BAD_REQUEST, "invalidRequest"),
+        (warp::test::request().method("POST").path("/api/devices/dev-1/commands/reboot"), StatusCode::BAD_REQUEST, "invalidRequest"),
     ];
     for (request, status, code) in cases {
         let response = request.reply(&api).await;
