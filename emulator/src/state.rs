@@ -1,7 +1,9 @@
 //! The emulated cloud's durable state: DPS records and each hub's identity registry.
 
 use crate::dps::model::{DeviceRegistrationState, EnrollmentGroup, IndividualEnrollment};
-use crate::hub::registry::{CloudMessage, CloudQueues, DeviceIdentity, Registry};
+use crate::hub::registry::{
+    CloudMessage, CloudQueues, DeviceIdentity, ModuleIdentity, ModuleRegistry, Registry,
+};
 use crate::store::Model;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -21,6 +23,9 @@ pub struct CloudState {
     /// Cloud-to-device messages not yet acknowledged, by hub host name.
     #[serde(default)]
     pub cloud_messages: BTreeMap<String, CloudQueues>,
+    /// Module identities by hub host name (kept apart from the devices they belong to).
+    #[serde(default)]
+    pub modules: BTreeMap<String, ModuleRegistry>,
 }
 
 /// One recorded change.
@@ -46,7 +51,23 @@ pub enum Change {
         /// The identity.
         device: Box<DeviceIdentity>,
     },
-    /// Delete a device identity (and its queued messages).
+    /// Create or replace a module identity in a hub.
+    PutModule {
+        /// Hub host name.
+        hub: String,
+        /// The identity.
+        module: Box<ModuleIdentity>,
+    },
+    /// Delete a module identity.
+    DeleteModule {
+        /// Hub host name.
+        hub: String,
+        /// Device id.
+        device_id: String,
+        /// Module id.
+        module_id: String,
+    },
+    /// Delete a device identity (and its queued messages and modules).
     DeleteDevice {
         /// Hub host name.
         hub: String,
@@ -113,6 +134,31 @@ impl Model for CloudState {
                 }
                 if let Some(queues) = self.cloud_messages.get_mut(&hub) {
                     queues.remove(&device_id);
+                }
+                if let Some(modules) = self.modules.get_mut(&hub) {
+                    modules.remove(&device_id);
+                }
+            }
+            Change::PutModule { hub, module } => {
+                self.modules
+                    .entry(hub)
+                    .or_default()
+                    .entry(module.device_id.clone())
+                    .or_default()
+                    .insert(module.module_id.clone(), *module);
+            }
+            Change::DeleteModule {
+                hub,
+                device_id,
+                module_id,
+            } => {
+                if let Some(modules) = self.modules.get_mut(&hub) {
+                    if let Some(of_device) = modules.get_mut(&device_id) {
+                        of_device.remove(&module_id);
+                        if of_device.is_empty() {
+                            modules.remove(&device_id);
+                        }
+                    }
                 }
             }
             Change::EnqueueCloudMessage {

@@ -1,6 +1,6 @@
 // azure-iothub (service) and azure-iot-device with azure-iot-device-mqtt (device) against the
 // emulator's hubs: registry, twins, desired updates, direct methods, telemetry and
-// cloud-to-device messages.
+// cloud-to-device messages; module identities (Registry modules, ModuleClient).
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import https from 'node:https';
@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { endpoints, uniqueId } from './environment.mjs';
 
 const require = createRequire(import.meta.url);
-const { Client: DeviceClient, Message } = require('azure-iot-device');
+const { Client: DeviceClient, ModuleClient, Message } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
 const iothub = require('azure-iothub');
 const { SharedAccessSignature, anHourFromNow } = require('azure-iot-common');
@@ -135,4 +135,51 @@ test('cloud-to-device: a message arrives with its properties and is completed', 
   } finally {
     await client.close();
   }
+});
+
+test('modules: addModule, a ModuleClient reports, sends and answers a method, removeModule; the device is untouched', async () => {
+  const deviceId = uniqueId('edge');
+  const moduleId = 'sensor';
+  await registry().create({ deviceId });
+  const created = (await registry().addModule({ deviceId, moduleId })).responseBody;
+  assert.equal(created.moduleId, moduleId);
+  assert.equal(created.deviceId, deviceId);
+  const key = created.authentication.symmetricKey.primaryKey;
+  assert.ok(key);
+  const client = ModuleClient.fromConnectionString(
+    `HostName=${hub.hostName};DeviceId=${deviceId};ModuleId=${moduleId};SharedAccessKey=${key}`, Mqtt);
+  await client.open();
+  const service = iothub.Client.fromConnectionString(hub.connectionString);
+  try {
+    const twin = await client.getTwin();
+    await new Promise((resolve, reject) => twin.properties.reported.update({ firmware: '2.0' }, (e) => (e ? reject(e) : resolve())));
+    const desired = new Promise((resolve) => twin.on('properties.desired', (patch) => { if (patch.rate) resolve(patch); }));
+    const moduleTwin = (await registry().getModuleTwin(deviceId, moduleId)).responseBody;
+    assert.equal(moduleTwin.moduleId, moduleId);
+    assert.equal(moduleTwin.properties.reported.firmware, '2.0');
+    await moduleTwin.update({ properties: { desired: { rate: 5 } } });
+    assert.equal((await desired).rate, 5);
+
+    await client.sendOutputEvent('readings', new Message(JSON.stringify({ temperature: 20 })));
+    client.onMethod('Calibrate', (request, response) => response.send(200, { offset: request.payload.offset }, () => {}));
+    const result = await service.invokeDeviceMethod(deviceId, moduleId,
+      { methodName: 'Calibrate', payload: { offset: 2 }, responseTimeoutInSeconds: 10, connectTimeoutInSeconds: 5 });
+    assert.equal(result.result.status, 200);
+    assert.deepEqual(result.result.payload, { offset: 2 });
+
+    const modules = (await registry().getModulesOnDevice(deviceId)).responseBody;
+    assert.deepEqual(modules.map((m) => m.moduleId), [moduleId]);
+    assert.equal((await registry().getModule(deviceId, moduleId)).responseBody.connectionState, 'Connected');
+    const device = (await registry().get(deviceId)).responseBody;
+    assert.equal(device.connectionState, 'Disconnected', 'the module connection is not the device\'s');
+    const deviceTwin = (await registry().getTwin(deviceId)).responseBody;
+    assert.equal(deviceTwin.properties.reported.firmware, undefined);
+    assert.equal(deviceTwin.properties.desired.rate, undefined);
+  } finally {
+    await client.close();
+  }
+  await registry().removeModule(deviceId, moduleId);
+  await assert.rejects(registry().getModule(deviceId, moduleId), (err) => err.response.statusCode === 404);
+  assert.equal((await registry().get(deviceId)).responseBody.deviceId, deviceId);
+  await registry().delete(deviceId);
 });

@@ -6,9 +6,18 @@
 //! The connection closes when the token expires, when another connection for the same device
 //! opens, when the device is disabled or deleted, or when the device breaks Azure's rules
 //! (QoS 2, other devices' topics, unknown topics).
+//!
+//! Modules connect the same way with client id `{deviceId}/{moduleId}`, user name
+//! `{hub}/{deviceId}/{moduleId}/?api-version=…` and a SAS for
+//! `{hub}/devices/{deviceId}/modules/{moduleId}` signed with a module key; they publish telemetry
+//! on `devices/{deviceId}/modules/{moduleId}/messages/events/` and use the devices' `$iothub/twin`
+//! and `$iothub/methods` topics (articles/iot/iot-mqtt-connect-to-iot-hub.md, "as a module"; the
+//! npm azure-iot-device-mqtt 1.16.4 `Mqtt._getBaseTransportConfig` and azure-iot-device
+//! `SharedAccessKeyAuthenticationProvider` send exactly these). A module's connection and its
+//! device's are independent sessions.
 
 use super::registry::DeviceStatus;
-use super::sessions::{MethodReply, Session};
+use super::sessions::{session_key, MethodReply, Session};
 use super::{publish, twin, Hub, HubError};
 use crate::net::mqtt::{Accepted, PacketWriter};
 use crate::net::mqtt_codec::{ConnectReturnCode, Packet, Publish, QoS};
@@ -41,12 +50,11 @@ pub async fn session(hub: Arc<Hub>, accepted: Accepted) {
     if connect.protocol_name != "MQTT" || connect.protocol_level != 4 {
         return refuse(ConnectReturnCode::BadProtocolVersion);
     }
-    let device_id = connect.client_id.clone();
-    if device_id.is_empty() || device_id.contains('/') {
-        // Module identities (`device/module`) are not emulated.
+    let Some((device_id, module_id)) = client_identity(&connect.client_id) else {
         return refuse(ConnectReturnCode::IdentifierRejected);
-    }
-    let expected = format!("{}/{}/", hub.settings().host_name, device_id);
+    };
+    let key = session_key(&device_id, module_id.as_deref());
+    let expected = format!("{}/{key}/", hub.settings().host_name);
     let username_ok = connect
         .username
         .as_deref()
@@ -60,10 +68,14 @@ pub async fn session(hub: Arc<Hub>, accepted: Accepted) {
         .password
         .as_ref()
         .and_then(|p| std::str::from_utf8(p).ok());
-    let expiry = match authenticate(&hub, &device_id, password) {
+    let authenticated = match &module_id {
+        Some(module_id) => authenticate_module(&hub, &device_id, module_id, password),
+        None => authenticate(&hub, &device_id, password),
+    };
+    let expiry = match authenticated {
         Ok(expiry) => expiry,
         Err(reason) => {
-            tracing::info!(%peer, device.id = %device_id, %reason, "IoT Hub MQTT connection refused");
+            tracing::info!(%peer, device.id = %device_id, module.id = ?module_id, %reason, "IoT Hub MQTT connection refused");
             return refuse(ConnectReturnCode::NotAuthorized);
         }
     };
@@ -72,15 +84,21 @@ pub async fn session(hub: Arc<Hub>, accepted: Accepted) {
         code: ConnectReturnCode::Accepted,
     });
     reader.set_keep_alive(connect.keep_alive);
-    let (session, replaced) = hub.sessions.open(&device_id, writer.clone());
+    let (session, replaced) = hub
+        .sessions
+        .open(&device_id, module_id.as_deref(), writer.clone());
+    let announce = |connected: bool| match &module_id {
+        Some(module_id) => hub.module_connection_event(&device_id, module_id, connected),
+        None => hub.connection_event(&device_id, connected),
+    };
     if let Some(old) = replaced {
-        // One connection per device: the newer wins, as on Azure.
+        // One connection per device (or module): the newer wins, as on Azure.
         old.evicted.notify_one();
-        hub.connection_event(&device_id, false);
+        announce(false);
     }
-    hub.connection_event(&device_id, true);
-    hub.touch(&device_id);
-    tracing::debug!(%peer, device.id = %device_id, "device connected");
+    announce(true);
+    hub.touch(&key);
+    tracing::debug!(%peer, device.id = %device_id, module.id = ?module_id, "device connected");
 
     let token_lifetime =
         Duration::from_secs(expiry.saturating_sub(unix_now()).min(365 * 24 * 3600));
@@ -95,7 +113,7 @@ pub async fn session(hub: Arc<Hub>, accepted: Accepted) {
         tokio::select! {
             packet = reader.next() => match packet {
                 Ok(packet) => {
-                    hub.touch(&device_id);
+                    hub.touch(&key);
                     if let Err(reason) = device.on_packet(packet).await {
                         break reason;
                     }
@@ -106,11 +124,66 @@ pub async fn session(hub: Arc<Hub>, accepted: Accepted) {
             _ = &mut token_expired => break "the SAS token expired".into(),
         }
     };
-    tracing::debug!(%peer, device.id = %device_id, %reason, "device disconnected");
+    tracing::debug!(%peer, device.id = %device_id, module.id = ?module_id, %reason, "device disconnected");
     writer.close();
     if hub.sessions.close(&session) {
-        hub.connection_event(&device_id, false);
+        announce(false);
     }
+}
+
+/// Splits a client id into the device id and, for `{deviceId}/{moduleId}`, the module id;
+/// None when either part is empty or there are more parts.
+fn client_identity(client_id: &str) -> Option<(String, Option<String>)> {
+    match client_id.split_once('/') {
+        None if !client_id.is_empty() => Some((client_id.to_owned(), None)),
+        Some((device, module))
+            if !device.is_empty() && !module.is_empty() && !module.contains('/') =>
+        {
+            Some((device.to_owned(), Some(module.to_owned())))
+        }
+        _ => None,
+    }
+}
+
+/// Checks a module's SAS token (a module key, or a hub policy key); returns its expiry.
+fn authenticate_module(
+    hub: &Hub,
+    device_id: &str,
+    module_id: &str,
+    password: Option<&str>,
+) -> Result<u64, String> {
+    let token = SignedSas::parse(password.ok_or("no password")?).map_err(|e| e.to_string())?;
+    let resource = format!(
+        "{}/devices/{device_id}/modules/{module_id}",
+        hub.settings().host_name
+    );
+    if !token.grants(&resource) {
+        return Err("the token was issued for another module, device or hub".into());
+    }
+    if !hub.module_device_enabled(device_id) {
+        return Err("the module's device is not registered or is disabled".into());
+    }
+    let module = hub
+        .module(device_id, module_id)
+        .ok_or("the module is not registered")?;
+    let keys: Vec<SharedAccessKey> = match token.key_name() {
+        // Signed with a module key, the token must name the module itself, not its device or
+        // hub (a policy token may name the hub).
+        None if token.grants(&format!("{}/devices/{device_id}", hub.settings().host_name)) => {
+            return Err("a token signed with a module key must be issued for the module".into())
+        }
+        None => [&module.primary_key, &module.secondary_key]
+            .into_iter()
+            .filter_map(|k| SharedAccessKey::from_base64(k).ok())
+            .collect(),
+        Some(policy) if policy.eq_ignore_ascii_case(&hub.settings().service_policy) => {
+            vec![hub.settings().service_key.clone()]
+        }
+        Some(policy) => return Err(format!("unknown shared access policy {policy:?}")),
+    };
+    let refs: Vec<&SharedAccessKey> = keys.iter().collect();
+    token.verify(&refs, unix_now()).map_err(|e| e.to_string())?;
+    Ok(token.expiry())
 }
 
 /// Checks the SAS token; returns its expiry.
@@ -152,6 +225,31 @@ impl Device<'_> {
         &self.session.device_id
     }
 
+    fn module_id(&self) -> Option<&str> {
+        self.session.module_id.as_deref()
+    }
+
+    /// `devices/{deviceId}/` or `devices/{deviceId}/modules/{moduleId}/`: where this client's
+    /// own topics start.
+    fn own_topics(&self) -> String {
+        match self.module_id() {
+            Some(module_id) => format!("devices/{}/modules/{module_id}/", self.id()),
+            None => format!("devices/{}/", self.id()),
+        }
+    }
+
+    /// The twin's desired and reported sections as the client reads them.
+    fn twin_document(&self) -> Option<Value> {
+        let twin = match self.module_id() {
+            Some(module_id) => self.hub.module(self.id(), module_id)?.twin,
+            None => self.hub.device(self.id())?.twin,
+        };
+        Some(json!({
+            "desired": twin::device_section(&twin.desired),
+            "reported": twin::device_section(&twin.reported),
+        }))
+    }
+
     /// Handles one packet; an error ends the connection with that reason.
     async fn on_packet(&mut self, packet: Packet) -> Result<(), String> {
         match packet {
@@ -161,7 +259,7 @@ impl Device<'_> {
                 for (filter, qos) in &filters {
                     let granted = (*qos).min(QoS::AtLeastOnce);
                     let own_messages = format!("devices/{}/messages/devicebound/#", self.id());
-                    let code = if *filter == own_messages {
+                    let code = if self.module_id().is_none() && *filter == own_messages {
                         wants_messages = true;
                         self.session.subscribe(|s| s.cloud_messages = Some(granted));
                         granted as u8
@@ -173,6 +271,10 @@ impl Device<'_> {
                         granted as u8
                     } else if filter == "$iothub/methods/POST/#" {
                         self.session.subscribe(|s| s.methods = Some(granted));
+                        granted as u8
+                    } else if self.module_id().is_some() && filter.starts_with(&self.own_topics()) {
+                        // A module's own topics (`inputs/#` of the Node ModuleClient, or `#`):
+                        // granted; IoT Hub routes nothing to module inputs (only IoT Edge does).
                         granted as u8
                     } else if filter.starts_with("devices/") {
                         return Err(format!(
@@ -230,15 +332,28 @@ impl Device<'_> {
         if publish.qos == QoS::ExactlyOnce {
             return Err("QoS 2 is not supported by IoT Hub".into());
         }
-        let telemetry_prefix = format!("devices/{}/messages/events", self.id());
+        let telemetry_prefix = format!("{}messages/events", self.own_topics());
         if let Some(rest) = publish.topic.strip_prefix(&telemetry_prefix) {
             let bag = match rest {
                 "" | "/" => "",
                 rest => rest.strip_prefix('/').ok_or("malformed telemetry topic")?,
             };
-            let device = self.hub.device(self.id()).ok_or("the device was deleted")?;
             let bag = decode_bag(bag);
-            if !self.hub.telemetry(&device, bag, publish.payload.clone()) {
+            let recorded = match self.module_id() {
+                Some(module_id) => {
+                    let module = self
+                        .hub
+                        .module(self.id(), module_id)
+                        .ok_or("the module was deleted")?;
+                    self.hub
+                        .module_telemetry(&module, bag, publish.payload.clone())
+                }
+                None => {
+                    let device = self.hub.device(self.id()).ok_or("the device was deleted")?;
+                    self.hub.telemetry(&device, bag, publish.payload.clone())
+                }
+            };
+            if !recorded {
                 return Err("the hub could not record the message".into());
             }
             return self.ack(&publish);
@@ -258,18 +373,21 @@ impl Device<'_> {
         match path {
             "$iothub/twin/GET/" => {
                 let rid = rid.ok_or("twin request without $rid")?;
-                let device = self.hub.device(self.id()).ok_or("the device was deleted")?;
-                let body = json!({
-                    "desired": twin::device_section(&device.twin.desired),
-                    "reported": twin::device_section(&device.twin.reported),
-                });
+                let body = self
+                    .twin_document()
+                    .ok_or("the device or module was deleted")?;
                 self.respond("twin", 200, &rid, None, Bytes::from(body.to_string()));
                 Ok(())
             }
             "$iothub/twin/PATCH/properties/reported/" => {
                 let rid = rid.ok_or("twin request without $rid")?;
                 let outcome = match serde_json::from_slice::<Value>(&publish.payload) {
-                    Ok(patch) => self.hub.report(self.id(), &patch).await,
+                    Ok(patch) => match self.module_id() {
+                        Some(module_id) => {
+                            self.hub.report_module(self.id(), module_id, &patch).await
+                        }
+                        None => self.hub.report(self.id(), &patch).await,
+                    },
                     Err(e) => Err(HubError::BadRequest(format!("the patch is not JSON: {e}"))),
                 };
                 match outcome {
@@ -277,7 +395,7 @@ impl Device<'_> {
                     Err(error) => {
                         let status = match error {
                             HubError::Unavailable => 503,
-                            HubError::DeviceNotFound(_) => 404,
+                            HubError::DeviceNotFound(_) | HubError::ModuleNotFound { .. } => 404,
                             _ => 400,
                         };
                         let body = json!({ "message": error.to_string() });

@@ -2,7 +2,9 @@
 //!
 //! - [`registry`]: device identities, twins and queued cloud-to-device messages (durable).
 //! - [`twin`]: merge-patch rules, limits, and the wire shapes of twins and devices.
-//! - [`sessions`]: connected devices.
+//! - [`modules`]: module identities, module twins and module connections, kept apart from
+//!   their devices.
+//! - [`sessions`]: connected devices and modules.
 //! - [`device_mqtt`]: the device endpoint (MQTT 3.1.1 over TLS).
 //! - [`service_http`]: the service REST API.
 //!
@@ -11,6 +13,7 @@
 //! stream.
 
 pub mod device_mqtt;
+pub mod modules;
 pub mod registry;
 pub mod service_http;
 pub mod sessions;
@@ -64,6 +67,22 @@ pub enum HubError {
     /// The device exists already.
     #[error("a device with id {0} already exists")]
     DeviceAlreadyExists(String),
+    /// No such module on the device.
+    #[error("module {module_id} is not registered on device {device_id}")]
+    ModuleNotFound {
+        /// The device.
+        device_id: String,
+        /// The module.
+        module_id: String,
+    },
+    /// The module exists already on the device.
+    #[error("a module with id {module_id} already exists on device {device_id}")]
+    ModuleAlreadyExists {
+        /// The device.
+        device_id: String,
+        /// The module.
+        module_id: String,
+    },
     /// `If-Match` does not match.
     #[error("the etag does not match the current one; read the resource again")]
     PreconditionFailed,
@@ -224,10 +243,11 @@ impl Hub {
         }
     }
 
-    /// Records device activity (any packet).
-    pub fn touch(&self, device_id: &str) {
+    /// Records activity (any packet) of the device or module whose session key is `key`
+    /// ([`sessions::session_key`]).
+    pub fn touch(&self, key: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.entry(device_id.to_owned()).or_default().last_activity = Some(stamps::now());
+        seen.entry(key.to_owned()).or_default().last_activity = Some(stamps::now());
     }
 
     // ----- identity registry -----
@@ -612,12 +632,32 @@ impl Hub {
         if self.device(device_id).is_none() {
             return Err(HubError::DeviceNotFound(device_id.to_owned()));
         }
+        self.call_session(
+            &sessions::session_key(device_id, None),
+            method,
+            payload,
+            response_timeout,
+            connect_timeout,
+        )
+        .await
+    }
+
+    /// Sends a method call to the session filed under `key` (a device's or a module's), waiting
+    /// up to `connect_timeout` for it to listen, and waits for the answer.
+    async fn call_session(
+        &self,
+        key: &str,
+        method: &str,
+        payload: &Value,
+        response_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<MethodReply, HubError> {
         let session = tokio::time::timeout(connect_timeout, async {
             loop {
                 let changed = self.sessions.changed.notified();
                 if let Some(session) = self
                     .sessions
-                    .get(device_id)
+                    .by_key(key)
                     .filter(|s| s.subscriptions().methods.is_some())
                 {
                     return session;
@@ -662,16 +702,7 @@ impl Hub {
                 .or_default()
                 .connection_state_updated = Some(stamps::now());
         }
-        let sequence = {
-            // Strictly increasing, as Azure's 256-bit sequence numbers are; time-based so it
-            // keeps increasing across restarts.
-            let mut last = self.sequence.lock().unwrap_or_else(|p| p.into_inner());
-            let now = time::OffsetDateTime::now_utc()
-                .unix_timestamp_nanos()
-                .max(0) as u128;
-            *last = (*last + 1).max(now);
-            format!("{:064X}", *last)
-        };
+        let sequence = self.next_connection_sequence();
         let op = if connected {
             "deviceConnected"
         } else {
@@ -684,6 +715,18 @@ impl Hub {
             op,
             json!({ "sequenceNumber": sequence }),
         );
+    }
+
+    /// The next connection-state sequence number: strictly increasing, as Azure's 256-bit
+    /// sequence numbers are, and time-based so it keeps increasing across restarts. Devices and
+    /// modules share one sequence.
+    fn next_connection_sequence(&self) -> String {
+        let mut last = self.sequence.lock().unwrap_or_else(|p| p.into_inner());
+        let now = time::OffsetDateTime::now_utc()
+            .unix_timestamp_nanos()
+            .max(0) as u128;
+        *last = (*last + 1).max(now);
+        format!("{:064X}", *last)
     }
 
     // ----- events -----
@@ -709,10 +752,14 @@ impl Hub {
         );
     }
 
-    /// A device was removed (by the service or by DPS moving it): tell the stream, close it.
+    /// A device was removed (by the service or by DPS moving it): tell the stream, close it
+    /// and its modules' connections (its modules went with it).
     pub fn device_deleted(&self, device: &DeviceIdentity) {
         self.lifecycle_event(device, "deleteDeviceIdentity");
         self.evict(&device.device_id);
+        for session in self.sessions.modules_of(&device.device_id) {
+            session.evicted.notify_one();
+        }
     }
 
     /// DPS replaced a device's twin (reprovisioning with reset).
@@ -721,6 +768,24 @@ impl Hub {
     }
 
     fn notification(&self, device_id: &str, source: &str, schema: &str, op: &str, body: Value) {
+        self.notify(device_id, None, source, schema, op, body);
+    }
+
+    /// Builds and records a non-telemetry event. A module's carries the application property
+    /// `moduleId`, and for lifecycle and twin events the system property
+    /// `iothub-connection-module-id` (MicrosoftDocs/azure-docs
+    /// articles/iot-hub/iot-hub-non-telemetry-event-schema.md: the system property "is output only
+    /// for module life cycle and twin events"; connection state events of a module carry
+    /// `moduleId`).
+    fn notify(
+        &self,
+        device_id: &str,
+        module: Option<&str>,
+        source: &str,
+        schema: &str,
+        op: &str,
+        body: Value,
+    ) {
         let mut system = Map::new();
         system.insert("content-type".into(), json!("application/json"));
         system.insert("content-encoding".into(), json!("utf-8"));
@@ -730,10 +795,16 @@ impl Hub {
         );
         system.insert("user-id".into(), json!(self.settings.name));
         system.insert("iothub-connection-device-id".into(), json!(device_id));
+        if let Some(module_id) = module.filter(|_| source != "deviceConnectionStateEvents") {
+            system.insert("iothub-connection-module-id".into(), json!(module_id));
+        }
         system.insert("iothub-message-source".into(), json!(source));
         let mut application = Map::new();
         application.insert("hubName".into(), json!(self.settings.name));
         application.insert("deviceId".into(), json!(device_id));
+        if let Some(module_id) = module {
+            application.insert("moduleId".into(), json!(module_id));
+        }
         application.insert("opType".into(), json!(op));
         application.insert("iothub-message-schema".into(), json!(schema));
         application.insert("operationTimestamp".into(), json!(stamps::now()));
@@ -752,20 +823,38 @@ impl Hub {
         bag: Vec<(String, String)>,
         body: Bytes,
     ) -> bool {
+        self.record_telemetry(&device.device_id, None, &device.generation_id, bag, body)
+    }
+
+    /// Records telemetry of a device or (with `module_id`) of one of its modules, whose
+    /// messages also carry `iothub-connection-module-id`.
+    fn record_telemetry(
+        &self,
+        device_id: &str,
+        module_id: Option<&str>,
+        generation_id: &str,
+        bag: Vec<(String, String)>,
+        body: Bytes,
+    ) -> bool {
         let mut system = Map::new();
-        system.insert(
-            "iothub-connection-device-id".into(),
-            json!(device.device_id),
-        );
+        system.insert("iothub-connection-device-id".into(), json!(device_id));
+        if let Some(module_id) = module_id {
+            system.insert("iothub-connection-module-id".into(), json!(module_id));
+        }
+        let scope = if module_id.is_some() {
+            "module"
+        } else {
+            "device"
+        };
         system.insert(
             "iothub-connection-auth-method".into(),
-            json!(
-                r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#
-            ),
+            json!(format!(
+                r#"{{"scope":"{scope}","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}}"#
+            )),
         );
         system.insert(
             "iothub-connection-auth-generation-id".into(),
-            json!(device.generation_id),
+            json!(generation_id),
         );
         system.insert("iothub-message-source".into(), json!("Telemetry"));
         let mut application = Map::new();
@@ -792,7 +881,7 @@ impl Hub {
             }
         }
         self.append(NewEvent {
-            device_id: device.device_id.clone(),
+            device_id: device_id.to_owned(),
             system_properties: system,
             properties: application,
             body,

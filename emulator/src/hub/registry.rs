@@ -96,6 +96,44 @@ impl std::fmt::Debug for DeviceIdentity {
     }
 }
 
+/// One module identity of a device (IoT Edge modules, module twins). It lives beside its
+/// device, never inside it: a module's changes leave the device's own identity and twin alone.
+/// Shape: the `Module` definition of the IoT Hub service REST API (api-version 2021-04-12).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleIdentity {
+    /// The device the module belongs to.
+    pub device_id: String,
+    /// The module id (case-sensitive).
+    pub module_id: String,
+    /// Who manages the module (`IotEdge` for the edge runtime's own), if anyone.
+    #[serde(default)]
+    pub managed_by: Option<String>,
+    /// Distinguishes re-creations of the same module id.
+    pub generation_id: String,
+    /// Changes on every identity write.
+    pub etag: String,
+    /// Primary symmetric key (base64).
+    pub primary_key: String,
+    /// Secondary symmetric key (base64).
+    pub secondary_key: String,
+    /// The module twin.
+    pub twin: Twin,
+    /// When the identity was created or last changed (ISO 8601).
+    pub last_updated: String,
+}
+
+impl std::fmt::Debug for ModuleIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleIdentity")
+            .field("device_id", &self.device_id)
+            .field("module_id", &self.module_id)
+            .field("generation_id", &self.generation_id)
+            .field("twin", &self.twin)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A cloud-to-device message waiting for the device to acknowledge it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -123,6 +161,9 @@ pub struct CloudMessage {
 
 /// The devices of one hub, keyed by device id.
 pub type Registry = BTreeMap<String, DeviceIdentity>;
+
+/// The modules of one hub: by device id, then by module id.
+pub type ModuleRegistry = BTreeMap<String, BTreeMap<String, ModuleIdentity>>;
 
 /// Queued cloud-to-device messages of one hub, by device id, oldest first.
 pub type CloudQueues = BTreeMap<String, VecDeque<CloudMessage>>;

@@ -8,11 +8,17 @@
 //! | `GET`, `DELETE /devices/{id}` | read, delete (`If-Match` optional) |
 //! | `GET`, `PATCH`, `PUT /twins/{id}` | read, patch tags/desired, replace (`If-Match` optional) |
 //! | `POST /twins/{id}/methods` | invoke a direct method |
+//! | `GET /devices/{id}/modules` | list a device's modules |
+//! | `PUT /devices/{id}/modules/{mid}` | create (no `If-Match`) or update (`If-Match`) a module |
+//! | `GET`, `DELETE /devices/{id}/modules/{mid}` | read, delete a module (`If-Match` optional) |
+//! | `GET`, `PATCH`, `PUT /twins/{id}/modules/{mid}` | read, patch, replace a module twin |
+//! | `POST /twins/{id}/modules/{mid}/methods` | invoke a direct method on a module |
 //! | `POST /devices/{id}/messages/devicebound` | send a cloud-to-device message (emulator only: Azure takes these over AMQP) |
 //!
 //! Errors use IoT Hub's shape: `{"Message": "ErrorCode:<code>;<text>", "ExceptionMessage": …}`
 //! with the `iothub-errorcode` header.
 
+use super::modules::{self, ModuleSpec};
 use super::registry::{CloudMessage, DeviceStatus};
 use super::{twin, DeviceSpec, Hub, HubError, DEFAULT_MESSAGE_TTL};
 use crate::net::https::{header, json, path_segments, query_param, read_body, Body, BodyError};
@@ -73,6 +79,10 @@ impl From<HubError> for ApiError {
             }
             HubError::DeviceNotFound(_) => (StatusCode::NOT_FOUND, "DeviceNotFound"),
             HubError::DeviceAlreadyExists(_) => (StatusCode::CONFLICT, "DeviceAlreadyExists"),
+            HubError::ModuleNotFound { .. } => (StatusCode::NOT_FOUND, "ModuleNotFound"),
+            HubError::ModuleAlreadyExists { .. } => {
+                (StatusCode::CONFLICT, "ModuleAlreadyExistsOnDevice")
+            }
             HubError::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "PreconditionFailed"),
             HubError::DeviceNotOnline => (StatusCode::NOT_FOUND, "DeviceNotOnline"),
             HubError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout"),
@@ -188,25 +198,102 @@ async fn serve(hub: &Hub, request: Request<Incoming>) -> Result<Response<Body>, 
         }
         (&Method::POST, [twins, id, methods]) if is(twins, "twins") && is(methods, "methods") => {
             let call: MethodCall = json_body(&parts.headers, body).await?;
-            let response_timeout = call.response_timeout_in_seconds.unwrap_or(30);
-            let connect_timeout = call.connect_timeout_in_seconds.unwrap_or(0);
-            if !(5..=300).contains(&response_timeout) || connect_timeout > 300 {
-                return Err(ApiError::bad_request(
-                    "responseTimeoutInSeconds must be 5 to 300 and connectTimeoutInSeconds 0 to 300",
-                ));
-            }
-            if call.method_name.is_empty() || call.method_name.contains('/') {
-                return Err(ApiError::bad_request(
-                    "methodName must be a non-empty name without '/'",
-                ));
-            }
+            let (response_timeout, connect_timeout) = call.timeouts()?;
             let reply = hub
                 .invoke_method(
                     id,
                     &call.method_name,
                     &call.payload,
-                    Duration::from_secs(response_timeout),
-                    Duration::from_secs(connect_timeout),
+                    response_timeout,
+                    connect_timeout,
+                )
+                .await?;
+            Ok(json(
+                StatusCode::OK,
+                &json!({ "status": reply.status, "payload": reply.payload }),
+            ))
+        }
+        (&Method::GET, [devices, id, mods]) if is(devices, "devices") && is(mods, "modules") => {
+            let list: Vec<Value> = hub
+                .modules_of(id)?
+                .iter()
+                .map(|m| modules::module_json(m, &hub.module_presence(id, &m.module_id)))
+                .collect();
+            Ok(json(StatusCode::OK, &list))
+        }
+        (&Method::GET, [devices, id, mods, mid])
+            if is(devices, "devices") && is(mods, "modules") =>
+        {
+            let module = known_module(hub, id, mid)?;
+            Ok(json(
+                StatusCode::OK,
+                &modules::module_json(&module, &hub.module_presence(id, mid)),
+            ))
+        }
+        (&Method::PUT, [devices, id, mods, mid])
+            if is(devices, "devices") && is(mods, "modules") =>
+        {
+            modules::validate_module_id(mid)?;
+            let body: ModuleBody = json_body(&parts.headers, body).await?;
+            let spec = body.into_spec(id, mid)?;
+            let module = match if_match.as_deref() {
+                None => hub.create_module(id, mid, spec).await?,
+                Some(etag) => hub.update_module(id, mid, etag, spec).await?,
+            };
+            Ok(json(
+                StatusCode::OK,
+                &modules::module_json(&module, &hub.module_presence(id, mid)),
+            ))
+        }
+        (&Method::DELETE, [devices, id, mods, mid])
+            if is(devices, "devices") && is(mods, "modules") =>
+        {
+            hub.delete_module(id, mid, if_match.as_deref()).await?;
+            Ok(crate::net::https::empty(StatusCode::NO_CONTENT))
+        }
+        (&Method::GET, [twins, id, mods, mid]) if is(twins, "twins") && is(mods, "modules") => {
+            let module = known_module(hub, id, mid)?;
+            Ok(json(
+                StatusCode::OK,
+                &modules::module_twin_json(&module, &hub.module_presence(id, mid)),
+            ))
+        }
+        (&Method::PATCH | &Method::PUT, [twins, id, mods, mid])
+            if is(twins, "twins") && is(mods, "modules") =>
+        {
+            let body: Value = json_body(&parts.headers, body).await?;
+            let (tags, desired) = twin_change(&body)?;
+            let module = if parts.method == Method::PUT {
+                hub.replace_module_twin(
+                    id,
+                    mid,
+                    if_match.as_deref(),
+                    tags.unwrap_or_default(),
+                    desired.unwrap_or_default(),
+                )
+                .await?
+            } else {
+                hub.patch_module_twin(id, mid, if_match.as_deref(), tags, desired)
+                    .await?
+            };
+            Ok(json(
+                StatusCode::OK,
+                &modules::module_twin_json(&module, &hub.module_presence(id, mid)),
+            ))
+        }
+        (&Method::POST, [twins, id, mods, mid, methods])
+            if is(twins, "twins") && is(mods, "modules") && is(methods, "methods") =>
+        {
+            let call: MethodCall = json_body(&parts.headers, body).await?;
+            let (response_timeout, connect_timeout) = call.timeouts()?;
+            let reply = hub
+                .invoke_module_method(
+                    id,
+                    mid,
+                    &call.method_name,
+                    &call.payload,
+                    response_timeout,
+                    connect_timeout,
                 )
                 .await?;
             Ok(json(
@@ -227,6 +314,25 @@ async fn serve(hub: &Hub, request: Request<Incoming>) -> Result<Response<Body>, 
             "no such resource",
         )),
     }
+}
+
+/// The module `device_id`/`module_id`, or the 404 that says which of the two is missing.
+fn known_module(
+    hub: &Hub,
+    device_id: &str,
+    module_id: &str,
+) -> Result<super::registry::ModuleIdentity, ApiError> {
+    if let Some(module) = hub.module(device_id, module_id) {
+        return Ok(module);
+    }
+    Err(match hub.device(device_id) {
+        None => HubError::DeviceNotFound(device_id.to_owned()),
+        Some(_) => HubError::ModuleNotFound {
+            device_id: device_id.to_owned(),
+            module_id: module_id.to_owned(),
+        },
+    }
+    .into())
 }
 
 fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -346,31 +452,74 @@ impl DeviceBody {
             iot_edge: self.capabilities.map(|c| c.iot_edge),
             ..DeviceSpec::default()
         };
-        if let Some(auth) = self.authentication {
-            if auth
-                .kind
-                .as_deref()
-                .is_some_and(|k| !k.eq_ignore_ascii_case("sas"))
-            {
-                return Err(ApiError::bad_request(
-                    "emulated devices authenticate with SAS keys (authentication.type \"sas\")",
-                ));
-            }
-            if let Some(keys) = auth.symmetric_key {
-                for (name, key) in [
-                    ("primaryKey", &keys.primary_key),
-                    ("secondaryKey", &keys.secondary_key),
-                ] {
-                    if let Some(key) = key.as_deref().filter(|k| !k.is_empty()) {
-                        crate::dps::validate::symmetric_key(name, key)
-                            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-                    }
-                }
-                spec.primary_key = keys.primary_key.filter(|k| !k.is_empty());
-                spec.secondary_key = keys.secondary_key.filter(|k| !k.is_empty());
-            }
-        }
+        (spec.primary_key, spec.secondary_key) = given_keys(self.authentication)?;
         Ok(spec)
+    }
+}
+
+/// The symmetric keys a device or module body gives (None where left empty, to be generated).
+fn given_keys(
+    authentication: Option<Authentication>,
+) -> Result<(Option<String>, Option<String>), ApiError> {
+    let Some(auth) = authentication else {
+        return Ok((None, None));
+    };
+    if auth
+        .kind
+        .as_deref()
+        .is_some_and(|k| !k.eq_ignore_ascii_case("sas"))
+    {
+        return Err(ApiError::bad_request(
+            "emulated devices and modules authenticate with SAS keys (authentication.type \"sas\")",
+        ));
+    }
+    let Some(keys) = auth.symmetric_key else {
+        return Ok((None, None));
+    };
+    for (name, key) in [
+        ("primaryKey", &keys.primary_key),
+        ("secondaryKey", &keys.secondary_key),
+    ] {
+        if let Some(key) = key.as_deref().filter(|k| !k.is_empty()) {
+            crate::dps::validate::symmetric_key(name, key)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+    }
+    Ok((
+        keys.primary_key.filter(|k| !k.is_empty()),
+        keys.secondary_key.filter(|k| !k.is_empty()),
+    ))
+}
+
+/// A module as `PUT /devices/{id}/modules/{mid}` sends it (the `Module` definition).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ModuleBody {
+    #[serde(default)]
+    device_id: Option<String>,
+    #[serde(default)]
+    module_id: Option<String>,
+    #[serde(default)]
+    managed_by: Option<String>,
+    #[serde(default)]
+    authentication: Option<Authentication>,
+}
+
+impl ModuleBody {
+    fn into_spec(self, device_id: &str, module_id: &str) -> Result<ModuleSpec, ApiError> {
+        if self.device_id.as_deref().is_some_and(|id| id != device_id)
+            || self.module_id.as_deref().is_some_and(|id| id != module_id)
+        {
+            return Err(ApiError::bad_request(
+                "deviceId and moduleId in the body must equal the ids in the URL",
+            ));
+        }
+        let (primary_key, secondary_key) = given_keys(self.authentication)?;
+        Ok(ModuleSpec {
+            managed_by: self.managed_by.filter(|m| !m.is_empty()),
+            primary_key,
+            secondary_key,
+        })
     }
 }
 
@@ -384,6 +533,28 @@ struct MethodCall {
     response_timeout_in_seconds: Option<u64>,
     #[serde(default)]
     connect_timeout_in_seconds: Option<u64>,
+}
+
+impl MethodCall {
+    /// The response and connect timeouts, checked against IoT Hub's bounds, and the method name.
+    fn timeouts(&self) -> Result<(Duration, Duration), ApiError> {
+        let response_timeout = self.response_timeout_in_seconds.unwrap_or(30);
+        let connect_timeout = self.connect_timeout_in_seconds.unwrap_or(0);
+        if !(5..=300).contains(&response_timeout) || connect_timeout > 300 {
+            return Err(ApiError::bad_request(
+                "responseTimeoutInSeconds must be 5 to 300 and connectTimeoutInSeconds 0 to 300",
+            ));
+        }
+        if self.method_name.is_empty() || self.method_name.contains('/') {
+            return Err(ApiError::bad_request(
+                "methodName must be a non-empty name without '/'",
+            ));
+        }
+        Ok((
+            Duration::from_secs(response_timeout),
+            Duration::from_secs(connect_timeout),
+        ))
+    }
 }
 
 /// A twin section (tags or desired properties) as sent.

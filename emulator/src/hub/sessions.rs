@@ -1,5 +1,8 @@
-//! The devices connected to a hub right now: one session per device (a new connection replaces
-//! the old, as on Azure), with what each subscribed to and what is in flight.
+//! The devices and modules connected to a hub right now: one session per device and one per
+//! module (a new connection replaces the old, as on Azure), with what each subscribed to and
+//! what is in flight. A module's session and its device's session are independent: sessions are
+//! keyed by [`session_key`], `{deviceId}` or `{deviceId}/{moduleId}`, which cannot collide
+//! because device ids have no `/`.
 
 use crate::net::mqtt::PacketWriter;
 use crate::net::mqtt_codec::QoS;
@@ -31,12 +34,22 @@ pub struct Subscriptions {
     pub methods: Option<QoS>,
 }
 
-/// One open device connection.
+/// The key of a device's (`module_id` None) or a module's session.
+pub fn session_key(device_id: &str, module_id: Option<&str>) -> String {
+    match module_id {
+        Some(module_id) => format!("{device_id}/{module_id}"),
+        None => device_id.to_owned(),
+    }
+}
+
+/// One open device or module connection.
 pub struct Session {
     /// Distinguishes sessions of the same device.
     pub id: u64,
-    /// The device.
+    /// The device (for a module, the device it belongs to).
     pub device_id: String,
+    /// The module, when this is a module's connection.
+    pub module_id: Option<String>,
     /// Sends to the device.
     pub writer: PacketWriter,
     subscriptions: Mutex<Subscriptions>,
@@ -53,6 +66,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Session {
+    /// The key the session is filed under ([`session_key`]).
+    pub fn key(&self) -> String {
+        session_key(&self.device_id, self.module_id.as_deref())
+    }
+
     /// What the session is subscribed to.
     pub fn subscriptions(&self) -> Subscriptions {
         lock(&self.subscriptions).clone()
@@ -123,15 +141,18 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Opens a session for `device_id`, returning it and the session it replaced, if any.
+    /// Opens a session for `device_id` (or its module `module_id`), returning it and the
+    /// session it replaced, if any.
     pub fn open(
         &self,
         device_id: &str,
+        module_id: Option<&str>,
         writer: PacketWriter,
     ) -> (Arc<Session>, Option<Arc<Session>>) {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             device_id: device_id.to_owned(),
+            module_id: module_id.map(str::to_owned),
             writer,
             subscriptions: Mutex::new(Subscriptions::default()),
             methods: Mutex::new(HashMap::new()),
@@ -140,7 +161,7 @@ impl Sessions {
             next_request_id: AtomicU64::new(0),
             evicted: Notify::new(),
         });
-        let replaced = lock(&self.open).insert(device_id.to_owned(), session.clone());
+        let replaced = lock(&self.open).insert(session.key(), session.clone());
         self.changed.notify_waiters();
         (session, replaced)
     }
@@ -150,21 +171,41 @@ impl Sessions {
         // Methods waiting for this connection's answer will not get one: fail them now (the
         // caller answers "device not online") instead of letting them run into their timeout.
         lock(&session.methods).clear();
+        let key = session.key();
         let mut open = lock(&self.open);
-        let current = open
-            .get(&session.device_id)
-            .is_some_and(|s| s.id == session.id);
+        let current = open.get(&key).is_some_and(|s| s.id == session.id);
         if current {
-            open.remove(&session.device_id);
+            open.remove(&key);
         }
         drop(open);
         self.changed.notify_waiters();
         current
     }
 
-    /// The device's open session.
+    /// The device's open session (its modules' sessions are not it).
     pub fn get(&self, device_id: &str) -> Option<Arc<Session>> {
         lock(&self.open).get(device_id).cloned()
+    }
+
+    /// The session filed under `key` ([`session_key`]).
+    pub fn by_key(&self, key: &str) -> Option<Arc<Session>> {
+        lock(&self.open).get(key).cloned()
+    }
+
+    /// A module's open session.
+    pub fn get_module(&self, device_id: &str, module_id: &str) -> Option<Arc<Session>> {
+        lock(&self.open)
+            .get(&session_key(device_id, Some(module_id)))
+            .cloned()
+    }
+
+    /// The open sessions of a device's modules.
+    pub fn modules_of(&self, device_id: &str) -> Vec<Arc<Session>> {
+        lock(&self.open)
+            .values()
+            .filter(|s| s.device_id == device_id && s.module_id.is_some())
+            .cloned()
+            .collect()
     }
 
     /// Number of open sessions.
