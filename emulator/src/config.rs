@@ -4,6 +4,7 @@
 //! docs/emulator.md the way Azurite publishes `devstoreaccount1`: they protect nothing, and being
 //! the same on every machine lets examples and scripts work without copying secrets around.
 
+use crate::events::routing::{RouteConfig, Source, BUILT_IN};
 use iot_credentials::SharedAccessKey;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -25,6 +26,21 @@ pub const DEFAULT_HUB_SERVICE_KEY: &str =
 pub const DEFAULT_FUNCTION_KEY: &str = "local-function-key-for-development-only";
 /// Default master key of the Functions host stand-in (development value, public).
 pub const DEFAULT_MASTER_KEY: &str = "local-master-key-for-development-only";
+
+/// The Event Hubs namespace's shared access policy that the published connection string uses.
+pub const EVENT_HUBS_POLICY: &str = "RootManageSharedAccessKey";
+/// Default key of the namespace policy (development value, public).
+pub const DEFAULT_EVENT_HUBS_KEY: &str =
+    "RW11bGF0ZWQgRXZlbnQgSHVicyBuYW1lc3BhY2Uga2V5OyBkZXZlbG9wbWVudCBvbmx5";
+/// The event hub the registry's routes send hub events to.
+pub const REGISTRY_EVENT_HUB: &str = "hub-events";
+
+/// The sources the registry follows.
+const REGISTRY_SOURCES: [Source; 3] = [
+    Source::DeviceLifecycleEvents,
+    Source::TwinChangeEvents,
+    Source::DeviceConnectionStateEvents,
+];
 
 /// Loopback address of the DPS endpoints when none is given.
 pub const DEFAULT_DPS_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -119,8 +135,28 @@ pub struct EmulatorConfig {
     pub event_partitions: usize,
     /// Events kept per partition (older ones are dropped, as retention does in Event Hubs).
     pub event_retention: usize,
+    /// The Event Hubs namespace whose event hubs are custom routing endpoints of every hub.
+    pub event_hubs: EventHubsConfig,
+    /// Every hub's routes. The default sends the non-telemetry events both to the built-in
+    /// endpoint and to the registry's event hub, so clients of either see them;
+    /// [`EmulatorConfig::registry_routes`] is what infra/ deploys.
+    pub routes: Vec<RouteConfig>,
+    /// The fallback route: telemetry no route takes goes to the built-in endpoint.
+    pub fallback_route: bool,
     /// The Functions host stand-in, if an app is to run.
     pub functions: Option<FunctionsConfig>,
+}
+
+/// An emulated Event Hubs namespace. It has no network endpoint of its own (the stand-in reads
+/// it in-process); its host name only names it in connection strings.
+#[derive(Debug, Clone)]
+pub struct EventHubsConfig {
+    /// The namespace's host name (`<namespace>.servicebus.windows.net` in Azure).
+    pub host_name: String,
+    /// Its event hubs.
+    pub event_hubs: Vec<String>,
+    /// Key of its `RootManageSharedAccessKey` policy.
+    pub key: SharedAccessKey,
 }
 
 impl EmulatorConfig {
@@ -151,8 +187,34 @@ impl EmulatorConfig {
             webhook_timeout: Duration::from_secs(10),
             event_partitions: crate::events::log::DEFAULT_PARTITIONS,
             event_retention: crate::events::log::DEFAULT_RETENTION,
+            event_hubs: EventHubsConfig {
+                host_name: "127.0.0.5".into(),
+                event_hubs: vec![REGISTRY_EVENT_HUB.into()],
+                key: development_key(DEFAULT_EVENT_HUBS_KEY),
+            },
+            routes: [BUILT_IN, REGISTRY_EVENT_HUB]
+                .into_iter()
+                .flat_map(|endpoint| {
+                    REGISTRY_SOURCES.map(|source| RouteConfig {
+                        source,
+                        endpoint: endpoint.into(),
+                    })
+                })
+                .collect(),
+            fallback_route: true,
             functions: None,
         }
+    }
+
+    /// The routes infra/ gives every hub: lifecycle, twin-change and connection-state events
+    /// to the registry's event hub; telemetry stays on the built-in endpoint (fallback route).
+    pub fn registry_routes() -> Vec<RouteConfig> {
+        REGISTRY_SOURCES
+            .map(|source| RouteConfig {
+                source,
+                endpoint: REGISTRY_EVENT_HUB.into(),
+            })
+            .to_vec()
     }
 
     /// A configuration for tests: in memory, free ports, no waiting between polls.

@@ -19,6 +19,8 @@ pub struct Endpoints {
     pub dps: DpsEndpoints,
     /// The linked hubs.
     pub hubs: Vec<HubEndpoints>,
+    /// The Event Hubs namespace the hubs route to.
+    pub event_hubs: EventHubsEndpoints,
     /// The Functions host stand-in, when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub functions: Option<FunctionsEndpoints>,
@@ -34,6 +36,19 @@ pub struct FunctionsEndpoints {
     pub function_key: String,
     /// The host's readiness URL.
     pub status_url: String,
+}
+
+/// The Event Hubs namespace whose event hubs are the hubs' custom routing endpoints.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventHubsEndpoints {
+    /// The namespace's host name (what `<connection>__fullyQualifiedNamespace` names).
+    pub namespace: String,
+    /// Its event hubs.
+    pub event_hubs: Vec<String>,
+    /// `Endpoint=sb://<namespace>/;SharedAccessKeyName=RootManageSharedAccessKey;
+    /// SharedAccessKey=…;EntityPath=hub-events`, the registry's event hub.
+    pub connection_string: String,
 }
 
 /// How to reach DPS.

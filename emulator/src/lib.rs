@@ -30,11 +30,16 @@ pub mod state;
 pub mod store;
 pub mod tls;
 
-use config::{EmulatorConfig, Persistence, DPS_SERVICE_POLICY, HUB_SERVICE_POLICY};
+use config::{
+    EmulatorConfig, Persistence, DPS_SERVICE_POLICY, EVENT_HUBS_POLICY, HUB_SERVICE_POLICY,
+    REGISTRY_EVENT_HUB,
+};
 use dps::{Dps, DpsSettings, LinkedHub};
-use endpoints::{DpsEndpoints, Endpoints, FunctionsEndpoints, HubEndpoints};
+use endpoints::{DpsEndpoints, Endpoints, EventHubsEndpoints, FunctionsEndpoints, HubEndpoints};
 use events::checkpoints::Checkpoints;
-use events::log::EventStream;
+use events::log::{EventStream, Partitioning};
+use events::namespace::Namespace;
+use events::routing::{Router, BUILT_IN};
 use hub::{Hub, HubSettings, Hubs};
 use iot_credentials::ServiceConnectionString;
 use state::CloudState;
@@ -206,6 +211,31 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
+    let open_stream = |name: &str, dir: PathBuf| -> Result<EventStream, StartError> {
+        if durable {
+            EventStream::open(name, &dir, config.event_partitions, config.event_retention)
+                .map_err(|e| StartError::Events(e.to_string()))
+        } else {
+            Ok(EventStream::in_memory(
+                name,
+                config.event_partitions,
+                config.event_retention,
+            ))
+        }
+    };
+    let mut event_hubs = Vec::new();
+    for name in &config.event_hubs.event_hubs {
+        let dir = config.state_dir.join("eventhubs").join(name);
+        event_hubs.push(Arc::new(
+            open_stream(name, dir)?.partitioned(Partitioning::RoundRobin),
+        ));
+    }
+    let namespace = Arc::new(Namespace::new(
+        config.event_hubs.host_name.clone(),
+        EVENT_HUBS_POLICY.into(),
+        config.event_hubs.key.clone(),
+        event_hubs,
+    ));
     let mut hubs = Vec::new();
     let mut hub_endpoints = Vec::new();
     for hub_config in &config.hubs {
@@ -214,21 +244,11 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
         let (https, mqtt) = (local(&https_listener), local(&mqtt_listener));
         let host = hub_config.host_name();
         let service_host = host_with_port(&host, https.port(), 443);
-        let events = Arc::new(if durable {
-            EventStream::open(
-                &hub_config.name,
-                &config.state_dir.join("events").join(&hub_config.name),
-                config.event_partitions,
-                config.event_retention,
-            )
-            .map_err(|e| StartError::Events(e.to_string()))?
-        } else {
-            EventStream::in_memory(
-                &hub_config.name,
-                config.event_partitions,
-                config.event_retention,
-            )
-        });
+        let events = Arc::new(open_stream(
+            &hub_config.name,
+            config.state_dir.join("events").join(&hub_config.name),
+        )?);
+        let router = router(&config, &namespace, events)?;
         let hub = Arc::new(Hub::new(
             HubSettings {
                 name: hub_config.name.clone(),
@@ -238,7 +258,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
                 service_key: config.hub_service_key.clone(),
             },
             store.clone(),
-            events,
+            router,
         ));
         let service = hub.clone();
         tasks.push(tokio::spawn(net::https::serve(
@@ -333,6 +353,11 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
             mqtt_port: dps_mqtt.port(),
         },
         hubs: hub_endpoints,
+        event_hubs: EventHubsEndpoints {
+            namespace: namespace.host_name.clone(),
+            event_hubs: namespace.names().map(str::to_owned).collect(),
+            connection_string: namespace.connection_string(REGISTRY_EVENT_HUB),
+        },
         functions: None,
     };
     let mut endpoints = endpoints;
@@ -371,7 +396,10 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
                 function: functions.function_key.clone(),
                 master: functions.master_key.clone(),
             },
-            &hub_map,
+            functions::EventSources {
+                hubs: &hub_map,
+                namespace: &namespace,
+            },
             checkpoints,
             shutdown_rx.clone(),
         )
@@ -402,6 +430,33 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
         shutdown,
         tasks,
     })
+}
+
+/// A hub's routes, with each endpoint name resolved to the built-in stream or an event hub of
+/// the namespace; an endpoint that names neither stops the start.
+fn router(
+    config: &EmulatorConfig,
+    namespace: &Namespace,
+    built_in: Arc<EventStream>,
+) -> Result<Router, StartError> {
+    let mut routes = Vec::new();
+    for route in &config.routes {
+        let endpoint = if route.endpoint.eq_ignore_ascii_case(BUILT_IN) {
+            built_in.clone()
+        } else {
+            namespace
+                .event_hub(&route.endpoint)
+                .cloned()
+                .ok_or_else(|| {
+                    StartError::Events(format!(
+                        "a route names endpoint {:?}, which is neither `events` nor an event hub of the namespace",
+                        route.endpoint
+                    ))
+                })?
+        };
+        routes.push((route.source, endpoint));
+    }
+    Ok(Router::new(routes, built_in, config.fallback_route))
 }
 
 fn local(listener: &TcpListener) -> SocketAddr {

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use emulator::config::{EmulatorConfig, FunctionsConfig, HubConfig, Persistence};
+use emulator::events::routing::RouteConfig;
 use iot_credentials::SharedAccessKey;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -64,6 +65,20 @@ struct Args {
     /// Events kept in memory per partition of each hub's event stream.
     #[arg(long, default_value_t = emulator::events::log::DEFAULT_RETENTION)]
     event_retention: usize,
+    /// A route of every hub, SOURCE=ENDPOINT (DeviceMessages, TwinChangeEvents,
+    /// DeviceLifecycleEvents, DeviceConnectionStateEvents; `events` or an event hub of the
+    /// namespace); repeat. Given, they replace the default routes.
+    #[arg(long = "route", value_name = "SOURCE=ENDPOINT")]
+    routes: Vec<String>,
+    /// Turns the fallback route off (telemetry no route takes is then dropped).
+    #[arg(long)]
+    no_fallback_route: bool,
+    /// Host name of the Event Hubs namespace (it only names it in connection strings).
+    #[arg(long, default_value = "127.0.0.5")]
+    event_hubs_namespace: String,
+    /// An event hub of the namespace (repeat; default hub-events).
+    #[arg(long = "event-hub", value_name = "NAME")]
+    event_hubs: Vec<String>,
 }
 
 fn parse_hub(
@@ -141,6 +156,18 @@ fn config(args: Args) -> anyhow::Result<EmulatorConfig> {
     }
     config.registration_retry_after = Duration::from_secs(args.registration_retry_after);
     config.event_retention = args.event_retention;
+    if !args.routes.is_empty() {
+        config.routes = args
+            .routes
+            .iter()
+            .map(|r| RouteConfig::parse(r).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    config.fallback_route = !args.no_fallback_route;
+    config.event_hubs.host_name = args.event_hubs_namespace;
+    if !args.event_hubs.is_empty() {
+        config.event_hubs.event_hubs = args.event_hubs;
+    }
     if let Some(app_root) = args.functions_app {
         let mut functions = FunctionsConfig::new(app_root);
         functions.port = args.functions_port;

@@ -7,8 +7,8 @@
 mod support;
 
 use emulator::config::{
-    EmulatorConfig, FunctionsConfig, Persistence, DEFAULT_FUNCTION_KEY, DEFAULT_HUB_SERVICE_KEY,
-    DEFAULT_MASTER_KEY,
+    EmulatorConfig, FunctionsConfig, HubConfig, Persistence, DEFAULT_EVENT_HUBS_KEY,
+    DEFAULT_FUNCTION_KEY, DEFAULT_HUB_SERVICE_KEY, DEFAULT_MASTER_KEY,
 };
 use emulator::net::mqtt_codec::QoS;
 use serde_json::{json, Value};
@@ -743,4 +743,141 @@ async fn a_timer_function_runs_on_demand_with_the_master_key_and_settings_given_
         "disabled by the setting given at start"
     );
     emu.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_event_function_reads_the_event_hub_every_hub_routes_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let namespace_function = |connection: &str, group: &str| {
+        json!({ "bindings": [
+            { "type": "eventHubTrigger", "direction": "in", "name": "events", "eventHubName": "%REGISTRY_EVENT_HUB%",
+              "connection": connection, "cardinality": "many", "consumerGroup": group, "dataType": "string" }
+        ]})
+    };
+    let log = write_app(
+        dir.path(),
+        &[
+            (
+                "OnHubEvents",
+                namespace_function("RegistryEvents", "registry"),
+            ),
+            // Identity-based, as in Azure: only the namespace is named, no key.
+            ("OnHubEventsToo", namespace_function("Audit", "audit")),
+        ],
+        json!({
+            "RegistryEvents": format!("Endpoint=sb://127.0.0.5/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey={DEFAULT_EVENT_HUBS_KEY};EntityPath=hub-events"),
+            "Audit__fullyQualifiedNamespace": "127.0.0.5",
+            "REGISTRY_EVENT_HUB": "hub-events",
+        }),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut config = EmulatorConfig::for_tests(state.path());
+    config.hubs.push(HubConfig {
+        name: "hub-3".into(),
+        address: "127.0.0.6".parse().unwrap(),
+        allocation_weight: 1,
+    });
+    config.routes = EmulatorConfig::registry_routes();
+    config.functions = Some(FunctionsConfig {
+        port: 0,
+        ..FunctionsConfig::new(dir.path())
+    });
+    let emu = TestEmulator::start_in(config, state).await;
+    let host = emu.running.functions().expect("the stand-in runs");
+    assert!(host.handler.wait_ready_for(Duration::from_secs(30)).await);
+    for index in 0..3 {
+        emu.hub_device(index, &format!("routed-{index}")).await;
+    }
+    let device = emu.hub_device(0, "talker").await;
+    let (mut connection, _) = emu.hub_connect(&device, 600).await;
+    connection
+        .publish(
+            "devices/talker/messages/events/",
+            QoS::AtLeastOnce,
+            1,
+            b"{\"t\":1}",
+        )
+        .await;
+    let hubs_seen = |seen: &[Value], function: &str| -> std::collections::BTreeSet<String> {
+        seen.iter()
+            .filter(|i| i["function"] == function)
+            .flat_map(|i| {
+                let properties: Vec<Value> = serde_json::from_str(
+                    i["request"]["Metadata"]["PropertiesArray"]
+                        .as_str()
+                        .unwrap(),
+                )
+                .unwrap();
+                properties
+            })
+            .filter(|p| p["opType"] == "createDeviceIdentity")
+            .filter_map(|p| p["hubName"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let connected = |seen: &[Value]| {
+        seen.iter()
+            .flat_map(bodies)
+            .any(|b| b.get("sequenceNumber").is_some())
+    };
+    let seen = wait_for_invocations(&log, |seen| {
+        hubs_seen(seen, "OnHubEvents").len() == 3
+            && hubs_seen(seen, "OnHubEventsToo").len() == 3
+            && connected(seen)
+    })
+    .await;
+    assert_eq!(
+        hubs_seen(&seen, "OnHubEvents"),
+        ["hub-1", "hub-2", "hub-3"].map(String::from).into()
+    );
+    let first = seen
+        .iter()
+        .find(|i| i["function"] == "OnHubEvents")
+        .unwrap();
+    let context = &first["request"]["Metadata"]["PartitionContext"];
+    assert_eq!(context["FullyQualifiedNamespace"], "127.0.0.5");
+    assert_eq!(context["EventHubName"], "hub-events");
+    assert_eq!(context["ConsumerGroup"], "registry");
+    // Telemetry matches no route, so the fallback route keeps it on the built-in endpoint only.
+    assert!(
+        !seen.iter().flat_map(bodies).any(|b| b.get("t").is_some()),
+        "telemetry is not routed to the registry's event hub"
+    );
+    let built_in = emu.running.hubs()[0].hub.events().clone();
+    let telemetry = built_in
+        .read(built_in.partition_of("talker"), 0, 100)
+        .await
+        .events;
+    assert!(telemetry.iter().any(|e| e.body.as_ref() == b"{\"t\":1}"));
+    assert!(
+        telemetry
+            .iter()
+            .all(|e| e.system_properties["iothub-message-source"] == "Telemetry"),
+        "lifecycle and connection events are routed away from the built-in endpoint"
+    );
+}
+
+#[tokio::test]
+async fn an_event_function_on_an_unknown_event_hub_or_with_a_wrong_key_does_not_start() {
+    for (connection, expected) in [
+        (format!("Endpoint=sb://127.0.0.5/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey={DEFAULT_EVENT_HUBS_KEY};EntityPath=nothing"), "no event hub"),
+        (format!("Endpoint=sb://127.0.0.5/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey={DEFAULT_HUB_SERVICE_KEY};EntityPath=hub-events"), "not authorized"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_app(
+            dir.path(),
+            &[(
+                "OnHubEvents",
+                json!({ "bindings": [{ "type": "eventHubTrigger", "direction": "in", "name": "events", "connection": "RegistryEvents", "cardinality": "many" }] }),
+            )],
+            json!({ "RegistryEvents": connection }),
+        );
+        let state = tempfile::tempdir().unwrap();
+        let mut config = EmulatorConfig::for_tests(state.path());
+        config.functions = Some(FunctionsConfig {
+            port: 0,
+            ..FunctionsConfig::new(dir.path())
+        });
+        let error = emulator::start(config).await.err().expect("the start fails");
+        assert!(error.to_string().contains(expected), "{error}");
+    }
 }

@@ -53,29 +53,20 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: NOTIFY_SECRET, required: false, description: "HMAC-SHA256 secret signing notifications (16+ characters; required with NOTIFY_WEBHOOK_URL)" },
 ];
 
-/// Settings the Functions host reads for the event functions' bindings (function.json), not the
-/// handler. Listed so local.settings.json and infra/ set them too.
+/// Settings the Functions host reads for the event function's binding (function.json), not the
+/// handler. Listed so local.settings.json and infra/ set them too. In Azure the connection is
+/// identity-based: `REGISTRY_EVENTS__fullyQualifiedNamespace` names the Event Hubs namespace
+/// instead of `REGISTRY_EVENTS` holding a connection string.
 pub const HOST_SETTINGS: &[Setting] = &[
     Setting {
-        name: "HUB1_EVENTS_CONNECTION",
+        name: "REGISTRY_EVENTS",
         required: true,
-        description:
-            "Event Hub-compatible connection string of hub 1's built-in endpoint (with EntityPath)",
+        description: "the Event Hubs connection of the hub-events event hub every hub routes its lifecycle, twin-change and connection-state events to: a connection string locally, REGISTRY_EVENTS__fullyQualifiedNamespace (the namespace host) in Azure",
     },
     Setting {
-        name: "HUB1_EVENT_HUB_NAME",
+        name: "REGISTRY_EVENT_HUB_NAME",
         required: true,
-        description: "Event Hub-compatible name of hub 1's built-in endpoint",
-    },
-    Setting {
-        name: "HUB2_EVENTS_CONNECTION",
-        required: true,
-        description: "the same for hub 2",
-    },
-    Setting {
-        name: "HUB2_EVENT_HUB_NAME",
-        required: true,
-        description: "the same for hub 2",
+        description: "the name of that event hub (hub-events)",
     },
 ];
 

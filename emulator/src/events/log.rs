@@ -36,11 +36,25 @@ struct PartitionState {
     file: Option<BufWriter<File>>,
 }
 
+/// How an event's partition is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitioning {
+    /// By a hash of the device id: IoT Hub's built-in endpoint partitions by the originating
+    /// device (MicrosoftDocs/azure-docs articles/iot-hub/iot-hub-devguide-messages-d2c.md).
+    ByDevice,
+    /// In turn: Event Hubs spreads events sent without a partition key over the partitions, and
+    /// no source says IoT Hub sets one when it routes to a custom Event Hubs endpoint. So a
+    /// consumer of such an endpoint must not count on one device's events sharing a partition.
+    RoundRobin,
+}
+
 /// The event stream of one hub.
 pub struct EventStream {
     name: String,
     partitions: Vec<Partition>,
     retention: usize,
+    partitioning: Partitioning,
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 /// A batch read from a partition.
@@ -62,7 +76,15 @@ impl EventStream {
                 .map(|_| Partition::new(VecDeque::new(), 0, None))
                 .collect(),
             retention: retention.max(1),
+            partitioning: Partitioning::ByDevice,
+            turn: Default::default(),
         }
+    }
+
+    /// The same stream, choosing partitions by `partitioning`.
+    pub fn partitioned(mut self, partitioning: Partitioning) -> Self {
+        self.partitioning = partitioning;
+        self
     }
 
     /// A stream kept in `dir`, reloading what is there.
@@ -89,6 +111,8 @@ impl EventStream {
             name: name.to_owned(),
             partitions: loaded,
             retention,
+            partitioning: Partitioning::ByDevice,
+            turn: Default::default(),
         })
     }
 
@@ -112,7 +136,13 @@ impl EventStream {
 
     /// Appends an event (written to disk first when durable) and wakes readers.
     pub fn append(&self, new: NewEvent) -> Result<Arc<Event>, LogError> {
-        let partition = &self.partitions[self.partition_of(&new.device_id)];
+        let index = match self.partitioning {
+            Partitioning::ByDevice => self.partition_of(&new.device_id),
+            Partitioning::RoundRobin => {
+                self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.partitions.len()
+            }
+        };
+        let partition = &self.partitions[index];
         let event = {
             let mut state = partition.lock();
             let now = time::OffsetDateTime::now_utc();

@@ -2,10 +2,13 @@
 //!
 //! - [`log`]: a partitioned, append-only stream per hub, durable when the emulator is.
 //! - [`checkpoints`]: how far each consumer has processed each partition.
+//! - [`routing`]: which endpoints (built-in, or event hubs of the [`namespace`]) an event goes to.
 //! - [`Event`]: one event with Azure's system and application properties.
 
 pub mod checkpoints;
 pub mod log;
+pub mod namespace;
+pub mod routing;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

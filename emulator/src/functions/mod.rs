@@ -19,6 +19,8 @@ pub mod routes;
 pub mod schedule;
 
 use crate::events::checkpoints::Checkpoints;
+use crate::events::log::EventStream;
+use crate::events::namespace::Namespace;
 use crate::hub::Hubs;
 use app::{FunctionApp, Trigger};
 use dispatch::Delivery;
@@ -94,6 +96,93 @@ fn event_hub_connection(text: &str) -> Option<(String, String, String, Option<St
     Some((host, key_name?, key?, entity))
 }
 
+/// Where event functions can read: the hubs' built-in endpoints and the namespace's event hubs.
+#[derive(Clone, Copy)]
+pub struct EventSources<'a> {
+    /// The hubs by host name.
+    pub hubs: &'a Hubs,
+    /// The Event Hubs namespace.
+    pub namespace: &'a Namespace,
+}
+
+/// The stream an eventHubTrigger reads, and the namespace host its partition context names.
+///
+/// The `connection` setting is either a connection string, or (identity-based, as in Azure)
+/// absent with `<connection>__fullyQualifiedNamespace` naming the namespace; the stand-in
+/// grants the app's identity access, as a role assignment would
+/// (MicrosoftDocs/azure-docs articles/azure-functions/functions-bindings-event-hubs-trigger.md,
+/// "Identity-based connections"). A connection string names either the Event Hubs namespace
+/// (an event hub the hubs route to) or a hub's built-in endpoint; `EntityPath` overrides
+/// `eventHubName`.
+fn event_source(
+    settings: &std::collections::BTreeMap<String, String>,
+    connection: &str,
+    event_hub_name: Option<&str>,
+    EventSources { hubs, namespace }: EventSources<'_>,
+) -> Result<(Arc<EventStream>, String), String> {
+    let identity_setting = format!("{connection}__fullyQualifiedNamespace");
+    let (host, key, entity) = match (settings.get(connection), settings.get(&identity_setting)) {
+        (Some(text), _) => {
+            let (host, key_name, key, entity) = event_hub_connection(text).ok_or_else(|| {
+                format!("the app setting {connection:?} is not an Event Hubs connection string")
+            })?;
+            (host, Some((key_name, key)), entity)
+        }
+        (None, Some(fqns)) => (fqns.trim().trim_end_matches('/').to_owned(), None, None),
+        (None, None) => {
+            return Err(format!(
+                "neither the app setting {connection:?} named by `connection` nor {identity_setting:?} is set"
+            ))
+        }
+    };
+    let name = entity
+        .or_else(|| event_hub_name.map(str::to_owned))
+        .unwrap_or_default();
+    let authorized = |policy: &str, expected: &SharedAccessKey| {
+        key.as_ref().is_none_or(|(key_name, key)| {
+            key_name.eq_ignore_ascii_case(policy)
+                && SharedAccessKey::from_base64(key).is_ok_and(|k| &k == expected)
+        })
+    };
+    if host.eq_ignore_ascii_case(&namespace.host_name) {
+        let stream = namespace.event_hub(&name).ok_or_else(|| {
+            format!(
+                "the namespace {host} has no event hub {name:?} (it has {})",
+                namespace.names().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        if !authorized(&namespace.policy, &namespace.key) {
+            return Err(format!(
+                "the connection {connection:?} is not authorized for {host}"
+            ));
+        }
+        return Ok((stream.clone(), host));
+    }
+    if key.is_none() {
+        return Err(format!(
+            "{identity_setting} names {host}, which is not the Event Hubs namespace {}; a hub's built-in endpoint takes connection strings only",
+            namespace.host_name
+        ));
+    }
+    let hub = hubs
+        .get(&host)
+        .ok_or_else(|| format!("no emulated hub or namespace serves the endpoint {host}"))?;
+    if !name.eq_ignore_ascii_case(hub.settings().name.as_str()) {
+        return Err(format!(
+            "the event hub {name:?} is not the stream of hub {} (EntityPath or eventHubName must be {:?})",
+            host,
+            hub.settings().name
+        ));
+    }
+    let expected = hub.settings();
+    if !authorized(&expected.service_policy, &expected.service_key) {
+        return Err(format!(
+            "the connection {connection:?} is not authorized for {host}"
+        ));
+    }
+    Ok((hub.events().clone(), host))
+}
+
 /// What the command line changes about an app: settings (already filled in) and the handler
 /// executable.
 #[derive(Debug, Clone, Default)]
@@ -111,7 +200,7 @@ pub async fn start(
     overrides: Overrides,
     listener: TcpListener,
     keys: Keys,
-    hubs: &Hubs,
+    sources: EventSources<'_>,
     checkpoints: Arc<Checkpoints>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(FunctionsHost, Vec<JoinHandle<()>>), FunctionsError> {
@@ -138,38 +227,14 @@ pub async fn start(
             function: function.name.clone(),
             reason,
         };
-        let text = app.settings.get(connection).ok_or_else(|| {
-            binding_error(format!(
-                "the app setting {connection:?} named by `connection` is missing"
-            ))
-        })?;
-        let (host, key_name, key, entity) = event_hub_connection(text).ok_or_else(|| {
-            binding_error(format!(
-                "the app setting {connection:?} is not an Event Hubs connection string"
-            ))
-        })?;
-        let hub = hubs
-            .get(&host)
-            .ok_or_else(|| binding_error(format!("no emulated hub serves the endpoint {host}")))?;
-        let name = entity
-            .or_else(|| event_hub_name.clone())
-            .unwrap_or_default();
-        if !name.eq_ignore_ascii_case(hub.settings().name.as_str()) {
-            return Err(binding_error(format!(
-                "the event hub {name:?} is not the stream of hub {} (EntityPath or eventHubName must be {:?})",
-                host,
-                hub.settings().name
-            )));
-        }
-        let expected = hub.settings();
-        let key_ok = key_name.eq_ignore_ascii_case(&expected.service_policy)
-            && SharedAccessKey::from_base64(&key).is_ok_and(|k| k == expected.service_key);
-        if !key_ok {
-            return Err(binding_error(format!(
-                "the connection {connection:?} is not authorized for {host}"
-            )));
-        }
-        listeners.push((function.clone(), hub.events().clone(), host));
+        let (stream, host) = event_source(
+            &app.settings,
+            connection,
+            event_hub_name.as_deref(),
+            sources,
+        )
+        .map_err(binding_error)?;
+        listeners.push((function.clone(), stream, host));
     }
 
     let (handler, supervisor) = HandlerProcess::start(&app, shutdown.clone())?;

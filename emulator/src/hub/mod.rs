@@ -20,6 +20,7 @@ pub mod sessions;
 pub mod twin;
 
 use crate::events::log::EventStream;
+use crate::events::routing::Router;
 use crate::events::NewEvent;
 use crate::net::mqtt_codec::{Packet, Publish, QoS};
 use crate::stamps;
@@ -135,7 +136,7 @@ struct Seen {
 pub struct Hub {
     settings: HubSettings,
     store: Arc<Store<CloudState>>,
-    events: Arc<EventStream>,
+    router: Router,
     /// Connected devices.
     pub sessions: Sessions,
     seen: Mutex<HashMap<String, Seen>>,
@@ -174,15 +175,11 @@ fn fresh_twin(tags: Map<String, Value>, desired: Map<String, Value>) -> Twin {
 
 impl Hub {
     /// A hub over the shared state, emitting to `events`.
-    pub fn new(
-        settings: HubSettings,
-        store: Arc<Store<CloudState>>,
-        events: Arc<EventStream>,
-    ) -> Self {
+    pub fn new(settings: HubSettings, store: Arc<Store<CloudState>>, router: Router) -> Self {
         Self {
             settings,
             store,
-            events,
+            router,
             sessions: Sessions::default(),
             seen: Mutex::new(HashMap::new()),
             sequence: Mutex::new(0),
@@ -196,7 +193,7 @@ impl Hub {
 
     /// The event stream.
     pub fn events(&self) -> &Arc<EventStream> {
-        &self.events
+        self.router.built_in()
     }
 
     fn host(&self) -> &str {
@@ -889,7 +886,7 @@ impl Hub {
     }
 
     fn append(&self, event: NewEvent) -> bool {
-        match self.events.append(event) {
+        match self.router.route(event) {
             Ok(_) => true,
             Err(error) => {
                 tracing::error!(hub = %self.settings.name, %error, "an event could not be recorded");

@@ -3,8 +3,10 @@
 //! `{"Outputs", "Logs", "ReturnValue"}` back; any other status fails the invocation, which the
 //! function's retry policy then repeats.
 //!
-//! - `OnHub1Events`, `OnHub2Events`: batches of a hub's events (eventHubTrigger, cardinality
-//!   many, dataType string).
+//! - `OnHubEvents`: batches of every hub's lifecycle, twin-change and connection-state events
+//!   from the one event hub the hubs route them to (eventHubTrigger, cardinality many, dataType
+//!   string). Which hub an event comes from is in the event (`hubName`), so adding a hub is a
+//!   routing setting, not a function.
 //! - `Reconcile`: the timer that compares the registry with DPS and the hubs.
 //! - `DeliverNotifications`: the timer that sends queued status notifications.
 //!
@@ -27,8 +29,7 @@ use warp::{Filter, Reply};
 /// The non-HTTP functions this handler serves, with their trigger type; functions/*/function.json
 /// is tested against it.
 pub const FUNCTIONS: &[(&str, &str)] = &[
-    ("OnHub1Events", "eventHubTrigger"),
-    ("OnHub2Events", "eventHubTrigger"),
+    ("OnHubEvents", "eventHubTrigger"),
     ("Reconcile", "timerTrigger"),
     ("DeliverNotifications", "timerTrigger"),
 ];
@@ -252,8 +253,19 @@ fn parse_event(
                 .and_then(Stamp::parse)
         })
         .ok_or("the event has no enqueued time")?;
-    let hub_name = text(props, "hubName").unwrap_or_else(|| key.stream.clone());
-    let hub = service.hub_host(&hub_name);
+    // A module's events (IoT Edge modules, module twins) carry its device's id and a moduleId;
+    // they are the module's state, never the device's, so the registry leaves them out.
+    if props.contains_key("moduleId") || sys.contains_key("iothub-connection-module-id") {
+        return Ok(None);
+    }
+    let telemetry = source.eq_ignore_ascii_case("telemetry");
+    // Every hub routes to one event hub, so the hub is named by the event, not the stream.
+    // Telemetry carries no hub name; it only tells when the device was last seen.
+    let hub = match text(props, "hubName") {
+        Some(name) => service.hub_host(&name),
+        None if telemetry => String::new(),
+        None => return Err("the event names no hub (hubName)".into()),
+    };
     let body_json = || -> Result<Value, String> {
         match body {
             Value::String(text) => {

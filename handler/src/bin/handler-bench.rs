@@ -64,7 +64,7 @@ impl Seeded {
     }
 }
 
-/// One invocation of `OnHub1Events` as the host sends it: `size` events for random devices,
+/// One invocation of `OnHubEvents` as the host sends it: `size` events for random devices,
 /// nine in ten telemetry, the rest twin changes and connection changes, in stream order.
 fn invocation(
     rng: &mut Seeded,
@@ -391,7 +391,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let request = http
             .post(format!(
-                "{}/OnHub1Events",
+                "{}/OnHubEvents",
                 handler.base.trim_end_matches("/api")
             ))
             .json(&body);
@@ -411,7 +411,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let request = http
             .post(format!(
-                "{}/OnHub1Events",
+                "{}/OnHubEvents",
                 handler.base.trim_end_matches("/api")
             ))
             .json(&body);
@@ -545,7 +545,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         row(
-            "handler: events recorded (POST /OnHub1Events)",
+            "handler: events recorded (POST /OnHubEvents)",
             &recorded,
             events_rate
         )

@@ -93,6 +93,23 @@ fn provisioning_status(record: &DeviceRecord) -> (Status, Option<String>) {
     )
 }
 
+/// Whether `event` reports a twin version other than the one the record keeps for its
+/// properties: a report that is not a repeat, though it may be older than what is kept.
+fn superseded_report(live: &crate::domain::live::Live, event: &HubEvent) -> bool {
+    let Change::Twin {
+        reported: Some((values, version)),
+        ..
+    } = &event.change
+    else {
+        return false;
+    };
+    values.keys().any(|key| {
+        live.reported
+            .get(key)
+            .is_some_and(|known| known.version != *version)
+    })
+}
+
 /// History entries for the events that change a device's record, each read against the record
 /// as the events before it left it (so a registration on a second hub reads as re-provisioning).
 fn timeline(record: &DeviceRecord, events: &[HubEvent]) -> Vec<HistoryEntry> {
@@ -110,8 +127,11 @@ fn timeline(record: &DeviceRecord, events: &[HubEvent]) -> Vec<HistoryEntry> {
             .filter(|(hub, _)| **hub != event.hub)
             .max_by(|a, b| (&a.1.at, a.1.sequence).cmp(&(&b.1.at, b.1.sequence)))
             .map(|(hub, _)| hub.clone());
-        // Only what changes the record makes history: a repeated or superseded event does not.
-        if !live.apply(event) {
+        // What changes the record makes history, and so does a report that arrives after a
+        // newer one (streams are not ordered per device): it happened, though the record keeps
+        // the newer value. A repeat makes none; history rows are keyed by their cause anyway.
+        let late_report = superseded_report(&live, event);
+        if !live.apply(event) && !late_report {
             continue;
         }
         let entry = |kind: &str, detail: Option<serde_json::Value>| HistoryEntry {
@@ -220,6 +240,11 @@ impl Service {
                 changed |= record.live.apply(event);
             }
             if !changed {
+                // Late reports still belong in the history, which alone they change.
+                let entries = timeline(&stored.record, events);
+                if !entries.is_empty() {
+                    self.store.add_history(device_id, &entries).await?;
+                }
                 self.events_cache.put(device_id, stored);
                 return Ok(Outcome::Unchanged);
             }

@@ -2,7 +2,7 @@
 //! stand-in and keep records and history right; malformed events are set aside; status changes
 //! reach a webhook, signed; reconciliation repairs what events missed.
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{eventually, spawn_app, spawn_app_on, spawn_app_with, TestApp};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use warp::Filter;
@@ -116,7 +116,7 @@ async fn a_devices_whole_life_ends_with_the_right_record_and_history() {
     );
 }
 
-/// Posts an invocation to the handler the way the host does for OnHub1Events.
+/// Posts an invocation to the handler the way the host does for OnHubEvents.
 async fn invoke_events(
     app: &TestApp,
     bodies: Vec<Value>,
@@ -140,7 +140,7 @@ async fn invoke_events(
     });
     let response = app
         .http
-        .post(format!("{}/OnHub1Events", app.handler_url()))
+        .post(format!("{}/OnHubEvents", app.handler_url()))
         .json(&invocation)
         .send()
         .await
@@ -259,11 +259,7 @@ async fn status_changes_reach_the_webhook_once_each_and_signed() {
 
 #[tokio::test]
 async fn reconciliation_repairs_a_record_whose_events_never_arrived() {
-    let app = spawn_app_with(&[
-        ("AzureWebJobs.OnHub1Events.Disabled", "true"),
-        ("AzureWebJobs.OnHub2Events.Disabled", "true"),
-    ])
-    .await;
+    let app = spawn_app_with(&[("AzureWebJobs.OnHubEvents.Disabled", "true")]).await;
     app.enroll("quiet-1", "c").await;
     let (hub, device_id) = app.register("quiet-1").await;
     let mut connection = app.connect("quiet-1", &hub, &device_id).await;
@@ -418,14 +414,9 @@ async fn deliver(app: &TestApp, batch: &[WireEvent]) {
                 "SystemPropertiesArray": serde_json::to_string(&events.iter().map(|e| &e.2).collect::<Vec<_>>()).unwrap(),
             }
         });
-        let function = if stream == "hub-1" {
-            "OnHub1Events"
-        } else {
-            "OnHub2Events"
-        };
         let response = app
             .http
-            .post(format!("{}/{function}", app.handler_url()))
+            .post(format!("{}/OnHubEvents", app.handler_url()))
             .json(&invocation)
             .send()
             .await
@@ -591,4 +582,116 @@ async fn events_during_a_storage_outage_are_all_recorded_once_storage_is_back() 
         reports, 3,
         "every report made during the outage is in the history, once"
     );
+}
+
+#[tokio::test]
+async fn three_hubs_feed_the_one_event_function_and_each_record_names_its_hub() {
+    // A third hub is configuration: a connection string, a name and its routes, no new code.
+    let app = spawn_app_on(
+        &[("hub-3", "127.0.0.6")],
+        &[
+            (
+                "IOTHUB_CONNECTION_STRINGS",
+                "{hubs.0.connectionString}|{hubs.1.connectionString}|{hubs.2.connectionString}",
+            ),
+            (
+                "IOTHUB_NAMES",
+                "hub-1=127.0.0.3|hub-2=127.0.0.4|hub-3=127.0.0.6",
+            ),
+        ],
+    )
+    .await;
+    let hosts = ["127.0.0.3", "127.0.0.4", "127.0.0.6"];
+    let mut connections = Vec::new();
+    for (n, host) in hosts.iter().enumerate() {
+        let id = format!("three-{n}");
+        let answer = app
+            .post(
+                "/enrollments",
+                &json!({ "registrationId": id, "customer": { "id": "contoso" }, "iotHub": host }),
+            )
+            .await;
+        assert_eq!(answer.status, 201, "{}", answer.text);
+        let (hub, device_id) = app.register(&id).await;
+        assert_eq!(hub, *host, "the enrollment pins the hub");
+        let mut connection = app.connect(&id, &hub, &device_id).await;
+        connection
+            .report(&json!({ "provisioning": { "status": "provisioned" } }))
+            .await
+            .unwrap();
+        connections.push(connection);
+    }
+    for (n, host) in hosts.iter().enumerate() {
+        let record = eventually("each device's events to be recorded", || async {
+            let d = device(&app, &format!("three-{n}")).await;
+            (d["reported"]["provisioningStatus"] == "provisioned"
+                && d["connection"]["state"] == "connected")
+                .then_some(d)
+        })
+        .await;
+        assert_eq!(record["hub"], *host, "{record}");
+        assert_eq!(record["status"], "assigned");
+    }
+}
+
+#[tokio::test]
+async fn a_modules_lifecycle_twin_and_connection_events_leave_its_devices_record_as_it_was() {
+    let app = spawn_app().await;
+    app.enroll("edge-1", "c").await;
+    let (hub, device_id) = app.register("edge-1").await;
+    let mut connection = app.connect("edge-1", &hub, &device_id).await;
+    connection
+        .report(&json!({ "provisioning": { "status": "provisioned" } }))
+        .await
+        .unwrap();
+    let before = eventually("the device's own events to be recorded", || async {
+        let d = device(&app, "edge-1").await;
+        (d["reported"]["provisioningStatus"] == "provisioned"
+            && d["connection"]["state"] == "connected")
+            .then_some(d)
+    })
+    .await;
+    // A module of the device is created, reports, disconnects and is deleted, later than
+    // anything the device did: the events IoT Hub raises carry the device id plus moduleId
+    // (articles/iot-hub/iot-hub-non-telemetry-event-schema.md).
+    let props = |op: &str| json!({ "hubName": "hub-1", "deviceId": device_id, "moduleId": "telemetry-filter", "opType": op, "operationTimestamp": "2030-01-01T00:00:00Z" });
+    let system = |source: &str, with_module: bool| {
+        let mut s =
+            json!({ "iothub-message-source": source, "iothub-connection-device-id": device_id });
+        if with_module {
+            s["iothub-connection-module-id"] = json!("telemetry-filter");
+        }
+        s
+    };
+    let result = invoke_events(
+        &app,
+        vec![
+            json!({ "deviceId": device_id, "moduleId": "telemetry-filter", "properties": { "reported": { "provisioningStatus": "failed" } } }).to_string().into(),
+            json!({ "version": 9, "properties": { "reported": { "provisioningStatus": "failed", "$version": 9 } } }).to_string().into(),
+            json!({ "sequenceNumber": "0000000000000000000000000000000000000000000000000000000000000FFF" }).to_string().into(),
+            json!({ "deviceId": device_id, "moduleId": "telemetry-filter" }).to_string().into(),
+        ],
+        vec![
+            props("createDeviceIdentity"),
+            props("updateTwin"),
+            props("deviceDisconnected"),
+            props("deleteDeviceIdentity"),
+        ],
+        vec![
+            system("deviceLifecycleEvents", true),
+            system("twinChangeEvents", true),
+            // Connection events of modules carry moduleId only among the application properties.
+            system("deviceConnectionStateEvents", false),
+            system("deviceLifecycleEvents", true),
+        ],
+        vec![901, 902, 903, 904],
+    )
+    .await;
+    assert_eq!(result["ReturnValue"]["deadLettered"], 0, "{result}");
+    assert_eq!(result["ReturnValue"]["changed"], 0, "{result}");
+    let after = device(&app, "edge-1").await;
+    for field in ["hub", "status", "connection", "reported", "lastSeen"] {
+        assert_eq!(after[field], before[field], "{field} is the device's own");
+    }
+    connection.close().await;
 }

@@ -1,7 +1,7 @@
 //! The harness: an emulator (DPS, two hubs, the Functions host stand-in) running the repository's
 //! function app with the real handler binary, storing in the Azurite that `make test` started.
 
-use emulator::config::{EmulatorConfig, FunctionsConfig};
+use emulator::config::{EmulatorConfig, FunctionsConfig, HubConfig};
 use emulator::fleet::device::{DeviceCredentials, HttpsRegistrar};
 use emulator::fleet::hub_device::{DeviceConnection, Endpoint};
 use emulator::fleet::{client_tls, https_client};
@@ -60,8 +60,22 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`] with some settings replaced (to point a dependency somewhere broken).
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(&[], overrides).await
+}
+
+/// Like [`spawn_app_with`] with more hubs than the two of every test app: `(name, address)`.
+pub async fn spawn_app_on(extra_hubs: &[(&str, &str)], overrides: &[(&str, &str)]) -> TestApp {
     let state = tempfile::tempdir().unwrap();
     let mut config = EmulatorConfig::for_tests(state.path());
+    config
+        .hubs
+        .extend(extra_hubs.iter().map(|(name, address)| HubConfig {
+            name: (*name).to_owned(),
+            address: address.parse().unwrap(),
+            allocation_weight: 1,
+        }));
+    // The hubs route as infra/ deploys them: only to the registry's event hub.
+    config.routes = EmulatorConfig::registry_routes();
     let table_prefix = format!("T{}", uuid::Uuid::new_v4().simple());
     let storage = StorageConnectionString::development(&azurite_endpoint()).expose();
     let mut settings: Vec<(String, String)> = [
@@ -76,6 +90,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
             "{hubs.0.connectionString}|{hubs.1.connectionString}",
         ),
         ("EXTRA_TRUSTED_CA_FILE", "{caCertificatePath}"),
+        ("REGISTRY_EVENTS", "{eventHubs.connectionString}"),
         ("AzureWebJobsStorage", storage.as_str()),
         ("REGISTRY_TABLE_PREFIX", table_prefix.as_str()),
         ("RUST_LOG", "warn"),

@@ -148,7 +148,7 @@ async fn a_devices_life_ends_with_the_right_record_and_history() {
     enroll(&w, "d1").await;
     let report = w
         .service
-        .record_events("OnHub1Events", life("d1", 0), Vec::new())
+        .record_events("OnHubEvents", life("d1", 0), Vec::new())
         .await
         .unwrap();
     assert_eq!((report.changed, report.unknown), (1, 0));
