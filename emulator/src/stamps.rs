@@ -22,9 +22,13 @@ pub fn format_time(t: OffsetDateTime) -> String {
     )
 }
 
-/// A fresh etag, quoted as Azure sends them (`"\"…\""` in JSON).
+/// A fresh DPS etag in the live service's form: the base64 of a quoted GUID, e.g.
+/// `IjBhMDBiNzQyLTAwMDAtMDgwMC0wMDAwLTY0NjgwMWY1MDAwMCI=` for
+/// `"0a00b742-0000-0800-0000-646801f50000"` (Azure/azure-sdk-for-python
+/// sdk/iothub/azure-iot-deviceprovisioning/tests/recordings/).
 pub fn etag() -> String {
-    format!("\"{}\"", uuid::Uuid::new_v4())
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", uuid::Uuid::new_v4()))
 }
 
 /// A fresh IoT Hub etag: plain base64 (`AAAAAAAAAAE=`), without the quotes DPS embeds.

@@ -10,8 +10,17 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use support::TestEmulator;
 
+/// The etag DPS writes: base64 of a quoted GUID (`IjBhMDBi…MDAwMCI=`).
+fn is_dps_etag(etag: &Value) -> bool {
+    use base64::Engine;
+    etag.as_str()
+        .and_then(|e| base64::engine::general_purpose::STANDARD.decode(e).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .is_some_and(|text| text.len() > 2 && text.starts_with('"') && text.ends_with('"'))
+}
+
 #[tokio::test]
-async fn enrollments_get_generated_keys_that_only_the_attestation_call_reveals() {
+async fn a_put_answers_generated_keys_and_get_leaves_the_symmetric_key_out() {
     let emu = TestEmulator::start().await;
     let created = emu
         .service_call(
@@ -26,20 +35,52 @@ async fn enrollments_get_generated_keys_that_only_the_attestation_call_reveals()
         .await;
     assert_eq!(created.status, 200, "{}", created.body);
     assert_eq!(
-        created.body["attestation"]["symmetricKey"],
-        json!({}),
-        "PUT must not echo keys"
+        created.headers["content-type"],
+        "application/json; charset=utf-8"
     );
-    assert_eq!(created.body["provisioningStatus"], "enabled");
-    assert!(created.body["etag"].as_str().is_some_and(|e| !e.is_empty()));
+    let generated = created.body["attestation"]["symmetricKey"].clone();
+    for field in ["primaryKey", "secondaryKey"] {
+        let key = generated[field].as_str().expect("PUT answers the keys");
+        assert_eq!(
+            SharedAccessKey::from_base64(key).unwrap().len(),
+            64,
+            "DPS generates 64-byte keys"
+        );
+    }
+    assert_ne!(generated["primaryKey"], generated["secondaryKey"]);
+    assert_eq!(
+        created.body["provisioningStatus"],
+        Value::Null,
+        "provisioningStatus is kept as given (none) and always present"
+    );
+    assert!(created.body.get("provisioningStatus").is_some());
+    assert!(created.body.get("registrationState").is_none());
+    assert!(
+        created.body.get("reprovisionPolicy").is_none(),
+        "no policy is invented"
+    );
+    assert!(
+        is_dps_etag(&created.body["etag"]),
+        "{}",
+        created.body["etag"]
+    );
     assert!(created.body["createdDateTimeUtc"].is_string());
 
     let fetched = emu
         .service_call(Method::GET, "enrollments/SENSOR-01", None)
         .await;
     assert_eq!(fetched.status, 200, "ids are case-insensitive");
-    assert_eq!(fetched.body["attestation"]["symmetricKey"], json!({}));
+    assert_eq!(
+        fetched.body["attestation"],
+        json!({ "type": "symmetricKey" }),
+        "GET leaves the symmetricKey member out"
+    );
+    assert_eq!(
+        fetched.body["registrationState"],
+        json!({ "registrationId": "sensor-01", "status": "unassigned" })
+    );
     assert_eq!(fetched.body["initialTwin"]["tags"]["customer"], "contoso");
+    assert_eq!(fetched.body["etag"], created.body["etag"]);
 
     let attestation = emu
         .service_call(
@@ -59,9 +100,91 @@ async fn enrollments_get_generated_keys_that_only_the_attestation_call_reveals()
             "DPS generates 64-byte keys"
         );
     }
-    assert_ne!(
-        attestation.body["symmetricKey"]["primaryKey"],
-        attestation.body["symmetricKey"]["secondaryKey"]
+    assert_eq!(
+        attestation.body["symmetricKey"], generated,
+        "the PUT answered the keys DPS keeps"
+    );
+}
+
+#[tokio::test]
+async fn a_put_in_the_python_sdks_shape_echoes_given_keys_and_drops_nulls() {
+    // The body azure-iot-deviceprovisioning sends: every optional member present, most null.
+    let emu = TestEmulator::start().await;
+    let (primary, secondary) = (SharedAccessKey::generate(32), SharedAccessKey::generate(32));
+    let body = json!({
+        "registrationId": "sym-given",
+        "attestation": { "type": "symmetricKey", "symmetricKey": {
+            "primaryKey": primary.expose_base64(), "secondaryKey": secondary.expose_base64() } },
+        "allocationPolicy": "geoLatency",
+        "capabilities": null,
+        "reprovisionPolicy": { "migrateDeviceData": true, "updateHubAssignment": true },
+        "customAllocationDefinition": null,
+        "provisioningStatus": null,
+        "deviceId": "sym-device",
+        "optionalDeviceInformation": null,
+        "iotHubs": null,
+        "iotHubHostName": null,
+        "initialTwin": { "properties": { "desired": { "key": "value" } } },
+    });
+    let created = emu
+        .service_call(Method::PUT, "enrollments/sym-given", Some(&body))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let mut members: Vec<&str> = created
+        .body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    members.sort_unstable();
+    assert_eq!(
+        members,
+        [
+            "allocationPolicy",
+            "attestation",
+            "createdDateTimeUtc",
+            "deviceId",
+            "etag",
+            "initialTwin",
+            "lastUpdatedDateTimeUtc",
+            "provisioningStatus",
+            "registrationId",
+            "reprovisionPolicy",
+        ],
+        "null members are left out, except provisioningStatus: {}",
+        created.body
+    );
+    assert_eq!(
+        created.body["attestation"]["symmetricKey"],
+        json!({ "primaryKey": primary.expose_base64(), "secondaryKey": secondary.expose_base64() })
+    );
+    assert_eq!(created.body["provisioningStatus"], Value::Null);
+
+    // An update with If-Match answers the keys too, and the new status.
+    let mut update = body.clone();
+    update["provisioningStatus"] = json!("disabled");
+    let token = emu.service_token();
+    let updated = emu
+        .http
+        .put(emu.dps_url("enrollments/sym-given?api-version=2021-10-01"))
+        .header("Authorization", &token)
+        .header("If-Match", created.body["etag"].as_str().unwrap())
+        .json(&update)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    let updated: Value = updated.json().await.unwrap();
+    assert_eq!(updated["provisioningStatus"], "disabled");
+    assert_eq!(
+        updated["attestation"]["symmetricKey"]["primaryKey"],
+        primary.expose_base64()
+    );
+    assert_ne!(updated["etag"], created.body["etag"]);
+    assert_eq!(
+        updated["createdDateTimeUtc"],
+        created.body["createdDateTimeUtc"]
     );
 }
 
@@ -174,13 +297,18 @@ async fn queries_page_through_every_enrollment_with_continuation_tokens() {
             .post(emu.dps_url("enrollments/query?api-version=2021-10-01"))
             .header("Authorization", &token)
             .header("x-ms-max-item-count", "7")
-            .json(&json!({ "query": "*" }));
+            .json(&json!({ "query": "SELECT *" }));
         if let Some(c) = &continuation {
             request = request.header("x-ms-continuation", c);
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-ms-item-type"], "Enrollment");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        assert!(
+            response.headers().get("x-ms-max-item-count").is_none(),
+            "DPS does not echo the page size"
+        );
         continuation = response
             .headers()
             .get("x-ms-continuation")
@@ -189,8 +317,12 @@ async fn queries_page_through_every_enrollment_with_continuation_tokens() {
         assert!(page.len() <= 7);
         assert!(
             page.iter()
-                .all(|e| e["attestation"]["symmetricKey"] == json!({})),
-            "queries never return keys"
+                .all(|e| e["attestation"] == json!({ "type": "symmetricKey" })),
+            "queries leave the symmetricKey member out"
+        );
+        assert!(
+            page.iter().all(|e| e.get("registrationState").is_none()),
+            "query items carry no registration state"
         );
         seen.extend(
             page.into_iter()
@@ -290,6 +422,102 @@ async fn bulk_operations_answer_per_item_and_respect_azures_cap() {
 }
 
 #[tokio::test]
+async fn bulk_update_refuses_existing_records_without_an_etag_as_dps_does() {
+    let emu = TestEmulator::start().await;
+    let item =
+        |id: &str| json!({ "registrationId": id, "attestation": { "type": "symmetricKey" } });
+    let created = emu
+        .service_call(
+            Method::POST,
+            "enrollments",
+            Some(&json!({
+            "mode": "create", "enrollments": [item("upd-1"), item("upd-2")] })),
+        )
+        .await;
+    assert_eq!(created.body, json!({ "isSuccessful": true, "errors": [] }));
+
+    let again = emu
+        .service_call(
+            Method::POST,
+            "enrollments",
+            Some(&json!({
+            "mode": "update", "enrollments": [item("upd-1"), item("upd-3")] })),
+        )
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.body,
+        json!({ "isSuccessful": false, "errors": [
+            { "registrationId": "upd-1", "errorCode": 409201, "errorStatus": "Enrollment already exists." }
+        ] }),
+        "the live service's answer; a new id is created"
+    );
+    assert_eq!(
+        emu.service_call(Method::GET, "enrollments/upd-3", None)
+            .await
+            .status,
+        200
+    );
+
+    // With the current etag the update goes through; with a stale one it is refused.
+    let current = emu
+        .service_call(Method::GET, "enrollments/upd-2", None)
+        .await
+        .body;
+    let mut fresh = item("upd-2");
+    fresh["etag"] = current["etag"].clone();
+    fresh["deviceId"] = json!("renamed");
+    let mut stale = item("upd-1");
+    stale["etag"] = current["etag"].clone();
+    let mixed = emu
+        .service_call(
+            Method::POST,
+            "enrollments",
+            Some(&json!({
+            "mode": "update", "enrollments": [fresh, stale] })),
+        )
+        .await;
+    assert_eq!(
+        mixed.body["errors"].as_array().unwrap().len(),
+        1,
+        "{}",
+        mixed.body
+    );
+    assert_eq!(mixed.body["errors"][0]["registrationId"], "upd-1");
+    assert_eq!(mixed.body["errors"][0]["errorCode"], 412002);
+    assert_eq!(
+        emu.service_call(Method::GET, "enrollments/upd-2", None)
+            .await
+            .body["deviceId"],
+        "renamed"
+    );
+
+    // Groups answer with their own code and words.
+    let group =
+        json!({ "enrollmentGroupId": "upd-group", "attestation": { "type": "symmetricKey" } });
+    emu.service_call(
+        Method::POST,
+        "enrollmentGroups",
+        Some(&json!({
+        "mode": "create", "enrollmentGroups": [group.clone()] })),
+    )
+    .await;
+    let group_again = emu
+        .service_call(
+            Method::POST,
+            "enrollmentGroups",
+            Some(&json!({
+            "mode": "update", "enrollmentGroups": [group] })),
+        )
+        .await;
+    assert_eq!(
+        group_again.body["errors"],
+        json!([{ "enrollmentGroupId": "upd-group", "errorCode": 409202,
+                 "errorStatus": "EnrollmentGroup already exists." }])
+    );
+}
+
+#[tokio::test]
 async fn enrollment_groups_support_create_read_keys_query_and_delete() {
     let emu = TestEmulator::start().await;
     let group_key = SharedAccessKey::generate(64);
@@ -300,6 +528,22 @@ async fn enrollment_groups_support_create_read_keys_query_and_delete() {
         })))
         .await;
     assert_eq!(created.status, 200, "{}", created.body);
+    assert_eq!(
+        created.body["attestation"]["symmetricKey"]["primaryKey"],
+        group_key.expose_base64(),
+        "a group PUT answers the given key"
+    );
+    let generated_secondary = created.body["attestation"]["symmetricKey"]["secondaryKey"].clone();
+    assert!(generated_secondary.is_string(), "and the generated one");
+    assert!(created.body.get("registrationState").is_none());
+    let fetched = emu
+        .service_call(Method::GET, "enrollmentGroups/factory-batch-7", None)
+        .await;
+    assert_eq!(
+        fetched.body["attestation"],
+        json!({ "type": "symmetricKey" })
+    );
+    assert!(fetched.body.get("registrationState").is_none());
     // The Node SDK writes this path in lower case.
     let keys = emu
         .service_call(
@@ -312,9 +556,9 @@ async fn enrollment_groups_support_create_read_keys_query_and_delete() {
         keys.body["symmetricKey"]["primaryKey"],
         group_key.expose_base64()
     );
-    assert!(
-        keys.body["symmetricKey"]["secondaryKey"].is_string(),
-        "the missing secondary key is generated"
+    assert_eq!(
+        keys.body["symmetricKey"]["secondaryKey"], generated_secondary,
+        "the missing secondary key is generated, and the PUT answered it"
     );
     let listed = emu
         .service_call(
@@ -325,6 +569,10 @@ async fn enrollment_groups_support_create_read_keys_query_and_delete() {
         .await;
     assert_eq!(listed.headers["x-ms-item-type"], "EnrollmentGroup");
     assert_eq!(listed.body.as_array().unwrap().len(), 1);
+    assert_eq!(
+        listed.body[0]["attestation"],
+        json!({ "type": "symmetricKey" })
+    );
     assert_eq!(
         emu.service_call(Method::DELETE, "enrollmentGroups/factory-batch-7", None)
             .await
@@ -468,11 +716,26 @@ async fn bad_input_gets_dps_shaped_errors_and_changes_nothing() {
 async fn registration_records_are_read_queried_by_group_and_deleted() {
     let emu = TestEmulator::start().await;
     let group_key = SharedAccessKey::generate(64);
-    emu.service_call(Method::PUT, "enrollmentGroups/line-a", Some(&json!({
+    // `static` with no hub named, as the Python SDK's live test enrolls it: DPS accepts it.
+    let group = emu.service_call(Method::PUT, "enrollmentGroups/line-a", Some(&json!({
         "enrollmentGroupId": "line-a",
         "attestation": { "type": "symmetricKey", "symmetricKey": { "primaryKey": group_key.expose_base64() } },
+        "allocationPolicy": "static",
+        "iotHubs": null,
     })))
     .await;
+    assert_eq!(group.status, 200, "{}", group.body);
+    // Before any device registers, the group's query answers an empty list to an empty body.
+    let none_yet = emu
+        .send(
+            Method::POST,
+            "registrations/line-a/query?api-version=2021-10-01",
+            Some(&emu.service_token()),
+            None,
+        )
+        .await;
+    assert_eq!(none_yet.status, 200, "{}", none_yet.body);
+    assert_eq!(none_yet.body, json!([]));
     for id in ["line-a-1", "line-a-2"] {
         let device = emu.device(id, iot_credentials::derive_device_key(&group_key, id));
         emu.register(&device).await.expect("group device registers");
@@ -485,16 +748,45 @@ async fn registration_records_are_read_queried_by_group_and_deleted() {
         .await;
     assert_eq!(record.status, 200);
     assert_eq!(record.body["status"], "assigned");
-    assert_eq!(record.body["symmetricKey"]["enrollmentGroupId"], "line-a");
+    assert_eq!(record.body["substatus"], "initialAssignment");
+    assert_eq!(
+        record.body["assignedHub"],
+        emu.hub_host(0),
+        "static with no hub named: the first linked hub"
+    );
+    assert_eq!(record.body["deviceId"], "line-a-1");
+    assert!(is_dps_etag(&record.body["etag"]));
+    assert!(record.body["createdDateTimeUtc"].is_string());
+    assert!(record.body["lastUpdatedDateTimeUtc"].is_string());
+    assert!(
+        record.body.get("symmetricKey").is_none(),
+        "the service API leaves the admitting group out: {}",
+        record.body
+    );
+
+    // An enrollment GET carries the registration record once the device registered.
+    let solo = emu
+        .service_call(Method::GET, "enrollments/solo", None)
+        .await;
+    assert_eq!(solo.body["registrationState"]["status"], "assigned");
+    assert_eq!(solo.body["registrationState"]["registrationId"], "solo");
 
     let listed = emu
-        .service_call(
+        .send(
             Method::POST,
-            "registrations/line-a/query",
-            Some(&json!({ "query": "*" })),
+            "registrations/line-a/query?api-version=2021-10-01",
+            Some(&emu.service_token()),
+            None,
         )
         .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
     assert_eq!(listed.headers["x-ms-item-type"], "DeviceRegistration");
+    assert!(listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r.get("symmetricKey").is_none()));
     let ids: Vec<&str> = listed
         .body
         .as_array()

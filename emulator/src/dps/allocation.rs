@@ -120,14 +120,27 @@ impl Dps {
                     .map(plain)
                     .ok_or_else(|| "every candidate hub has allocation weight 0".to_owned())
             }
-            AllocationPolicy::Static => settings
-                .iot_hubs
-                .iter()
-                .flatten()
-                .chain(settings.iot_hub_host_name.iter())
-                .find_map(|h| self.linked_hub(h))
-                .map(|h| plain(h.host_name.clone()))
-                .ok_or_else(|| "the static hub of the enrollment is not linked".to_owned()),
+            AllocationPolicy::Static => {
+                let mut named = settings
+                    .iot_hubs
+                    .iter()
+                    .flatten()
+                    .chain(settings.iot_hub_host_name.iter())
+                    .peekable();
+                if named.peek().is_none() {
+                    // DPS takes `static` with no hub named; its device went to the one linked
+                    // hub (recorded live traffic, see docs/emulator.md). With several linked
+                    // hubs the emulator takes the first one configured.
+                    return candidates
+                        .first()
+                        .map(|h| plain(h.host_name.clone()))
+                        .ok_or_else(|| "no IoT hub is linked".to_owned());
+                }
+                named
+                    .find_map(|h| self.linked_hub(h))
+                    .map(|h| plain(h.host_name.clone()))
+                    .ok_or_else(|| "the static hub of the enrollment is not linked".to_owned())
+            }
             AllocationPolicy::Custom => {
                 self.call_webhook(registration_id, admission, payload, current, &candidates)
                     .await

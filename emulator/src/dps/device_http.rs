@@ -4,9 +4,9 @@
 
 use super::error::DpsError;
 use super::model::{DeviceRegistration, RegistrationStatus};
-use super::service_http::{self, json_body, require_api_version, BODY_LIMIT};
+use super::service_http::{self, require_api_version};
 use super::Dps;
-use crate::net::https::{header, json, path_segments, read_body, Body};
+use crate::net::https::{header, json, path_segments, Body};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -104,10 +104,9 @@ async fn optional_json_body(
     parts: &http::request::Parts,
     body: Incoming,
 ) -> Result<DeviceRegistration, DpsError> {
-    let declared_empty = header(&parts.headers, http::header::CONTENT_LENGTH) == Some("0");
-    if declared_empty {
-        let _ = read_body(body, BODY_LIMIT).await;
-        return Ok(DeviceRegistration::default());
-    }
-    json_body(parts, body, "device registration").await
+    Ok(
+        service_http::optional_json_body(parts, body, "device registration")
+            .await?
+            .unwrap_or_default(),
+    )
 }

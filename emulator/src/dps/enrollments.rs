@@ -4,8 +4,9 @@
 
 use super::error::DpsError;
 use super::model::{
-    AllocationPolicy, AttestationType, BulkItemError, BulkMode, EnrollmentGroup,
-    EnrollmentSettings, IndividualEnrollment, QuerySpecification, SymmetricKeyAttestation,
+    AllocationPolicy, AttestationType, BulkItemError, BulkMode, DeviceRegistrationState,
+    EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, QuerySpecification,
+    SymmetricKeyAttestation,
 };
 use super::{validate, Dps};
 use crate::stamps;
@@ -44,10 +45,21 @@ pub trait EnrollmentKind {
     fn delete(state: &CloudState, key: &str) -> Vec<Change>;
     /// The error for a missing record.
     fn not_found(id: &str) -> DpsError;
+    /// The error for a record that exists already (bulk `create`, and `update` without etag).
+    fn exists() -> DpsError;
     /// Checks beyond the shared settings.
     fn validate(record: &Self::Record) -> Result<(), DpsError>;
-    /// The record as GET and query return it: no keys, plus derived read-only fields.
+    /// Drops read-only members a client may have sent back (they are never stored).
+    fn strip_derived(record: &mut Self::Record);
+    /// The record as GET returns it: no `symmetricKey` member, plus derived read-only fields.
     fn present(state: &CloudState, record: &Self::Record) -> Self::Record;
+    /// The record as a query returns it: no `symmetricKey` member and nothing derived.
+    fn listed(record: &Self::Record) -> Self::Record {
+        let mut shown = record.clone();
+        let settings = Self::settings_mut(&mut shown);
+        settings.attestation = settings.attestation.without_secrets();
+        shown
+    }
 }
 
 /// Individual enrollments.
@@ -73,7 +85,7 @@ impl EnrollmentKind for Individual {
         &state.enrollments
     }
     fn put(mut record: Self::Record) -> Change {
-        record.registration_state = None;
+        Self::strip_derived(&mut record);
         Change::PutEnrollment(Box::new(record))
     }
     fn delete(state: &CloudState, key: &str) -> Vec<Change> {
@@ -88,19 +100,30 @@ impl EnrollmentKind for Individual {
     fn not_found(id: &str) -> DpsError {
         DpsError::EnrollmentNotFound(format!("no enrollment with registration id {id:?}"))
     }
+    fn exists() -> DpsError {
+        // Azure's own words (errorStatus of a bulk item).
+        DpsError::Conflict("Enrollment already exists.".into())
+    }
     fn validate(record: &Self::Record) -> Result<(), DpsError> {
         match &record.device_id {
             Some(device_id) => validate::device_id(device_id),
             None => Ok(()),
         }
     }
+    fn strip_derived(record: &mut Self::Record) {
+        record.registration_state = None;
+    }
     fn present(state: &CloudState, record: &Self::Record) -> Self::Record {
-        let mut shown = record.clone();
-        shown.settings.attestation = record.settings.attestation.without_secrets();
-        shown.registration_state = state
-            .registrations
-            .get(&id_key(&record.registration_id))
-            .cloned();
+        // GET joins the registration record; a device that never registered shows
+        // `{registrationId, status: "unassigned"}` (recorded live traffic, see docs/emulator.md).
+        let mut shown = Self::listed(record);
+        shown.registration_state = Some(
+            state
+                .registrations
+                .get(&id_key(&record.registration_id))
+                .map(DeviceRegistrationState::for_service)
+                .unwrap_or_else(|| DeviceRegistrationState::unassigned(&record.registration_id)),
+        );
         shown
     }
 }
@@ -132,13 +155,15 @@ impl EnrollmentKind for Group {
     fn not_found(id: &str) -> DpsError {
         DpsError::GroupNotFound(format!("no enrollment group with id {id:?}"))
     }
+    fn exists() -> DpsError {
+        DpsError::GroupConflict("EnrollmentGroup already exists.".into())
+    }
     fn validate(_: &Self::Record) -> Result<(), DpsError> {
         Ok(())
     }
+    fn strip_derived(_: &mut Self::Record) {}
     fn present(_: &CloudState, record: &Self::Record) -> Self::Record {
-        let mut shown = record.clone();
-        shown.settings.attestation = record.settings.attestation.without_secrets();
-        shown
+        Self::listed(record)
     }
 }
 
@@ -239,9 +264,11 @@ impl Dps {
                     .collect();
                 named.sort();
                 named.dedup();
-                if named.len() != 1 {
+                // DPS accepts `static` with no hub named (recorded live traffic: such a group's
+                // device went to the one linked hub); two different hubs make no sense.
+                if named.len() > 1 {
                     return Err(DpsError::BadRequest(
-                        "static allocation needs exactly one hub in iotHubs (or iotHubHostName)"
+                        "static allocation takes one hub in iotHubs (or iotHubHostName), not several"
                             .into(),
                     ));
                 }
@@ -281,8 +308,9 @@ impl Dps {
         K::validate(record)
     }
 
-    /// Creates or replaces an enrollment. Keys left empty are generated on creation and kept
-    /// on update, so a record read (without keys) and written back keeps its keys.
+    /// Creates or replaces an enrollment, answering the stored record with its keys (given or
+    /// generated), as DPS does. Keys left empty are generated on creation and kept on update,
+    /// so a record read (without keys) and written back keeps its keys.
     pub async fn put_enrollment<K: EnrollmentKind>(
         &self,
         path_id: &str,
@@ -315,10 +343,10 @@ impl Dps {
                 Ok::<_, DpsError>((stored.clone(), vec![K::put(stored)]))
             })
             .await?;
-        Ok(self.store.read(|state| K::present(state, &stored)))
+        Ok(stored)
     }
 
-    /// Reads an enrollment (without keys).
+    /// Reads an enrollment (without the `symmetricKey` member).
     pub fn get_enrollment<K: EnrollmentKind>(&self, id: &str) -> Result<K::Record, DpsError> {
         self.store.read(|state| {
             K::table(state)
@@ -366,11 +394,9 @@ impl Dps {
     ) -> Result<Page<K::Record>, DpsError> {
         check_query(&spec.query)?;
         let after = decode_continuation(continuation)?;
-        Ok(self.store.read(|state| {
-            page_of(K::table(state), after.as_deref(), page_size, |r| {
-                K::present(state, r)
-            })
-        }))
+        Ok(self
+            .store
+            .read(|state| page_of(K::table(state), after.as_deref(), page_size, K::listed)))
     }
 
     /// Runs a bulk operation of at most [`BULK_LIMIT`] items; every item succeeds or fails on
@@ -423,8 +449,24 @@ impl Dps {
                         None => K::table(state).get(&key).cloned(),
                     };
                     let outcome = match (mode, &existing) {
-                        (BulkMode::Create, Some(_)) => {
-                            Err(DpsError::Conflict(format!("{id:?} already exists")))
+                        // `update` without an etag refuses an existing record as `create` does:
+                        // the live service answers 409201/409202 "… already exists." there
+                        // (recorded bulk operations, see docs/emulator.md).
+                        (BulkMode::Create, Some(_)) => Err(K::exists()),
+                        (BulkMode::Update, Some(_)) if K::settings(&item).etag.is_none() => {
+                            Err(K::exists())
+                        }
+                        (BulkMode::Update, Some(current))
+                            if !K::settings(current).etag.as_deref().is_some_and(|etag| {
+                                K::settings(&item)
+                                    .etag
+                                    .as_deref()
+                                    .is_some_and(|wanted| stamps::etag_matches(wanted, etag))
+                            }) =>
+                        {
+                            Err(DpsError::PreconditionFailed(format!(
+                                "the etag of {id:?} does not match"
+                            )))
                         }
                         (BulkMode::Delete, None) => Err(K::not_found(&id)),
                         (BulkMode::Delete, Some(_)) => {
@@ -481,6 +523,7 @@ fn stamp<K: EnrollmentKind>(
 ) -> K::Record {
     let now = stamps::now();
     let previous = existing.map(K::settings);
+    K::strip_derived(&mut record);
     let settings = K::settings_mut(&mut record);
     settings.etag = Some(stamps::etag());
     settings.created_date_time_utc = previous
@@ -519,13 +562,15 @@ fn item_error(id: &str, error: &DpsError) -> BulkItemError {
     }
 }
 
-/// DPS accepts `*` (all records); `SELECT * FROM <collection>` is accepted as the same thing.
+/// DPS accepts `*` (all records); `SELECT *` (what the Python SDK's tests send, in either
+/// case) and `SELECT * FROM <collection>` are accepted as the same thing.
 fn check_query(query: &str) -> Result<(), DpsError> {
     let words: Vec<String> = query
         .split_whitespace()
         .map(str::to_ascii_lowercase)
         .collect();
     let all = matches!(words.as_slice(), [star] if star == "*")
+        || matches!(words.as_slice(), [select, star] if select == "select" && star == "*")
         || matches!(words.as_slice(), [select, star, from, _] if select == "select" && star == "*" && from == "from");
     if all {
         Ok(())
@@ -625,6 +670,8 @@ mod tests {
     #[test]
     fn queries_other_than_all_records_are_refused_clearly() {
         check_query("*").unwrap();
+        check_query("SELECT *").unwrap();
+        check_query("select *").unwrap();
         check_query("SELECT * FROM enrollments").unwrap();
         assert!(check_query("SELECT * FROM enrollments WHERE x = 1").is_err());
     }

@@ -3,7 +3,7 @@
 //! Azure's body is `{errorCode, trackingId, message, timestampUtc}` with a six-digit code whose
 //! first three digits are the HTTP status, plus the `x-ms-error-code` header. Codes Azure is known
 //! to use are used as such (401002 unauthorized, 404201 enrollment not found, 404202 registration
-//! not found); the others follow the same pattern and are listed in docs/emulator.md.
+//! not found, 409201/409202 enrollment/group exists); the others follow the same pattern and are listed in docs/emulator.md.
 
 use crate::net::https::Body;
 use crate::stamps;
@@ -39,6 +39,9 @@ pub enum DpsError {
     /// The record exists already.
     #[error("{0}")]
     Conflict(String),
+    /// The enrollment group exists already (Azure's 409202).
+    #[error("{0}")]
+    GroupConflict(String),
     /// `If-Match` does not match the current etag.
     #[error("{0}")]
     PreconditionFailed(String),
@@ -67,7 +70,7 @@ impl DpsError {
             | Self::RegistrationNotFound(_)
             | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::GroupConflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -87,6 +90,7 @@ impl DpsError {
             Self::RouteNotFound(_) => 404001,
             Self::MethodNotAllowed(_) => 405001,
             Self::Conflict(_) => 409201,
+            Self::GroupConflict(_) => 409202,
             Self::PreconditionFailed(_) => 412002,
             Self::PayloadTooLarge(_) => 413001,
             Self::UnsupportedMediaType(_) => 415001,

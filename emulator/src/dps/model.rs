@@ -84,14 +84,13 @@ pub struct AttestationMechanism {
 }
 
 impl AttestationMechanism {
-    /// The same mechanism with key material removed: DPS never returns keys from GET or query
-    /// (the `attestationmechanism` operation exists to fetch them).
+    /// The same mechanism without its keys, as GET and query show it: DPS leaves the
+    /// `symmetricKey` member out entirely (`{"type": "symmetricKey"}`); the `attestationmechanism`
+    /// operation exists to fetch the keys. Source: Azure/azure-sdk-for-python
+    /// sdk/iothub/azure-iot-deviceprovisioning/tests/recordings/ (recorded live traffic).
     pub fn without_secrets(&self) -> Self {
         Self {
-            symmetric_key: self
-                .symmetric_key
-                .as_ref()
-                .map(|_| SymmetricKeyAttestation::default()),
+            symmetric_key: None,
             ..self.clone()
         }
     }
@@ -195,9 +194,10 @@ pub struct EnrollmentSettings {
     /// Changes on every write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
-    /// Enabled or disabled.
+    /// Enabled or disabled; kept as given, so a client that sends `null` (or nothing) reads
+    /// `null` back, as DPS answers (the member is always present). `null` means enabled.
     #[serde(default)]
-    pub provisioning_status: ProvisioningStatus,
+    pub provisioning_status: Option<ProvisioningStatus>,
     /// Re-registration behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reprovision_policy: Option<ReprovisionPolicy>,
@@ -216,6 +216,13 @@ pub struct EnrollmentSettings {
     /// The webhook for the custom policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_allocation_definition: Option<CustomAllocationDefinition>,
+}
+
+impl EnrollmentSettings {
+    /// Whether devices are refused (`provisioningStatus` is `disabled`; `null` is enabled).
+    pub fn is_disabled(&self) -> bool {
+        self.provisioning_status == Some(ProvisioningStatus::Disabled)
+    }
 }
 
 /// An individual enrollment.
@@ -327,6 +334,39 @@ pub struct DeviceRegistrationState {
     /// For symmetric-key devices: the group that admitted the device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric_key: Option<SymmetricKeyRegistrationResult>,
+}
+
+impl DeviceRegistrationState {
+    /// The record of a device that has not registered, as an enrollment GET shows it.
+    pub fn unassigned(registration_id: &str) -> Self {
+        Self {
+            registration_id: registration_id.to_owned(),
+            created_date_time_utc: None,
+            assigned_hub: None,
+            device_id: None,
+            status: RegistrationStatus::Unassigned,
+            substatus: None,
+            error_code: None,
+            error_message: None,
+            last_updated_date_time_utc: None,
+            etag: None,
+            payload: None,
+            symmetric_key: None,
+        }
+    }
+
+    /// The record as the service API shows it: without the `symmetricKey` member that devices
+    /// get in their registration result (service API GET and query per group answer
+    /// `{registrationId, createdDateTimeUtc, assignedHub, deviceId, status, substatus,
+    /// lastUpdatedDateTimeUtc, etag}`; Azure/azure-sdk-for-python
+    /// sdk/iothub/azure-iot-deviceprovisioning/tests/recordings/
+    /// test_device_registration.pyTestDeviceRegistrationtest_device_registration_lifecycle.json).
+    pub fn for_service(&self) -> Self {
+        Self {
+            symmetric_key: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// What a device sends to register (or to look up its status).

@@ -9,8 +9,8 @@ use super::allocation::Allocation;
 use super::error::DpsError;
 use super::model::{
     AssignedSubstatus, AttestationType, DeviceRegistration, DeviceRegistrationState,
-    EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, ProvisioningStatus,
-    RegistrationOperationStatus, RegistrationStatus, SymmetricKeyRegistrationResult,
+    EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, RegistrationOperationStatus,
+    RegistrationStatus, SymmetricKeyRegistrationResult,
 };
 use super::{validate, Dps};
 use crate::hub::registry::{DeviceIdentity, DeviceStatus, PropertySet, Twin};
@@ -80,7 +80,7 @@ impl Admission {
     }
 
     fn disabled(&self) -> bool {
-        self.settings().provisioning_status == ProvisioningStatus::Disabled
+        self.settings().is_disabled()
     }
 }
 

@@ -12,10 +12,15 @@ fn not_found(id: &str) -> DpsError {
 }
 
 impl Dps {
-    /// Reads a registration record.
+    /// Reads a registration record, as the service API shows it.
     pub fn get_registration(&self, id: &str) -> Result<DeviceRegistrationState, DpsError> {
         self.store
-            .read(|state| state.registrations.get(&id_key(id)).cloned())
+            .read(|state| {
+                state
+                    .registrations
+                    .get(&id_key(id))
+                    .map(DeviceRegistrationState::for_service)
+            })
             .ok_or_else(|| not_found(id))
     }
 
@@ -40,10 +45,11 @@ impl Dps {
     }
 
     /// One page of the registration records of devices admitted by enrollment group `group_id`.
+    /// The query specification may be left out: the Python SDK posts an empty body.
     pub fn query_group_registrations(
         &self,
         group_id: &str,
-        _spec: &QuerySpecification,
+        _spec: Option<&QuerySpecification>,
         page_size: usize,
         continuation: Option<&str>,
     ) -> Result<Page<DeviceRegistrationState>, DpsError> {
@@ -60,7 +66,7 @@ impl Dps {
                         .and_then(|k| k.enrollment_group_id.as_deref())
                         .is_some_and(|g| g.eq_ignore_ascii_case(group_id))
                 },
-                Clone::clone,
+                DeviceRegistrationState::for_service,
             )
         }))
     }

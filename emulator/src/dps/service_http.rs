@@ -123,11 +123,17 @@ async fn serve(
             bulk::<Individual>(dps, &parts, body, "enrollments").await
         }
         (Route::GroupRegistrations(group), Method::POST) => {
-            let spec: QuerySpecification = json_body(&parts, body, "query specification").await?;
+            // The Python SDK posts this query with no body at all (Content-Length 0).
+            let spec: Option<QuerySpecification> =
+                optional_json_body(&parts, body, "query specification").await?;
             let (size, continuation) = paging(&parts)?;
-            let page =
-                dps.query_group_registrations(&group, &spec, size, continuation.as_deref())?;
-            Ok(page_response(page, "DeviceRegistration", size))
+            let page = dps.query_group_registrations(
+                &group,
+                spec.as_ref(),
+                size,
+                continuation.as_deref(),
+            )?;
+            Ok(page_response(page, "DeviceRegistration"))
         }
         _ => Err(DpsError::MethodNotAllowed(format!(
             "{} is not allowed on this resource",
@@ -171,7 +177,7 @@ async fn query<K: EnrollmentKind>(
     let spec: QuerySpecification = json_body(parts, body, "query specification").await?;
     let (size, continuation) = paging(parts)?;
     let page = dps.query_enrollments::<K>(&spec, size, continuation.as_deref())?;
-    Ok(page_response(page, K::ITEM_TYPE, size))
+    Ok(page_response(page, K::ITEM_TYPE))
 }
 
 async fn bulk<K: EnrollmentKind>(
@@ -189,8 +195,9 @@ async fn bulk<K: EnrollmentKind>(
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Outcome {
-        is_successful: bool,
+        // Azure's member order: `{"errors": [...], "isSuccessful": bool}`.
         errors: Vec<serde_json::Value>,
+        is_successful: bool,
     }
     let request: Bulk<K::Record> = json_body(parts, body, items_field).await?;
     let outcome = dps
@@ -216,17 +223,17 @@ async fn bulk<K: EnrollmentKind>(
     ))
 }
 
-fn page_response<T: Serialize>(
-    page: Page<T>,
-    item_type: &'static str,
-    size: usize,
-) -> Response<Body> {
+/// A query page with DPS's headers: `x-ms-item-type`, `X-Content-Type-Options: nosniff`, and
+/// `x-ms-continuation` only while more pages follow (`x-ms-max-item-count` is a request header
+/// only; the live service does not echo it).
+fn page_response<T: Serialize>(page: Page<T>, item_type: &'static str) -> Response<Body> {
     let mut response = json(StatusCode::OK, &page.items);
     let headers = response.headers_mut();
     headers.insert("x-ms-item-type", HeaderValue::from_static(item_type));
-    if let Ok(size) = HeaderValue::from_str(&size.to_string()) {
-        headers.insert("x-ms-max-item-count", size);
-    }
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Some(token) = page
         .continuation
         .and_then(|t| HeaderValue::from_str(&t).ok())
@@ -311,6 +318,17 @@ pub async fn json_body<T: DeserializeOwned>(
     body: Incoming,
     what: &str,
 ) -> Result<T, DpsError> {
+    optional_json_body(parts, body, what)
+        .await?
+        .ok_or_else(|| DpsError::BadRequest(format!("a JSON {what} is required in the body")))
+}
+
+/// Like [`json_body`], but an empty body is `None` rather than an error.
+pub async fn optional_json_body<T: DeserializeOwned>(
+    parts: &Parts,
+    body: Incoming,
+    what: &str,
+) -> Result<Option<T>, DpsError> {
     if let Some(content_type) = header(&parts.headers, http::header::CONTENT_TYPE) {
         if !content_type
             .trim_start()
@@ -329,10 +347,9 @@ pub async fn json_body<T: DeserializeOwned>(
             BodyError::Broken => DpsError::BadRequest("the request body could not be read".into()),
         })?;
     if bytes.is_empty() {
-        return Err(DpsError::BadRequest(format!(
-            "a JSON {what} is required in the body"
-        )));
+        return Ok(None);
     }
     serde_json::from_slice(&bytes)
+        .map(Some)
         .map_err(|e| DpsError::BadRequest(format!("the body is not a valid {what}: {e}")))
 }
