@@ -20,7 +20,8 @@ wait_ready() {
 
 # functions_app_args: the emulator options that run this repository's function app (the
 # handler) in the Functions host stand-in, its settings pointed at the emulator itself and at the
-# Azurite of AZURITE_CONNECTION_STRING. Sets the array FUNCTIONS_APP_ARGS.
+# Azurite of AZURITE_CONNECTION_STRING, with the hubs' routes of infra/. Sets the array
+# FUNCTIONS_APP_ARGS.
 functions_app_args() {
   local handler=$1
   FUNCTIONS_APP_ARGS=(
@@ -32,6 +33,12 @@ functions_app_args() {
     --functions-setting 'IOTHUB_CONNECTION_STRINGS={hubs.0.connectionString}|{hubs.1.connectionString}'
     --functions-setting 'EXTRA_TRUSTED_CA_FILE={caCertificatePath}'
     --functions-setting "AzureWebJobsStorage=$AZURITE_CONNECTION_STRING"
+    --functions-setting 'REGISTRY_EVENTS={eventHubs.connectionString}'
+    # The hubs route as infra/ deploys them: lifecycle, twin-change and connection-state events
+    # to the registry's event hub only; telemetry stays on the built-in endpoint (fallback).
+    --route DeviceLifecycleEvents=hub-events
+    --route TwinChangeEvents=hub-events
+    --route DeviceConnectionStateEvents=hub-events
   )
 }
 
