@@ -5,7 +5,7 @@ SHELL := bash
 CARGO ?= cargo
 CONFORMANCE := emulator/conformance
 
-.PHONY: test lint unit conformance demo up down bench
+.PHONY: test lint unit conformance demo up down bench package publish
 
 ## test: formatting, lints, every Rust test (with Azurite), and the official-SDK conformance suite
 test: lint unit conformance
@@ -16,10 +16,12 @@ lint:
 
 # The handler's API tests need Table Storage: an in-memory Azurite on a free port, from the
 # committed lockfile, stopped afterwards.
-# The portal's browser tests need Debian's Chromium and ChromeDriver (installed when missing).
-unit:
-	scripts/browser.sh
-	scripts/with-azurite.sh $(CARGO) test --workspace --locked
+# The tests drive Debian's Chromium, ChromeDriver and strace (installed when missing).
+# The API tests run the package itself (FUNCTION_APP), so what is tested is what would be
+# deployed; handler/tests/package.rs inspects the zip.
+unit: package
+	scripts/test-tools.sh
+	FUNCTION_APP=$(CURDIR)/dist/function-app scripts/with-azurite.sh $(CARGO) test --workspace --locked
 
 conformance: $(CONFORMANCE)/node_modules/.installed
 	$(CARGO) build --locked -p emulator --bin emulator
@@ -41,6 +43,16 @@ up:
 
 down:
 	scripts/down.sh
+
+## package: the function app as Azure runs it: dist/function-app/ and dist/function-app.zip
+## (host.json, the static `handler`, one <Function>/function.json per function)
+package:
+	scripts/package.sh
+
+## publish: `make publish APP=<function app name>` uploads the package with Core Tools
+publish: package
+	@[[ -n "$(APP)" ]] || { echo "usage: make publish APP=<function app name>" >&2; exit 1; }
+	cd dist/function-app && func azure functionapp publish "$(APP)" --custom
 
 ## bench: DPS, hub and handler figures next to references measured in the same run
 bench:

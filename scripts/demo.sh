@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 source scripts/azurite.sh
 
-echo "Building the emulator, the fleet tool and the middleware (the first build takes a few minutes)..."
-cargo build --locked --quiet -p emulator -p handler -p device --bins
+echo "Building the emulator, the fleet tool, the device and the middleware's package (the first build takes a few minutes)..."
+cargo build --locked --quiet -p emulator -p device --bins
+# The function app runs from its package, as Azure would run it.
+scripts/package.sh
 
 state=$(mktemp -d)
 cleanup() {
@@ -21,7 +23,7 @@ echo "Starting Azurite (Table Storage for the middleware's registry)..."
 start_azurite "$state/azurite.log"
 echo "Starting the local Azure emulator: a Device Provisioning Service, two IoT hubs, and the"
 echo "Functions host stand-in running the middleware's function app..."
-functions_app_args target/debug/handler
+package_app_args dist/function-app
 # The demo receives the middleware's status notifications itself, where a Logic App would.
 webhook_port=$(free_port)
 webhook_secret=demo-webhook-secret-for-this-run-$RANDOM$RANDOM

@@ -18,15 +18,39 @@ wait_ready() {
   return 1
 }
 
-# functions_app_args: the emulator options that run this repository's function app (the
-# handler) in the Functions host stand-in, its settings pointed at the emulator itself and at the
-# Azurite of AZURITE_CONNECTION_STRING, with the hubs' routes of infra/. Sets the array
+# package_app_args APP_DIR: the emulator options that run the packaged function app in APP_DIR
+# (dist/function-app, from scripts/package.sh) in the Functions host stand-in, as Azure runs it:
+# the host starts the app's own `handler`. The package holds no settings (in Azure they are app
+# settings), so local.settings.json's development values are passed along, then the ones pointing
+# at the emulator itself and at the Azurite of AZURITE_CONNECTION_STRING. Sets the array
 # FUNCTIONS_APP_ARGS.
+package_app_args() {
+  local app=$1
+  if [[ ! -f $app/host.json || ! -x $app/handler ]]; then
+    echo "$app holds no packaged function app (host.json and handler): run \`make package\`" >&2
+    return 1
+  fi
+  FUNCTIONS_APP_ARGS=(--functions-app "$app")
+  local arg
+  while IFS= read -r -d '' arg; do FUNCTIONS_APP_ARGS+=("$arg"); done < <(python3 -c '
+import json, sys
+for name, value in json.load(open("local.settings.json"))["Values"].items():
+    sys.stdout.write("--functions-setting\0%s=%s\0" % (name, value if isinstance(value, str) else json.dumps(value)))')
+  emulator_settings
+}
+
+# functions_app_args HANDLER: like package_app_args, for the app in the repository's source
+# layout with the HANDLER binary instead of a package (the benchmarks' release build).
 functions_app_args() {
-  local handler=$1
-  FUNCTIONS_APP_ARGS=(
-    --functions-app .
-    --functions-executable "$handler"
+  FUNCTIONS_APP_ARGS=(--functions-app . --functions-executable "$1")
+  emulator_settings
+}
+
+# emulator_settings: appends to FUNCTIONS_APP_ARGS the settings that point the handler at the
+# emulator's DPS, hubs and event hub and at the Azurite of AZURITE_CONNECTION_STRING, and the
+# hubs' routes of infra/.
+emulator_settings() {
+  FUNCTIONS_APP_ARGS+=(
     --functions-setting 'DPS_SERVICE_CONNECTION_STRING={dps.serviceConnectionString}'
     --functions-setting 'DPS_ID_SCOPE={dps.idScope}'
     --functions-setting 'DPS_DEVICE_ENDPOINT={dps.deviceEndpoint}'

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make up`: the local stack in the background: Azurite (Table Storage, data in .local/azurite),
 # the emulator (DPS, two hubs; state in .local/emulator) and its Functions host stand-in on 7071
-# running the middleware, and a device (its setup portal, 8080 when free, and its telemetry
-# sender; state in .local/device). Azure's ports when allowed (root), otherwise HTTPS on a free port.
+# running the middleware from its package (dist/function-app, built by scripts/package.sh), and a
+# device (its setup portal, 8080 when free, and its telemetry sender; state in .local/device).
+# Azure's ports when allowed (root), otherwise HTTPS on a free port.
 # Writes .local/endpoints.json (see docs/local-development.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,9 @@ https_port=${EMULATOR_HTTPS_PORT:-$default_port}
 mqtt_port=${EMULATOR_MQTT_PORT:-8883}
 functions_port=${FUNCTIONS_PORT:-7071}
 
-cargo build --locked --quiet -p emulator -p handler -p device --bins
+cargo build --locked --quiet -p emulator -p device --bins
+# The function app runs from its package, as Azure would run it.
+scripts/package.sh
 
 # Azurite's usual port when it is free, so tools that assume it (UseDevelopmentStorage=true) work.
 azurite_port=${AZURITE_TABLE_PORT:-10002}
@@ -33,7 +36,7 @@ start_azurite "$local_dir/azurite.log" "$azurite_port" "$local_dir/azurite"
 echo "$AZURITE_PID" > "$local_dir/azurite.pid"
 
 rm -f "$state/endpoints.json"
-functions_app_args target/debug/handler
+package_app_args dist/function-app
 nohup target/debug/emulator --state-dir "$state" --https-port "$https_port" --mqtt-port "$mqtt_port" \
   --functions-port "$functions_port" "${FUNCTIONS_APP_ARGS[@]}" >"$state/emulator.log" 2>&1 &
 pid=$!

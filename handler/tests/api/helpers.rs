@@ -1,5 +1,5 @@
 //! The harness: an emulator (DPS, two hubs, the Functions host stand-in) running the repository's
-//! function app with the real handler binary, storing in the Azurite that `make test` started.
+//! function app laid out as the package is, storing in the Azurite that `make test` started.
 
 use emulator::config::{EmulatorConfig, FunctionsConfig, HubConfig};
 use emulator::fleet::device::{DeviceCredentials, HttpsRegistrar};
@@ -9,13 +9,16 @@ use emulator::RunningEmulator;
 use iot_credentials::{ProvisioningCode, StorageConnectionString};
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tempfile::TempDir;
 
 /// The variable `make test` sets (scripts/with-azurite.sh).
 const AZURITE: &str = "AZURITE_TABLE_ENDPOINT";
+/// The packaged function app to run, when set (`make test` sets it to dist/function-app).
+const FUNCTION_APP: &str = "FUNCTION_APP";
 
 pub struct TestApp {
     pub emulator: RunningEmulator,
@@ -51,6 +54,53 @@ pub fn azurite_endpoint() -> String {
 
 fn repository_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The function app the tests run: the package in `FUNCTION_APP` (`make test` builds it and sets
+/// this, so the tests run what would be deployed), or else a package-shaped app that
+/// scripts/package.sh lays out around the handler cargo built for this run (so a plain
+/// `cargo test` tests the code as it is now, never an older package).
+fn function_app() -> &'static Path {
+    static APP: OnceLock<PathBuf> = OnceLock::new();
+    APP.get_or_init(|| {
+        if let Some(dir) = std::env::var_os(FUNCTION_APP) {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("host.json").is_file() && dir.join("handler").is_file(),
+                "{FUNCTION_APP}={} holds no packaged function app (host.json and handler): run `make package`",
+                dir.display()
+            );
+            return dir;
+        }
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("function-app");
+        let status = Command::new(repository_root().join("scripts/package.sh"))
+            .arg("layout")
+            .arg(env!("CARGO_BIN_EXE_handler"))
+            .arg(&dir)
+            .status()
+            .expect("scripts/package.sh runs");
+        assert!(status.success(), "scripts/package.sh layout failed");
+        dir
+    })
+}
+
+/// The development app settings of local.settings.json, which the package leaves out (in Azure
+/// app settings live with the app, not in its files).
+fn local_settings() -> Vec<(String, String)> {
+    let path = repository_root().join("local.settings.json");
+    let text = std::fs::read_to_string(&path).expect("local.settings.json is readable");
+    let file: Value = serde_json::from_str(&text).expect("local.settings.json is JSON");
+    file["Values"]
+        .as_object()
+        .expect("local.settings.json has Values")
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+            )
+        })
+        .collect()
 }
 
 /// The app, with the handler's settings pointed at this emulator and a fresh set of tables.
@@ -102,11 +152,13 @@ pub async fn spawn_app_on(extra_hubs: &[(&str, &str)], overrides: &[(&str, &str)
         settings.retain(|(k, _)| k != name);
         settings.push(((*name).to_owned(), (*value).to_owned()));
     }
+    let mut app_settings = local_settings();
+    app_settings.retain(|(name, _)| settings.iter().all(|(k, _)| k != name));
+    app_settings.extend(settings);
     config.functions = Some(FunctionsConfig {
         port: 0,
-        settings,
-        executable: Some(PathBuf::from(env!("CARGO_BIN_EXE_handler"))),
-        ..FunctionsConfig::new(repository_root())
+        settings: app_settings,
+        ..FunctionsConfig::new(function_app())
     });
     let emulator = emulator::start(config)
         .await
