@@ -5,7 +5,7 @@ SHELL := bash
 CARGO ?= cargo
 CONFORMANCE := emulator/conformance
 
-.PHONY: test lint unit conformance demo up down bench package publish
+.PHONY: test lint unit conformance demo up down bench package publish deploy
 
 ## test: formatting, lints, every Rust test (with Azurite), and the official-SDK conformance suite
 test: lint unit conformance
@@ -53,6 +53,11 @@ package:
 publish: package
 	@[[ -n "$(APP)" ]] || { echo "usage: make publish APP=<function app name>" >&2; exit 1; }
 	cd dist/function-app && func azure functionapp publish "$(APP)" --custom
+
+## deploy: `make deploy RG=<group> LOCATION=<region> [ENV=dev|prod] [PREFIX=<name>]`: infra/, the
+## package and the publish into Azure (docs/deploy.md); DEPLOY_ARGS=--dry-run prints the commands only
+deploy:
+	scripts/deploy.sh $(DEPLOY_ARGS)
 
 ## bench: DPS, hub and handler figures next to references measured in the same run
 bench:
