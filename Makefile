@@ -5,10 +5,11 @@ SHELL := bash
 CARGO ?= cargo
 CONFORMANCE := emulator/conformance
 
-.PHONY: test lint unit conformance demo up down bench package publish deploy
+.PHONY: test lint unit scripts-test conformance demo up down bench package publish deploy
 
-## test: formatting, lints, every Rust test (with Azurite), and the official-SDK conformance suite
-test: lint unit conformance
+## test: formatting, lints, every Rust test (with Azurite), the scripts' tests (the deploy dry
+## run), and the official-SDK conformance suite
+test: lint unit scripts-test conformance
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -22,6 +23,10 @@ lint:
 unit: package
 	scripts/test-tools.sh
 	FUNCTION_APP=$(CURDIR)/dist/function-app scripts/with-azurite.sh $(CARGO) test --workspace --locked
+
+# The deploy script against fake az and func (standard-library Python, no network).
+scripts-test:
+	python3 scripts/tests/run.py
 
 conformance: $(CONFORMANCE)/node_modules/.installed
 	$(CARGO) build --locked -p emulator --bin emulator
