@@ -413,15 +413,6 @@ def app_settings(dep: Deployment) -> dict[str, object]:
     return out
 
 
-def raw_app_settings(dep: Deployment) -> list[tuple[str, object]]:
-    out = []
-    for scope, _symbol, body in function_apps(dep):
-        for entry in ((body.get("properties") or {}).get("siteConfig") or {}).get("appSettings") or []:
-            if isinstance(entry, dict):
-                out.append((str(scope.resolve(entry.get("name"))), entry.get("value")))
-    return out
-
-
 def check_settings_cover(dep: Deployment, required: set[str]) -> list[str]:
     settings = app_settings(dep)
     if not settings:
