@@ -5,11 +5,12 @@ SHELL := bash
 CARGO ?= cargo
 CONFORMANCE := emulator/conformance
 
-.PHONY: test lint unit scripts-test conformance demo up down bench package publish deploy
+.PHONY: test lint unit scripts-test infra-test conformance demo up down bench package publish deploy
 
 ## test: formatting, lints, every Rust test (with Azurite), the scripts' tests (the deploy dry
-## run), and the official-SDK conformance suite
-test: lint unit scripts-test conformance
+## run), the offline checks of infra/ (Bicep parsed with pycep-parser), and the official-SDK
+## conformance suite
+test: lint unit scripts-test infra-test conformance
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -27,6 +28,11 @@ unit: package
 # The deploy script against fake az and func (standard-library Python, no network).
 scripts-test:
 	python3 scripts/tests/run.py
+
+# infra/'s Bicep, parsed and checked against the handler's settings, routes, roles and secrets
+# (PyPI packages pinned in infra/tests/requirements.txt, in infra/.venv).
+infra-test:
+	infra/tests/run.sh
 
 conformance: $(CONFORMANCE)/node_modules/.installed
 	$(CARGO) build --locked -p emulator --bin emulator

@@ -44,7 +44,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: DPS_CONNECTION_STRING, required: true, description: "DPS shared access policy connection string (provisioningserviceowner)" },
     Setting { name: DPS_ID_SCOPE, required: true, description: "DPS ID scope, written into provisioning codes" },
     Setting { name: DPS_DEVICE_ENDPOINT, required: false, description: "DPS device endpoint for provisioning codes (default global.azure-devices-provisioning.net)" },
-    Setting { name: IOTHUB_CONNECTION_STRINGS, required: true, description: "iothubowner connection strings of the linked hubs, separated by |" },
+    Setting { name: IOTHUB_CONNECTION_STRINGS, required: true, description: "service connection strings of the linked hubs, separated by |: a policy with RegistryRead, RegistryWrite and ServiceConnect (registry-handler in infra/; iothubowner locally)" },
     Setting { name: STORAGE, required: true, description: "storage account holding the registry tables" },
     Setting { name: TABLE_PREFIX, required: false, description: "prefix of the registry table names (default Registry)" },
     Setting { name: EXTRA_CA, required: false, description: "PEM file of an extra CA to trust (the emulator's, in development)" },
