@@ -150,19 +150,29 @@ impl StateDir {
         };
         let text =
             serde_json::to_vec_pretty(&stored).map_err(|e| self.io(std::io::Error::other(e)))?;
-        let temporary = self.dir.join(format!("{FILE_NAME}.tmp"));
+        // A name of this writer's own: the portal and the telemetry sender (a Reprovision) may
+        // both save at once, and a shared temporary file would mix their bytes.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = self
+            .dir
+            .join(format!("{FILE_NAME}.{}.{write}.tmp", std::process::id()));
         let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
         let mut file = options.open(&temporary).map_err(|e| self.io(e))?;
-        file.write_all(&text)
+        let written = file
+            .write_all(&text)
             .and_then(|()| file.sync_all())
-            .map_err(|e| self.io(e))?;
-        fs::rename(&temporary, self.file()).map_err(|e| self.io(e))?;
+            .and_then(|()| fs::rename(&temporary, self.file()));
+        if let Err(error) = written {
+            let _ = fs::remove_file(&temporary);
+            return Err(self.io(error));
+        }
         // The rename itself must reach the disk too.
         if let Ok(dir) = fs::File::open(&self.dir) {
             let _ = dir.sync_all();
@@ -234,5 +244,34 @@ mod tests {
             StateDir::new(dir.path()).load(),
             Err(StateError::Damaged(_))
         ));
+    }
+
+    #[test]
+    fn two_writers_saving_at_once_never_leave_a_mixed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let writers: Vec<_> = (0..2)
+            .map(|n| {
+                let path = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    let state = StateDir::new(path);
+                    let mut assignment = sample();
+                    assignment.hub = format!("hub-{n}.example");
+                    for _ in 0..200 {
+                        state.save(&assignment).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let saved = StateDir::new(dir.path()).load().unwrap().unwrap();
+        assert!(saved.hub == "hub-0.example" || saved.hub == "hub-1.example");
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files were left behind");
     }
 }

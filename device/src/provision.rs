@@ -23,6 +23,17 @@ const MQTT_API_VERSION: &str = "2019-03-31";
 /// First wait after a 429 or 5xx; doubled each time, with jitter, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` taken as given: a larger value (up to u64::MAX seconds from a broken
+/// or hostile server) would overflow time arithmetic; the provisioning deadline ends the wait
+/// long before this anyway.
+const MAX_RETRY_AFTER_SECONDS: u64 = 24 * 3600;
+
+/// A `Retry-After` value in seconds, bounded.
+fn retry_after(seconds: &str) -> Option<Duration> {
+    let seconds = seconds.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(seconds.min(MAX_RETRY_AFTER_SECONDS)))
+}
+
 /// How far apart two clocks may be before a refusal is blamed on the device's clock.
 const CLOCK_SKEW_LIMIT: Duration = Duration::from_secs(300);
 
@@ -245,8 +256,7 @@ impl Provisioner {
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(retry_after);
             let server_date = response
                 .headers()
                 .get("date")
@@ -309,7 +319,13 @@ impl Provisioner {
                 .clone()
                 .ok_or_else(|| ProvisionError::Refused("no operation id".into()))?;
             // Retry-After 0 is allowed; do not spin.
-            tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+            let pause = wait.max(Duration::from_millis(50));
+            if started.elapsed() + pause >= self.deadline {
+                return Err(ProvisionError::Service(
+                    "DPS is still assigning at the deadline".into(),
+                ));
+            }
+            tokio::time::sleep(pause).await;
             let url = self.url(
                 credentials,
                 &format!("operations/{}", encode_component(&id)),
@@ -414,9 +430,7 @@ impl Provisioner {
                 continue;
             }
             let status: u16 = status.parse().unwrap_or(500);
-            let retry_after = param("retry-after")
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = param("retry-after").as_deref().and_then(retry_after);
             let body: Value = serde_json::from_slice(&publish.payload).unwrap_or(Value::Null);
             match status {
                 200..=299 => {
@@ -428,12 +442,15 @@ impl Provisioner {
                         return Ok(operation);
                     }
                     let id = operation.operation_id.clone().unwrap_or_default();
-                    tokio::time::sleep(
-                        retry_after
-                            .unwrap_or(Duration::from_secs(2))
-                            .max(Duration::from_millis(50)),
-                    )
-                    .await;
+                    let wait = retry_after
+                        .unwrap_or(Duration::from_secs(2))
+                        .max(Duration::from_millis(50));
+                    if started.elapsed() + wait >= self.deadline {
+                        return Err(ProvisionError::Service(
+                            "DPS is still assigning at the deadline".into(),
+                        ));
+                    }
+                    tokio::time::sleep(wait).await;
                     pending = Some(request(&client, format!("$dps/registrations/GET/iotdps-get-operationstatus/?operationId={id}&"), Vec::new()).await?);
                 }
                 401 | 403 => return Err(ProvisionError::Unauthorized),
@@ -542,5 +559,16 @@ mod tests {
             let wait = jittered(Duration::from_secs(2));
             assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(3));
         }
+    }
+
+    #[test]
+    fn a_retry_after_near_u64_max_is_bounded_instead_of_overflowing() {
+        let huge = retry_after(&u64::MAX.to_string()).unwrap();
+        assert_eq!(huge, Duration::from_secs(MAX_RETRY_AFTER_SECONDS));
+        // The deadline arithmetic the client does with it must not panic.
+        let _ = Instant::now().elapsed() + huge;
+        assert_eq!(retry_after(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after("-1"), None);
+        assert_eq!(retry_after("soon"), None);
     }
 }
