@@ -152,10 +152,25 @@ async fn a_valid_code_provisions_the_device_and_the_page_names_the_hub() {
     )
     .into_owned();
     assert!(home.contains(&assignment.hub) && home.contains("portal-1"));
-    assert!(
-        !home.contains(assignment.credentials.key.expose_base64()),
-        "the key is never shown"
-    );
+    // The key in every form it travels in: standard base64 (the stored key) and URL-safe without
+    // padding (inside the provisioning code, the only way the portal ever receives it), nor the
+    // code itself.
+    let key = assignment.credentials.key.expose_base64();
+    let url_safe = key
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_");
+    for (form, secret) in [
+        ("base64", key),
+        ("URL-safe base64", url_safe.as_str()),
+        ("the provisioning code", code.as_str()),
+    ] {
+        assert!(!home.contains(secret), "the key is never shown ({form})");
+        assert!(
+            !result.contains(secret),
+            "the result page never shows the key ({form})"
+        );
+    }
     let again = s.post("/provision", &token, &[("code", &code)]).await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
 }

@@ -154,11 +154,16 @@ async fn garbage_on_the_https_port_is_refused_and_service_goes_on() {
     let mut raw = support::RawConnection::open(&emu, address).await;
     raw.write(b"NOT-HTTP \x01\x02\x03\r\n\r\n").await;
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(
+    // The server must answer and close, not leave the connection hanging.
+    let closed = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::io::AsyncReadExt::read_to_end(&mut raw.stream, &mut answer),
     )
     .await;
+    assert!(
+        closed.is_ok(),
+        "a malformed request is answered and the connection closed, not left hanging"
+    );
     let text = String::from_utf8_lossy(&answer);
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 400"),
