@@ -25,8 +25,19 @@ pub const DPS_ID_SCOPE: &str = "DPS_ID_SCOPE";
 pub const DPS_DEVICE_ENDPOINT: &str = "DPS_DEVICE_ENDPOINT";
 /// IoT Hub service policy connection strings, one per linked hub, separated by `|`.
 pub const IOTHUB_CONNECTION_STRINGS: &str = "IOTHUB_CONNECTION_STRINGS";
-/// Storage account for the registry tables.
+/// Storage account for the registry tables: a connection string (local development).
 pub const STORAGE: &str = "AzureWebJobsStorage";
+/// The same account by managed identity: its name (Azure; infra/ sets this form).
+pub const STORAGE_ACCOUNT: &str = "AzureWebJobsStorage__accountName";
+/// The same account by managed identity: its Table service URI (Azurite over HTTPS locally).
+pub const STORAGE_TABLE_URI: &str = "AzureWebJobsStorage__tableServiceUri";
+/// The forms of the storage setting; exactly one must be set.
+pub const STORAGE_FORMS: [&str; 3] = [STORAGE, STORAGE_ACCOUNT, STORAGE_TABLE_URI];
+/// Set by the platform (not an app setting) when the app has a managed identity: the local
+/// token service (MicrosoftDocs/azure-docs articles/app-service/overview-managed-identity.md).
+pub const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";
+/// Set by the platform with [`IDENTITY_ENDPOINT`]: the value of the `X-IDENTITY-HEADER` header.
+pub const IDENTITY_HEADER: &str = "IDENTITY_HEADER";
 /// Prefix of the registry's table names.
 pub const TABLE_PREFIX: &str = "REGISTRY_TABLE_PREFIX";
 /// Extra root certificate (PEM file) to trust: the emulator's CA in development.
@@ -45,7 +56,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: DPS_ID_SCOPE, required: true, description: "DPS ID scope, written into provisioning codes" },
     Setting { name: DPS_DEVICE_ENDPOINT, required: false, description: "DPS device endpoint for provisioning codes (default global.azure-devices-provisioning.net)" },
     Setting { name: IOTHUB_CONNECTION_STRINGS, required: true, description: "service connection strings of the linked hubs, separated by |: a policy with RegistryRead, RegistryWrite and ServiceConnect (registry-handler in infra/; iothubowner locally)" },
-    Setting { name: STORAGE, required: true, description: "storage account holding the registry tables" },
+    Setting { name: STORAGE, required: true, description: "storage account holding the registry tables: a connection string (locally), or by managed identity AzureWebJobsStorage__accountName (the account name, in Azure) or AzureWebJobsStorage__tableServiceUri (the Table service URI, https); exactly one of the three" },
     Setting { name: TABLE_PREFIX, required: false, description: "prefix of the registry table names (default Registry)" },
     Setting { name: EXTRA_CA, required: false, description: "PEM file of an extra CA to trust (the emulator's, in development)" },
     Setting { name: IOTHUB_NAMES, required: false, description: "hub names as events carry them, with their host names: name=host|name=host (default: a linked host starting with name.)" },
@@ -100,7 +111,7 @@ pub struct Config {
     /// Linked hubs' service policies.
     pub hubs: Vec<ServiceConnectionString>,
     /// Registry storage.
-    pub storage: StorageConnectionString,
+    pub storage: StorageAccess,
     /// Table name prefix.
     pub table_prefix: String,
     /// Extra trusted CA (PEM text).
@@ -109,6 +120,164 @@ pub struct Config {
     pub hub_names: std::collections::BTreeMap<String, String>,
     /// The notification webhook.
     pub webhook: Option<crate::service::notify::Webhook>,
+}
+
+/// How the handler reaches the registry's storage account.
+#[derive(Clone)]
+pub enum StorageAccess {
+    /// With the account key of a connection string (local development, Azurite).
+    Key(StorageConnectionString),
+    /// With Entra tokens of the app's managed identity.
+    Identity {
+        /// The account name.
+        account: String,
+        /// The Table service endpoint, `https://{account}.table.core.windows.net` in Azure.
+        table_endpoint: String,
+        /// Where the tokens come from.
+        identity: ManagedIdentity,
+    },
+}
+
+impl std::fmt::Debug for StorageAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Key(storage) => f
+                .debug_struct("Key")
+                .field("account", &storage.account_name())
+                .field("table_endpoint", &storage.table_endpoint())
+                .finish_non_exhaustive(),
+            Self::Identity {
+                account,
+                table_endpoint,
+                identity,
+            } => f
+                .debug_struct("Identity")
+                .field("account", account)
+                .field("table_endpoint", table_endpoint)
+                .field("identity", identity)
+                .finish(),
+        }
+    }
+}
+
+/// The platform's managed-identity token service (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`).
+#[derive(Clone)]
+pub struct ManagedIdentity {
+    /// The token endpoint.
+    pub endpoint: reqwest::Url,
+    header: String,
+}
+
+impl ManagedIdentity {
+    /// A token service at `endpoint` that wants `header` in `X-IDENTITY-HEADER`.
+    pub fn new(endpoint: reqwest::Url, header: String) -> Self {
+        Self { endpoint, header }
+    }
+
+    /// The `X-IDENTITY-HEADER` value (a secret: the platform rotates it).
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+}
+
+impl std::fmt::Debug for ManagedIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedIdentity")
+            .field("endpoint", &self.endpoint.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Storage account names: 3 to 24 lower-case letters and digits.
+fn valid_account(name: &str) -> bool {
+    (3..=24).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+fn storage_access(lookup: &impl Fn(&str) -> Option<String>) -> Result<StorageAccess, ConfigError> {
+    let set: Vec<(&'static str, String)> = STORAGE_FORMS
+        .iter()
+        .filter_map(|name| lookup(name).map(|value| (*name, value.trim().to_owned())))
+        .collect();
+    let (name, value) = match set.as_slice() {
+        [] => return Err(ConfigError::Missing(STORAGE)),
+        [one] => one.clone(),
+        [first, second, ..] => {
+            return Err(invalid(
+                first.0,
+                format!(
+                    "{} is set too: set only one of {}",
+                    second.0,
+                    STORAGE_FORMS.join(", ")
+                ),
+            ))
+        }
+    };
+    if name == STORAGE {
+        return StorageConnectionString::parse(&value)
+            .map(StorageAccess::Key)
+            .map_err(|e| invalid(STORAGE, e));
+    }
+    let (account, table_endpoint) = if name == STORAGE_ACCOUNT {
+        if !valid_account(&value) {
+            return Err(invalid(
+                STORAGE_ACCOUNT,
+                "a storage account name is 3 to 24 lower-case letters and digits",
+            ));
+        }
+        let endpoint = format!("https://{value}.table.core.windows.net");
+        (value, endpoint)
+    } else {
+        let url = reqwest::Url::parse(&value).map_err(|e| invalid(STORAGE_TABLE_URI, e))?;
+        if url.scheme() != "https" {
+            // Bearer tokens are refused over plain HTTP, by Azure and by Azurite alike.
+            return Err(invalid(
+                STORAGE_TABLE_URI,
+                "use an https URI: tokens travel only over TLS",
+            ));
+        }
+        if url.query().is_some() || !url.username().is_empty() {
+            return Err(invalid(
+                STORAGE_TABLE_URI,
+                "give the service URI alone, without a query or credentials",
+            ));
+        }
+        let host = url.host_str().unwrap_or_default();
+        // Azure names the account in the host; Azurite (an IP or localhost) in the first path
+        // segment.
+        let account = match host.split_once('.') {
+            Some((first, rest)) if rest.starts_with("table.") => first.to_owned(),
+            _ => url
+                .path_segments()
+                .and_then(|mut s| s.next())
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        if !valid_account(&account) {
+            return Err(invalid(
+                STORAGE_TABLE_URI,
+                "name the account in the host (https://{account}.table.core.windows.net) or the path (https://127.0.0.1:10002/{account})",
+            ));
+        }
+        (account, value.trim_end_matches('/').to_owned())
+    };
+    let endpoint = lookup(IDENTITY_ENDPOINT);
+    let header = lookup(IDENTITY_HEADER);
+    let (Some(endpoint), Some(header)) = (endpoint, header) else {
+        return Err(invalid(
+            name,
+            "it asks for the managed identity, but IDENTITY_ENDPOINT and IDENTITY_HEADER are not set: turn on the function app's identity, or use a connection string in AzureWebJobsStorage",
+        ));
+    };
+    let endpoint =
+        reqwest::Url::parse(endpoint.trim()).map_err(|e| invalid(IDENTITY_ENDPOINT, e))?;
+    Ok(StorageAccess::Identity {
+        account,
+        table_endpoint,
+        identity: ManagedIdentity::new(endpoint, header.trim().to_owned()),
+    })
 }
 
 fn invalid(name: &'static str, error: impl std::fmt::Display) -> ConfigError {
@@ -143,8 +312,7 @@ impl Config {
         if hubs.is_empty() {
             return Err(ConfigError::Missing(IOTHUB_CONNECTION_STRINGS));
         }
-        let storage =
-            StorageConnectionString::parse(&required(STORAGE)?).map_err(|e| invalid(STORAGE, e))?;
+        let storage = storage_access(&lookup)?;
         let table_prefix = lookup(TABLE_PREFIX).unwrap_or_else(|| "Registry".into());
         if !table_prefix.chars().all(|c| c.is_ascii_alphanumeric())
             || !table_prefix.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -258,6 +426,88 @@ mod tests {
         assert!(
             error.contains(DPS_CONNECTION_STRING) && !error.contains(KEY),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn storage_by_identity_is_read_from_the_account_name_or_the_service_uri() {
+        let mut values = settings();
+        values.remove(STORAGE);
+        values.insert(STORAGE_ACCOUNT, "registryprod".into());
+        values.insert(IDENTITY_ENDPOINT, "http://127.0.0.1:41741/msi/token".into());
+        values.insert(IDENTITY_HEADER, "rotated-secret-value".into());
+        let config = Config::from_lookup(|n| values.get(n).cloned()).unwrap();
+        let StorageAccess::Identity {
+            account,
+            table_endpoint,
+            ..
+        } = &config.storage
+        else {
+            panic!("not by identity: {:?}", config.storage);
+        };
+        assert_eq!(account, "registryprod");
+        assert_eq!(
+            table_endpoint,
+            "https://registryprod.table.core.windows.net"
+        );
+        assert!(!format!("{config:?}").contains("rotated-secret-value"));
+
+        values.remove(STORAGE_ACCOUNT);
+        values.insert(
+            STORAGE_TABLE_URI,
+            "https://127.0.0.1:10002/devstoreaccount1/".into(),
+        );
+        let config = Config::from_lookup(|n| values.get(n).cloned()).unwrap();
+        let StorageAccess::Identity {
+            account,
+            table_endpoint,
+            ..
+        } = &config.storage
+        else {
+            panic!("not by identity: {:?}", config.storage);
+        };
+        assert_eq!(account, "devstoreaccount1");
+        assert_eq!(table_endpoint, "https://127.0.0.1:10002/devstoreaccount1");
+    }
+
+    #[test]
+    fn storage_settings_that_cannot_work_are_refused_with_the_reason() {
+        let error = |changes: &[(&'static str, Option<&str>)]| {
+            let mut values = settings();
+            values.insert(IDENTITY_ENDPOINT, "http://127.0.0.1:1/msi/token".into());
+            values.insert(IDENTITY_HEADER, "h".into());
+            for (name, value) in changes {
+                match value {
+                    Some(v) => values.insert(name, (*v).to_owned()),
+                    None => values.remove(name),
+                };
+            }
+            Config::from_lookup(|n| values.get(n).cloned())
+                .unwrap_err()
+                .to_string()
+        };
+        let both = error(&[(STORAGE_ACCOUNT, Some("registryprod"))]);
+        assert!(both.contains("set only one"), "{both}");
+        let none = error(&[(STORAGE, None)]);
+        assert!(none.contains(STORAGE), "{none}");
+        let name = error(&[(STORAGE, None), (STORAGE_ACCOUNT, Some("Not_An_Account"))]);
+        assert!(name.contains("3 to 24"), "{name}");
+        let plain = error(&[
+            (STORAGE, None),
+            (
+                STORAGE_TABLE_URI,
+                Some("http://127.0.0.1:10002/devstoreaccount1"),
+            ),
+        ]);
+        assert!(plain.contains("https"), "{plain}");
+        let no_identity = error(&[
+            (STORAGE, None),
+            (STORAGE_ACCOUNT, Some("registryprod")),
+            (IDENTITY_HEADER, None),
+        ]);
+        assert!(
+            no_identity.contains("IDENTITY_ENDPOINT and IDENTITY_HEADER"),
+            "{no_identity}"
         );
     }
 

@@ -9,7 +9,7 @@ use handler::cloud::hub::HubClients;
 use handler::config::Config;
 use handler::service::notify::Notifier;
 use handler::service::{CodeSettings, Service};
-use handler::storage::tables::{http_client, TableRegistry};
+use handler::storage::tables::{http_client_trusting, TableRegistry};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +33,13 @@ async fn main() -> anyhow::Result<()> {
     let https = https_client(config.extra_ca.as_deref())
         .map_err(anyhow::Error::msg)
         .context("the HTTPS client for DPS and IoT Hub could not be built")?;
-    let registry = Arc::new(TableRegistry::new(
+    let storage_http = http_client_trusting(config.extra_ca.as_deref())
+        .map_err(anyhow::Error::msg)
+        .context("the HTTP client for Table Storage could not be built")?;
+    let registry = Arc::new(TableRegistry::with_access(
         &config.storage,
         &config.table_prefix,
-        http_client(),
+        storage_http,
     ));
     let service = Arc::new(Service {
         store: registry.clone(),

@@ -3,6 +3,7 @@
 //!
 //! - [`app`]: reading host.json, function.json folders and local.settings.json.
 //! - [`handler`]: starting, watching and restarting the handler process.
+//! - [`identity`]: the app's managed identity (the local token service behind IDENTITY_ENDPOINT).
 //! - [`front`]: `http://127.0.0.1:7071/api/*` with function keys, forwarded as is.
 //! - [`invoke`]: the `Data`/`Metadata` invocation format for non-HTTP triggers.
 //! - [`link`]: the one path to the handler, resending what a dying handler never answered.
@@ -13,6 +14,7 @@ pub mod app;
 pub mod dispatch;
 pub mod front;
 pub mod handler;
+pub mod identity;
 pub mod invoke;
 pub mod link;
 pub mod routes;
@@ -71,6 +73,8 @@ pub struct FunctionsHost {
     pub handler: Arc<HandlerProcess>,
     /// The loaded app.
     pub app: Arc<FunctionApp>,
+    /// The app's managed identity.
+    pub identity: Arc<identity::IdentityEndpoint>,
 }
 
 /// Parses an Event Hubs connection string into (host, key name, key, entity path).
@@ -208,7 +212,6 @@ pub async fn start(
     if let Some(executable) = overrides.executable {
         app.handler.executable = executable;
     }
-    let app = Arc::new(app);
     let address = listener.local_addr()?;
     let mut tasks = Vec::new();
 
@@ -236,6 +239,16 @@ pub async fn start(
         .map_err(binding_error)?;
         listeners.push((function.clone(), stream, host));
     }
+
+    // The platform gives every app with an identity these two variables. Kept beside the app
+    // settings (which the handler's environment is made of) unless a setting already names them,
+    // so a test can hand the handler a wrong header.
+    let (identity, identity_task) = identity::IdentityEndpoint::start(shutdown.clone()).await?;
+    tasks.push(identity_task);
+    for (name, value) in identity.environment() {
+        app.settings.entry(name.to_owned()).or_insert(value);
+    }
+    let app = Arc::new(app);
 
     let (handler, supervisor) = HandlerProcess::start(&app, shutdown.clone())?;
     tasks.push(supervisor);
@@ -291,6 +304,7 @@ pub async fn start(
             address,
             handler,
             app,
+            identity,
         },
         tasks,
     ))

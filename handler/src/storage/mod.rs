@@ -2,8 +2,10 @@
 //! in-memory store and run on Azure Table Storage.
 //!
 //! - [`tables`]: Azure Table Storage (Azurite locally) through azure_data_tables.
+//! - [`identity`]: Entra tokens from the app's managed identity, for Table Storage in Azure.
 //! - [`memory`]: an in-memory store with the same semantics, for unit tests.
 
+pub mod identity;
 pub mod memory;
 pub mod tables;
 

@@ -17,7 +17,9 @@
 //! extra index row but never hide a record; listings check every index hit against the record
 //! and delete the ones that no longer match.
 
+use super::identity::ManagedIdentityCredential;
 use super::{decode_token, encode_token, Journal, Page, Registry, StoreError, Stored};
+use crate::config::StorageAccess;
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, IndexKind, RegistrationId};
 use async_trait::async_trait;
@@ -143,9 +145,42 @@ impl TableRegistry {
             storage.account_name().to_owned(),
             storage.account_key().expose_base64().to_owned(),
         );
+        Self::on(
+            storage.account_name(),
+            storage.table_endpoint(),
+            credentials,
+            prefix,
+            http,
+        )
+    }
+
+    /// A registry reached as `access` says: with the account key, or with the managed
+    /// identity's tokens (fetched through the same `http` client).
+    pub fn with_access(access: &StorageAccess, prefix: &str, http: reqwest::Client) -> Self {
+        match access {
+            StorageAccess::Key(storage) => Self::new(storage, prefix, http),
+            StorageAccess::Identity {
+                account,
+                table_endpoint,
+                identity,
+            } => {
+                let credential = ManagedIdentityCredential::new(identity.clone(), http.clone());
+                let credentials = StorageCredentials::token_credential(Arc::new(credential));
+                Self::on(account, table_endpoint, credentials, prefix, http)
+            }
+        }
+    }
+
+    fn on(
+        account: &str,
+        table_endpoint: &str,
+        credentials: StorageCredentials,
+        prefix: &str,
+        http: reqwest::Client,
+    ) -> Self {
         let location = CloudLocation::Custom {
-            account: storage.account_name().to_owned(),
-            uri: storage.table_endpoint().to_owned(),
+            account: account.to_owned(),
+            uri: table_endpoint.to_owned(),
         };
         // The default transport turns connection pooling off; a pooled client is several times
         // faster. Retries are the caller's business (503 with Retry-After).
@@ -821,10 +856,27 @@ impl Filter_ {
 
 /// The HTTP client storage calls go through: pooled, with a bound on every call.
 pub fn http_client() -> reqwest::Client {
+    storage_client_builder().build().unwrap_or_default()
+}
+
+/// [`http_client`] trusting the CA in `extra_ca_pem` too (the emulator's, for Azurite over
+/// HTTPS). The managed identity's tokens are fetched through it as well.
+pub fn http_client_trusting(extra_ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
+    let mut builder = storage_client_builder();
+    if let Some(pem) = extra_ca_pem {
+        for certificate in
+            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+fn storage_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
+        .use_rustls_tls()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(3))
         .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_default()
 }

@@ -9,6 +9,7 @@ mod devices;
 mod enrollments;
 mod events;
 mod helpers;
+mod identity;
 mod import;
 mod mission;
 #[path = "../../../device/tests/support/webdriver.rs"]
