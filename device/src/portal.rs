@@ -9,7 +9,7 @@
 use crate::assignment::{Assignment, Credentials, StateDir};
 use crate::provision::{ProvisionError, Provisioner};
 use iot_credentials::{ProvisioningCode, SharedAccessKey};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use warp::http::{header, HeaderValue, StatusCode};
@@ -40,10 +40,50 @@ enum Job {
     Done(Box<Result<Assignment, String>>),
 }
 
+/// How many provisioning runs the portal remembers, so their progress pages keep working; the
+/// oldest finished ones are forgotten first. One run at a time: the device has one identity.
+const REMEMBERED_JOBS: usize = 16;
+
+/// The provisioning runs, oldest first: at most one running, at most [`REMEMBERED_JOBS`].
+#[derive(Default)]
+struct Jobs(VecDeque<(String, Job)>);
+
+impl Jobs {
+    fn get(&self, id: &str) -> Option<&Job> {
+        self.0.iter().find(|(j, _)| j == id).map(|(_, job)| job)
+    }
+
+    fn running(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(_, job)| matches!(job, Job::Running))
+            .map(|(id, _)| id.as_str())
+    }
+
+    fn start(&mut self, id: String) {
+        if self.0.len() >= REMEMBERED_JOBS {
+            if let Some(finished) = self
+                .0
+                .iter()
+                .position(|(_, job)| matches!(job, Job::Done(_)))
+            {
+                self.0.remove(finished);
+            }
+        }
+        self.0.push_back((id, Job::Running));
+    }
+
+    fn finish(&mut self, id: &str, outcome: Result<Assignment, String>) {
+        if let Some((_, job)) = self.0.iter_mut().find(|(j, _)| j == id) {
+            *job = Job::Done(Box::new(outcome));
+        }
+    }
+}
+
 /// The portal's state.
 pub struct Portal {
     config: PortalConfig,
-    jobs: Mutex<HashMap<String, Job>>,
+    jobs: Mutex<Jobs>,
 }
 
 fn random_token() -> String {
@@ -117,11 +157,11 @@ impl Portal {
     pub fn new(config: PortalConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
-            jobs: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(Jobs::default()),
         })
     }
 
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -232,9 +272,17 @@ impl Portal {
         })
     }
 
-    fn start(self: &Arc<Self>, credentials: Credentials) -> String {
+    /// Starts provisioning in the background and answers the run's id, unless a run is already
+    /// under way (then `Err` with a message for the person at the form).
+    fn start(self: &Arc<Self>, credentials: Credentials) -> Result<String, String> {
         let id = random_token();
-        self.jobs().insert(id.clone(), Job::Running);
+        {
+            let mut jobs = self.jobs();
+            if jobs.running().is_some() {
+                return Err("The device is already registering with the provisioning service; wait for that to finish, then try again if it fails.".into());
+            }
+            jobs.start(id.clone());
+        }
         let portal = self.clone();
         let job = id.clone();
         tokio::spawn(async move {
@@ -250,9 +298,9 @@ impl Portal {
             if let Err(message) = &outcome {
                 tracing::warn!(%message, "provisioning from the portal failed");
             }
-            portal.jobs().insert(job, Job::Done(Box::new(outcome)));
+            portal.jobs().finish(&job, outcome);
         });
-        id
+        Ok(id)
     }
 
     fn password_ok(&self, form: &Form) -> Result<(), String> {
@@ -393,12 +441,13 @@ pub fn routes(portal: Arc<Portal>) -> warp::filters::BoxedFilter<(Response,)> {
             // Already provisioned: changing it goes through the password-protected forms.
             return html(StatusCode::CONFLICT, portal.status_page(&assignment, &token, Some("This device is already set up. To change it, provision again or forget it below.")), None);
         }
+        let code = form.get("code").map(String::as_str).unwrap_or_default();
         match portal.credentials(&form) {
-            Ok(credentials) => redirect(&format!("/progress/{}", portal.start(credentials))),
-            Err(message) => {
-                let code = form.get("code").map(String::as_str).unwrap_or_default();
-                html(StatusCode::UNPROCESSABLE_ENTITY, portal.setup_form(&token, Some(&message), code), None)
-            }
+            Ok(credentials) => match portal.start(credentials) {
+                Ok(job) => redirect(&format!("/progress/{job}")),
+                Err(message) => html(StatusCode::CONFLICT, portal.setup_form(&token, Some(&message), code), None),
+            },
+            Err(message) => html(StatusCode::UNPROCESSABLE_ENTITY, portal.setup_form(&token, Some(&message), code), None),
         }
     });
 
@@ -472,10 +521,14 @@ pub fn routes(portal: Arc<Portal>) -> warp::filters::BoxedFilter<(Response,)> {
                             ),
                         };
                     }
-                    redirect(&format!(
-                        "/progress/{}",
-                        portal.start(assignment.credentials.clone())
-                    ))
+                    match portal.start(assignment.credentials.clone()) {
+                        Ok(job) => redirect(&format!("/progress/{job}")),
+                        Err(message) => html(
+                            StatusCode::CONFLICT,
+                            portal.status_page(&assignment, &token, Some(&message)),
+                            None,
+                        ),
+                    }
                 },
             )
     };
@@ -519,4 +572,29 @@ pub async fn serve(
         .graceful(shutdown)
         .run()
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_list_forgets_the_oldest_finished_runs_first() {
+        let mut jobs = Jobs::default();
+        jobs.start("running".into());
+        for n in 0..3 * REMEMBERED_JOBS {
+            let id = format!("done-{n}");
+            jobs.start(id.clone());
+            jobs.finish(&id, Err("failed".into()));
+        }
+        assert!(jobs.0.len() <= REMEMBERED_JOBS + 1, "{}", jobs.0.len());
+        assert_eq!(
+            jobs.running(),
+            Some("running"),
+            "a running job is never forgotten"
+        );
+        let newest = format!("done-{}", 3 * REMEMBERED_JOBS - 1);
+        assert!(jobs.get(&newest).is_some());
+        assert!(jobs.get("done-0").is_none());
+    }
 }

@@ -2,7 +2,10 @@
 //!
 //! - Reads the stored assignment; notices a new one (after re-provisioning) and moves.
 //! - MQTT over TLS (rumqttc) with a SAS token it renews before expiry by reconnecting with a
-//!   fresh one; reconnects with exponential backoff and jitter after any failure.
+//!   fresh one, once the hub has acknowledged what is in flight (a planned reconnection sends
+//!   nothing twice); reconnects with exponential backoff and jitter after any failure.
+//! - Twin requests, reports and method answers wait in their own queue when the MQTT client's
+//!   request channel is full; they are never dropped.
 //! - On connect: reads the twin, applies the desired properties (`telemetryIntervalSeconds`),
 //!   reports provisioning status and device information; acknowledges each desired change.
 //! - Answers direct methods: `Reprovision` (runs DPS again with the stored credentials) and
@@ -271,10 +274,34 @@ async fn session(
     let mut twin_request: Option<String> = None;
     let mut flushing: Option<tokio::time::Instant> = None;
     let mut reprovision_after_answer = false;
+    // Twin requests, reports and method answers waiting for room in the client's request
+    // channel: they go before telemetry and are never dropped, or a method caller would wait
+    // for an answer that never comes (and see 504).
+    let mut control: VecDeque<(String, Vec<u8>)> = VecDeque::new();
+    // Set when the token is due for renewal: no new telemetry goes out, and the connection
+    // ends once the hub has acknowledged what is in flight, so nothing is sent twice.
+    let mut renewing: Option<tokio::time::Instant> = None;
 
     loop {
+        while let Some((topic, payload)) = control.pop_front() {
+            if client
+                .try_publish(topic.clone(), QoS::AtMostOnce, false, payload.clone())
+                .is_err()
+            {
+                control.push_front((topic, payload));
+                break;
+            }
+        }
+        if let Some(deadline) = renewing {
+            if in_flight.is_empty() || tokio::time::Instant::now() >= deadline {
+                let _ = client.try_disconnect();
+                // Let the DISCONNECT go out.
+                let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+                return End::Renew;
+            }
+        }
         // Fill the window from the outbox, oldest first.
-        if connected {
+        if connected && renewing.is_none() {
             let room = config.window.saturating_sub(in_flight.len());
             if room > 0 {
                 let next = shared
@@ -335,7 +362,7 @@ async fn session(
                         }
                         rid += 1;
                         let id = format!("get-{rid}");
-                        let _ = client.try_publish(format!("$iothub/twin/GET/?$rid={id}"), QoS::AtMostOnce, false, Vec::new());
+                        control.push_back((format!("$iothub/twin/GET/?$rid={id}"), Vec::new()));
                         twin_request = Some(id);
                     }
                     Event::Outgoing(Outgoing::Publish(0)) if reprovision_after_answer => {
@@ -379,14 +406,14 @@ async fn session(
                                     let ack = apply_desired(shared, &desired);
                                     rid += 1;
                                     let report = connect_report(config, assignment, shared, ack);
-                                    let _ = client.try_publish(format!("$iothub/twin/PATCH/properties/reported/?$rid=r{rid}"), QoS::AtMostOnce, false, report.to_string().into_bytes());
+                                    control.push_back((format!("$iothub/twin/PATCH/properties/reported/?$rid=r{rid}"), report.to_string().into_bytes()));
                                 }
                             }
                         } else if topic.starts_with("$iothub/twin/PATCH/properties/desired/") {
                             let desired: Map<String, Value> = serde_json::from_slice(&publish.payload).unwrap_or_default();
                             let ack = apply_desired(shared, &desired);
                             rid += 1;
-                            let _ = client.try_publish(format!("$iothub/twin/PATCH/properties/reported/?$rid=r{rid}"), QoS::AtMostOnce, false, ack.to_string().into_bytes());
+                            control.push_back((format!("$iothub/twin/PATCH/properties/reported/?$rid=r{rid}"), ack.to_string().into_bytes()));
                         } else if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/") {
                             let (name, query) = rest.split_once("/?").unwrap_or((rest, ""));
                             let Some(method_rid) = query.split('&').find_map(|p| p.strip_prefix("$rid=")).map(str::to_owned) else { continue };
@@ -394,19 +421,19 @@ async fn session(
                             match name {
                                 "GetDiagnostics" => {
                                     let payload = diagnostics(assignment, shared);
-                                    let _ = client.try_publish(format!("$iothub/methods/res/200/?$rid={method_rid}"), QoS::AtMostOnce, false, payload.to_string().into_bytes());
+                                    control.push_back((format!("$iothub/methods/res/200/?$rid={method_rid}"), payload.to_string().into_bytes()));
                                 }
                                 "Reprovision" => {
                                     // Answered at once: moving hubs removes the device from this
                                     // one, and with it the connection a later answer would need.
                                     let payload = json!({ "accepted": true, "message": "re-provisioning through DPS; the device moves if its hub changed" });
-                                    let _ = client.try_publish(format!("$iothub/methods/res/202/?$rid={method_rid}"), QoS::AtMostOnce, false, payload.to_string().into_bytes());
+                                    control.push_back((format!("$iothub/methods/res/202/?$rid={method_rid}"), payload.to_string().into_bytes()));
                                     // DPS starts once the answer is on the wire (see below).
                                     reprovision_after_answer = true;
                                 }
                                 other => {
                                     let payload = json!({ "message": format!("this device has no method {other:?}; it offers Reprovision and GetDiagnostics") });
-                                    let _ = client.try_publish(format!("$iothub/methods/res/404/?$rid={method_rid}"), QoS::AtMostOnce, false, payload.to_string().into_bytes());
+                                    control.push_back((format!("$iothub/methods/res/404/?$rid={method_rid}"), payload.to_string().into_bytes()));
                                 }
                             }
                         } else if topic.starts_with(&format!("devices/{device_id}/messages/devicebound/")) {
@@ -429,7 +456,7 @@ async fn session(
                     tracing::warn!(%error, "re-provisioning failed; staying on the current hub");
                     rid += 1;
                     let report = json!({ "provisioning": { "status": "reprovisionFailed", "error": error, "at": now() } });
-                    let _ = client.try_publish(format!("$iothub/twin/PATCH/properties/reported/?$rid=r{rid}"), QoS::AtMostOnce, false, report.to_string().into_bytes());
+                    control.push_back((format!("$iothub/twin/PATCH/properties/reported/?$rid=r{rid}"), report.to_string().into_bytes()));
                 }
             },
             _ = shared.produced.notified() => {}
@@ -440,17 +467,18 @@ async fn session(
                     return End::Reassigned;
                 }
             }
-            _ = tokio::time::sleep_until(renew_at), if flushing.is_none() => {
-                let _ = client.try_disconnect();
-                // Let the DISCONNECT go out.
-                let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
-                return End::Renew;
+            _ = tokio::time::sleep_until(renew_at), if flushing.is_none() && renewing.is_none() => {
+                // The token is still valid for a fifth of its lifetime: drain within half of it.
+                renewing = Some(tokio::time::Instant::now() + config.token_lifetime.mul_f64(0.1));
             }
+            _ = tokio::time::sleep_until(renewing.unwrap_or(renew_at)), if renewing.is_some() => {}
             _ = stopped(shutdown), if flushing.is_none() => {
                 if !connected {
                     return End::Shutdown;
                 }
                 flushing = Some(tokio::time::Instant::now() + FLUSH_LIMIT);
+                // Shutting down drains the whole outbox; a renewal would stop that.
+                renewing = None;
             }
         }
     }

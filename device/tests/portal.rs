@@ -176,6 +176,23 @@ async fn a_valid_code_provisions_the_device_and_the_page_names_the_hub() {
 }
 
 #[tokio::test]
+async fn one_setup_runs_at_a_time() {
+    let s = setup().await;
+    let token = s.token().await;
+    let code = s.code("portal-once").await;
+    // DPS is busy for a while, so the first run is still going when the code comes again.
+    s.emulator.dps().throttle_for(Duration::from_secs(2));
+    let first = s.post("/provision", &token, &[("code", &code)]).await;
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
+    let second = s.post("/provision", &token, &[("code", &code)]).await;
+    assert_eq!(second.status(), StatusCode::CONFLICT);
+    let page = String::from_utf8_lossy(second.body()).into_owned();
+    assert!(page.contains("already registering"), "{page}");
+    let result = s.follow(&first).await;
+    assert!(result.contains(r#"id="result""#), "{result}");
+}
+
+#[tokio::test]
 async fn bad_input_is_explained_and_changes_nothing() {
     let s = setup().await;
     let token = s.token().await;
