@@ -270,6 +270,7 @@ async fn the_connection_outlives_several_token_lifetimes() {
     let mut config = cloud.config(&state);
     config.token_lifetime = Duration::from_secs(2);
     config.interval = Duration::from_millis(50);
+    let window = config.window;
     let sender = spawn_sender(config);
     // Three renewals: each time the hub would have closed a connection with a stale token.
     eventually("three token renewals", || async {
@@ -282,11 +283,16 @@ async fn the_connection_outlives_several_token_lifetimes() {
         stats.accepted.load(Ordering::Relaxed),
         stats.acknowledged.load(Ordering::Relaxed)
     );
-    // A renewal ends the connection only once the hub has acknowledged what was in flight, so
-    // planned reconnections send nothing twice: every message exactly once.
+    // A renewal ends the connection once the hub has acknowledged what was in flight, so a
+    // planned reconnection sends nothing twice. Only a renewal whose drain ran out of time (a
+    // slow hub; counted) may leave up to a window of messages to be sent again.
     let ids = message_ids(&cloud.telemetry(&assignment.hub, "renewer").await);
     let duplicated: Vec<(&String, &usize)> = ids.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "sent more than once: {duplicated:?}");
+    let cut_short = stats.renewals_cut_short.load(Ordering::Relaxed);
+    assert!(
+        duplicated.len() as u64 <= cut_short * window as u64,
+        "sent more than once: {duplicated:?}, with {cut_short} renewals cut short"
+    );
     assert_eq!(
         ids.len() as u64,
         stats.accepted.load(Ordering::Relaxed),
