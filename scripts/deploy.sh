@@ -6,6 +6,8 @@
 #                                         (every resource, setting, route and role)
 #   3. scripts/package.sh                 the function app as Azure runs it (dist/function-app)
 #   4. func azure functionapp publish     the package, from dist/function-app, --custom
+#   5. az functionapp function keys set   the reader key on each read-only function
+#                                         (functions/readers.json), one value for all
 #   then prints the function URL and how to enroll a first device.
 #
 # Settings come from the environment (make passes its command-line variables) or from options:
@@ -21,7 +23,8 @@
 #                                    outputs are shown as <placeholders>
 #
 # Every command is printed before it runs, as `+ <command>`. Nothing secret is printed: the
-# webhook secret travels in a temporary parameter file, never on a command line.
+# webhook secret travels in a temporary parameter file and the reader key in a temporary file
+# that az reads (`--key-value @file`), never on a command line.
 # None of this could be run against Azure from the project's own machines (no subscription, no
 # Bicep compiler); scripts/tests/test_deploy.py checks the dry run and the real run with
 # stand-ins for az and func.
@@ -233,6 +236,48 @@ if ! $dry_run; then
   (cd "$app_dir" && "${publish[@]}")
 fi
 
+# The reader key: one function key, the same on every read-only function, that reads the registry
+# and opens nothing that reveals a key, changes anything or drives a device (docs/handler.md,
+# "Keys"). A function key belongs to a function the host has: the host answers 404 for any other
+# (Azure/azure-functions-host KeysController, IsFunction), and the functions of a custom-handler
+# app exist only once its package is published, so the keys are set here rather than in infra/.
+# A reader key already on the first read-only function is kept, so a redeployment does not lock
+# out the readers. Setting is retried while the published functions are still being listed.
+readers=functions/readers.json
+reader_name=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["keyName"])' "$readers")
+mapfile -t reader_functions < <(python3 -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["functions"]))' "$readers")
+[[ ${#reader_functions[@]} -gt 0 ]] || fail "$readers lists no read-only function"
+key_tries=${KEY_SET_TRIES:-10}
+key_wait=${KEY_SET_WAIT_SECONDS:-15}
+existing=(az functionapp function keys list --resource-group "$resource_group" --name "$function_app"
+  --function-name "${reader_functions[0]}" --query "$reader_name" --output tsv)
+show "${existing[@]}"
+if $dry_run; then
+  reader_file="<reader-key-file>"
+else
+  reader_file=$work/reader-key
+  kept=$("${existing[@]}" 2>/dev/null || true)
+  if [[ -n $kept ]]; then
+    (umask 077 && printf '%s' "$kept" >"$reader_file")
+  else
+    (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32), end="")' >"$reader_file")
+  fi
+  unset kept
+fi
+for function in "${reader_functions[@]}"; do
+  set_key=(az functionapp function keys set --resource-group "$resource_group" --name "$function_app"
+    --function-name "$function" --key-name "$reader_name" --key-value "@$reader_file" --output none)
+  show "${set_key[@]}"
+  $dry_run && continue
+  for try in $(seq 1 "$key_tries"); do
+    "${set_key[@]}" && break
+    [[ $try -lt $key_tries ]] ||
+      fail "the $reader_name key could not be set on $function after $key_tries tries: is it in the published package (functions/$function)?"
+    echo "deploy: $function is not ready for keys yet; trying again in ${key_wait}s ($try of $key_tries)" >&2
+    sleep "$key_wait"
+  done
+done
+
 if $dry_run; then
   printf '\nThen it prints (with the values from the outputs):\n'
 else
@@ -251,4 +296,9 @@ Next: fetch a function key (it is a secret: it stays in your shell) and enroll a
   curl -sS -H "x-functions-key: \$key" $function_url/enrollments/therm-001/provisioning-code
 
 Then paste the code into the device's portal (device-portal; see docs/deploy.md and docs/device.md).
+
+For tools that only read (dashboards, reports), the reader key opens the read routes and nothing
+that reveals a key, changes anything or drives a device:
+
+  reader=\$(az functionapp function keys list --resource-group $resource_group --name $function_app --function-name ${reader_functions[0]} --query $reader_name --output tsv)
 EOF

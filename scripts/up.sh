@@ -49,13 +49,24 @@ python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.a
 PORTAL_LISTEN=127.0.0.1:$portal_port start_device "$state" "$local_dir/device" target/debug
 echo "$DEVICE_PORTAL_PID" > "$local_dir/portal.pid"
 echo "$DEVICE_SENDER_PID" > "$local_dir/sender.pid"
+# readerKey: a function key of the read-only functions only (functions/readers.json), made
+# through the stand-in's admin keys API with its master key; kept across runs.
 python3 - "$state/endpoints.json" "$local_dir/endpoints.json" "$AZURITE_CONNECTION_STRING" "$DEVICE_PORTAL_URL" <<'PY'
-import json, sys
+import json, os, sys
+os.umask(0o077)  # endpoints.json holds keys: readable by us only from the start
+sys.path.insert(0, "scripts")
+import reader_key
 emulator = json.load(open(sys.argv[1]))
 functions = emulator.pop("functions")
+root = functions["baseUrl"].rsplit("/", 1)[0]
+try:
+    reader = reader_key.ensure(root, functions["masterKey"], "functions/readers.json")
+except reader_key.ReaderKeyError as error:
+    sys.exit(f"up: {error}")
 with open(sys.argv[2], "w") as out:
     json.dump({
-        "api": {"baseUrl": functions["baseUrl"], "functionKey": functions["functionKey"]},
+        "api": {"baseUrl": functions["baseUrl"], "functionKey": functions["functionKey"],
+                "readerKey": reader},
         "portal": {"url": sys.argv[4]},
         "storage": {"connectionString": sys.argv[3]},
         "emulator": emulator,

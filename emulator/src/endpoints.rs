@@ -32,8 +32,11 @@ pub struct Endpoints {
 pub struct FunctionsEndpoints {
     /// `http://127.0.0.1:7071/api` (with the route prefix).
     pub base_url: String,
-    /// The function key (`x-functions-key`).
+    /// The `default` host key (`x-functions-key`): opens every function-level function.
     pub function_key: String,
+    /// The master key: every function and the admin API (`/admin/...`, keys included).
+    #[serde(default)]
+    pub master_key: String,
     /// The host's readiness URL.
     pub status_url: String,
 }

@@ -384,6 +384,16 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
             })?;
             settings.insert(name.clone(), value);
         }
+        let keys = Arc::new(if durable {
+            functions::keys::KeyStore::durable(
+                &config.state_dir,
+                &functions.master_key,
+                &functions.function_key,
+            )
+            .map_err(|e| StartError::Functions(e.into()))?
+        } else {
+            functions::keys::KeyStore::in_memory(&functions.master_key, &functions.function_key)
+        });
         let overrides = functions::Overrides {
             settings,
             executable: functions.executable.clone(),
@@ -392,10 +402,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
             &functions.app_root,
             overrides,
             listener,
-            functions::front::Keys {
-                function: functions.function_key.clone(),
-                master: functions.master_key.clone(),
-            },
+            keys,
             functions::EventSources {
                 hubs: &hub_map,
                 namespace: &namespace,
@@ -408,6 +415,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
         endpoints.functions = Some(FunctionsEndpoints {
             base_url: format!("http://{}/{}", host.address, host.app.route_prefix),
             function_key: functions.function_key.clone(),
+            master_key: functions.master_key.clone(),
             status_url: format!("http://{}/admin/host/status", host.address),
         });
         functions_host = Some(host);

@@ -54,6 +54,10 @@ struct Args {
     /// Function key of the stand-in. Default: the documented development key.
     #[arg(long, env = "EMULATOR_FUNCTION_KEY", hide_env_values = true)]
     function_key: Option<String>,
+    /// Master key of the stand-in (admin API, every function). Default: the documented
+    /// development key.
+    #[arg(long, env = "EMULATOR_MASTER_KEY", hide_env_values = true)]
+    master_key: Option<String>,
     /// An app setting for the function app, replacing local.settings.json's (repeatable):
     /// `NAME=VALUE`, where VALUE may name endpoints.json values in braces, such as
     /// `DPS_SERVICE_CONNECTION_STRING={dps.serviceConnectionString}`.
@@ -173,6 +177,9 @@ fn config(args: Args) -> anyhow::Result<EmulatorConfig> {
         functions.port = args.functions_port;
         if let Some(key) = args.function_key {
             functions.function_key = key;
+        }
+        if let Some(key) = args.master_key {
+            functions.master_key = key;
         }
         for setting in args.functions_settings {
             let (name, value) = setting

@@ -635,6 +635,27 @@ def check_key_material(dep: Deployment) -> list[str]:
     return problems
 
 
+# Keys of the function app that infra/ must not make: a host key opens every function-level
+# function, the provisioning code (a device's key) included; a function key can only be set on a
+# function the host has (Azure/azure-functions-host KeysController answers 404 otherwise), and a
+# custom-handler app's functions exist only once its package is published. The reader key is set
+# by scripts/deploy.sh after the publish (functions/readers.json).
+FORBIDDEN_KEY_TYPES = {
+    "microsoft.web/sites/host/functionkeys": "a host key opens every function, the provisioning code included",
+    "microsoft.web/sites/functions/keys": "function keys exist only after the publish; scripts/deploy.sh sets them",
+}
+
+
+def check_function_keys(dep: Deployment) -> list[str]:
+    problems = []
+    for scope in dep.scopes():
+        for _rscope, symbol, rtype, _body in scope.resources():
+            reason = FORBIDDEN_KEY_TYPES.get(str(rtype).split("@")[0].lower())
+            if reason:
+                problems.append(f"{scope.path}: resource {symbol} ({rtype}): {reason}")
+    return problems
+
+
 def check_secure_params(dep: Deployment) -> list[str]:
     """Every parameter that is or carries a secret is @secure()."""
     problems = []

@@ -290,6 +290,30 @@ def test_broken_connection_strings_through_a_plain_module_parameter_are_reported
     ]
 
 
+def test_no_host_key_or_early_function_key_is_made(dep):
+    assert bc.check_function_keys(dep) == []
+
+
+def test_broken_host_key_is_reported():
+    dep = broken(
+        "modules/functionapp.bicep",
+        "output name string = site.name",
+        "resource readers 'Microsoft.Web/sites/host/functionKeys@2024-04-01' = {\n  name: '${site.name}/default/reader'\n  properties: {\n    name: 'reader'\n  }\n}\n\noutput name string = site.name",
+    )
+    problems = bc.check_function_keys(dep)
+    assert any("resource readers (Microsoft.Web/sites/host/functionKeys): a host key opens every function" in p for p in problems), problems
+
+
+def test_broken_function_key_before_publish_is_reported():
+    dep = broken(
+        "modules/functionapp.bicep",
+        "output name string = site.name",
+        "resource readers 'Microsoft.Web/sites/functions/keys@2024-04-01' = {\n  name: '${site.name}/Devices/reader'\n  properties: {\n    name: 'reader'\n  }\n}\n\noutput name string = site.name",
+    )
+    problems = bc.check_function_keys(dep)
+    assert any("function keys exist only after the publish" in p for p in problems), problems
+
+
 def test_secret_parameters_are_secure(dep):
     assert bc.check_secure_params(dep) == []
 

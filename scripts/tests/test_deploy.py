@@ -11,6 +11,9 @@ elsewhere on the machine can never be reached, whatever the script does.
 - The real run, in a copy of the script in a scratch repository (a fake scripts/package.sh and
   infra/ files): what az and func receive, in order, the outputs read back, the webhook secret
   passed in a private file and never printed, kept across runs.
+- The reader key: after the publish, one value set on every function of functions/readers.json,
+  read by az from a private file (never on a command line, never printed), kept across runs,
+  retried while the published functions are not listed yet.
 - Prerequisites: each missing tool or sign-in stops the real run with a clear message.
 """
 
@@ -29,7 +32,11 @@ SCRIPT = REPO / "scripts" / "deploy.sh"
 BASH = shutil.which("bash")
 
 # What the script may use besides az and func (and python3, linked to this interpreter).
-TOOLS = ["bash", "dirname", "mktemp", "rm", "cat", "mkdir", "env", "make"]
+TOOLS = ["bash", "dirname", "mktemp", "rm", "cat", "mkdir", "env", "make", "seq", "sleep"]
+
+# The read-only functions of the repository, and those of the scratch repository.
+READERS = json.loads((REPO / "functions" / "readers.json").read_text())
+SCRATCH_READERS = {"keyName": "reader", "functions": ["Enrollments", "Devices"]}
 
 OUTPUTS = {
     "functionAppName": {"type": "String", "value": "iotdemo-func-x7k2"},
@@ -73,6 +80,32 @@ elif args[:2] == ["account", "show"]:
         sys.exit("Please run 'az login' to setup account.")
 elif args[:3] == ["deployment", "group", "create"]:
     print(json.dumps(json.loads(os.environ["STUB_OUTPUTS"]), indent=2))
+elif args[:3] == ["functionapp", "function", "keys"]:
+    # Function keys, kept in $STUB_KEYS: {function: {name: value}}. STUB_KEYS_NOT_READY=n: the
+    # first n sets fail as for a function the host does not list yet.
+    path = os.environ["STUB_KEYS"]
+    keys = json.load(open(path)) if os.path.exists(path) else {}
+    function = args[args.index("--function-name") + 1]
+    if args[3] == "list":
+        name = args[args.index("--query") + 1]
+        value = keys.get(function, {}).get(name)
+        if value:
+            print(value)
+    elif args[3] == "set":
+        failures = os.environ.get("STUB_KEYS_NOT_READY_FILE")
+        left = int(open(failures).read() or 0) if failures else 0
+        if left > 0:
+            open(failures, "w").write(str(left - 1))
+            sys.exit(f"Function {function} not found")
+        value = args[args.index("--key-value") + 1]
+        if value.startswith("@"):
+            # As az does: an argument value @file is the file's content.
+            entry_file = value[1:]
+            value = open(entry_file).read()
+            with open(os.environ["STUB_LOG"] + ".keyfiles", "a") as seen:
+                seen.write(json.dumps({"path": entry_file, "mode": stat.S_IMODE(os.stat(entry_file).st_mode)}) + "\\n")
+        keys.setdefault(function, {})[args[args.index("--key-name") + 1]] = value
+        json.dump(keys, open(path, "w"))
 """
 
 FUNC_STUB = """\
@@ -132,12 +165,22 @@ class Sandbox:
     def calls(self):
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 
+    def function_keys(self):
+        path = self.tmp / "function-keys.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def key_files(self):
+        path = Path(str(self.log) + ".keyfiles")
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
     def run(self, script, args=(), cwd=None, **env):
         environ = {
             "PATH": str(self.bin),
             "HOME": str(self.tmp),
             "STUB_LOG": str(self.log),
             "STUB_OUTPUTS": json.dumps(OUTPUTS),
+            "STUB_KEYS": str(self.tmp / "function-keys.json"),
+            "KEY_SET_WAIT_SECONDS": "0",
         }
         environ.update(env)
         return subprocess.run(
@@ -154,6 +197,8 @@ def scratch_repository(root):
     """A repository with a copy of deploy.sh, a fake package.sh and placeholder infra files."""
     (root / "scripts").mkdir()
     shutil.copy2(SCRIPT, root / "scripts" / "deploy.sh")
+    (root / "functions").mkdir()
+    (root / "functions" / "readers.json").write_text(json.dumps(SCRATCH_READERS))
     (root / "infra").mkdir()
     (root / "infra" / "main.bicep").write_text("// placeholder\n")
     for env in ("dev", "prod"):
@@ -181,13 +226,25 @@ class DryRun(unittest.TestCase):
         result = self.dry_run(PREFIX="iotdemo")
         self.assertEqual(result.returncode, 0, result.stderr)
         commands = command_lines(result.stdout)
-        self.assertEqual(len(commands), 4, result.stdout)
+        self.assertEqual(len(commands), 5 + len(READERS["functions"]), result.stdout)
         self.assertEqual(commands[0], f"az group create --name {self.rg} --location westeurope --output none")
         self.assertTrue(commands[1].startswith(f"az deployment group create --resource-group {self.rg} "))
         self.assertEqual(commands[2], "scripts/package.sh")
         self.assertEqual(
             commands[3], "cd dist/function-app && func azure functionapp publish <functionAppName> --custom"
         )
+        first = READERS["functions"][0]
+        self.assertEqual(
+            commands[4],
+            f"az functionapp function keys list --resource-group {self.rg} --name <functionAppName> "
+            f"--function-name {first} --query reader --output tsv",
+        )
+        for command, function in zip(commands[5:], READERS["functions"]):
+            self.assertEqual(
+                command,
+                f"az functionapp function keys set --resource-group {self.rg} --name <functionAppName> "
+                f"--function-name {function} --key-name reader --key-value @<reader-key-file> --output none",
+            )
         self.assertEqual(self.sandbox.calls(), [], "the dry run called a tool")
         self.assertFalse((REPO / ".local" / "deploy" / f"{self.rg}.notify-webhook-secret").exists())
 
@@ -289,15 +346,18 @@ class RealRun(unittest.TestCase):
                 ("az", ["deployment", "group", "create"]),
                 ("package", []),
                 ("func", ["azure", "functionapp", "publish"]),
+                ("az", ["functionapp", "function", "keys"]),
+                ("az", ["functionapp", "function", "keys"]),
+                ("az", ["functionapp", "function", "keys"]),
             ],
         )
-        publish = self.sandbox.calls()[-1]
+        publish = next(c for c in self.sandbox.calls() if c["args"][:1] == ["azure"])
         self.assertEqual(publish["args"], ["azure", "functionapp", "publish", "iotdemo-func-x7k2", "--custom"])
         self.assertEqual(Path(publish["cwd"]), self.repo / "dist" / "function-app")
         self.assertEqual(publish["files"], ["handler", "host.json"])
         # What the dry run shows is what runs.
-        self.assertEqual(command_lines(result.stdout)[-1],
-                         "cd dist/function-app && func azure functionapp publish iotdemo-func-x7k2 --custom")
+        self.assertIn("cd dist/function-app && func azure functionapp publish iotdemo-func-x7k2 --custom",
+                      command_lines(result.stdout))
         self.assertIn("The admin API: https://iotdemo-func-x7k2.azurewebsites.net/api", result.stdout)
         self.assertIn("ID scope 0ne00ABC123", result.stdout)
         self.assertIn("iotdemo-hub1-x7k2.azure-devices.net iotdemo-hub2-x7k2.azure-devices.net", result.stdout)
@@ -330,6 +390,48 @@ class RealRun(unittest.TestCase):
         kept = self.repo / ".local" / "deploy" / "rg-iot.notify-webhook-secret"
         self.assertEqual(kept.read_text(), secrets[0])
         self.assertEqual(stat.S_IMODE(kept.stat().st_mode), 0o600)
+
+    def test_one_reader_key_goes_on_every_read_only_function_from_a_private_file(self):
+        result = self.deploy(NOTIFY_WEBHOOK_SECRET=SECRET)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        keys = self.sandbox.function_keys()
+        self.assertEqual(sorted(keys), sorted(SCRATCH_READERS["functions"]))
+        values = {keys[f]["reader"] for f in SCRATCH_READERS["functions"]}
+        self.assertEqual(len(values), 1, "one value on every read-only function")
+        value = values.pop()
+        self.assertGreaterEqual(len(value), 32)
+        self.assertNotIn(value, result.stdout + result.stderr)
+        for call in self.sandbox.calls():
+            self.assertNotIn(value, " ".join(call["args"]), "the reader key was on a command line")
+        files = self.sandbox.key_files()
+        self.assertEqual(len(files), len(SCRATCH_READERS["functions"]))
+        self.assertTrue(all(f["mode"] == 0o600 for f in files), files)
+        self.assertFalse(any(Path(f["path"]).exists() for f in files), "the key file was left behind")
+        self.assertIn("--function-name Enrollments --query reader --output tsv", result.stdout)
+
+    def test_a_redeployment_keeps_the_reader_key(self):
+        self.assertEqual(self.deploy(NOTIFY_WEBHOOK_SECRET=SECRET).returncode, 0)
+        first = self.sandbox.function_keys()["Devices"]["reader"]
+        result = self.deploy(NOTIFY_WEBHOOK_SECRET=SECRET)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        keys = self.sandbox.function_keys()
+        self.assertEqual([keys[f]["reader"] for f in SCRATCH_READERS["functions"]], [first, first])
+
+    def test_setting_keys_waits_for_the_published_functions(self):
+        not_ready = Path(self.tmp.name) / "not-ready"
+        not_ready.write_text("2")
+        result = self.deploy(NOTIFY_WEBHOOK_SECRET=SECRET, STUB_KEYS_NOT_READY_FILE=str(not_ready))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Enrollments is not ready for keys yet; trying again in 0s (1 of 10)", result.stderr)
+        self.assertEqual(len(self.sandbox.function_keys()), 2)
+
+    def test_a_function_that_never_appears_stops_the_deployment_with_its_name(self):
+        not_ready = Path(self.tmp.name) / "not-ready"
+        not_ready.write_text("100")
+        result = self.deploy(NOTIFY_WEBHOOK_SECRET=SECRET, STUB_KEYS_NOT_READY_FILE=str(not_ready),
+                             KEY_SET_TRIES="3")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("the reader key could not be set on Enrollments after 3 tries", result.stderr)
 
     def test_a_short_secret_is_refused_before_anything_is_created(self):
         result = self.deploy(NOTIFY_WEBHOOK_SECRET="short")

@@ -39,8 +39,10 @@ pub enum AppError {
 pub enum AuthLevel {
     /// Anyone.
     Anonymous,
-    /// A function key or the master key.
+    /// A host function key, one of the function's own keys, or the master key.
     Function,
+    /// A system key or the master key.
+    System,
     /// The master key only.
     Admin,
 }
@@ -458,7 +460,8 @@ impl FunctionApp {
                 {
                     "anonymous" => AuthLevel::Anonymous,
                     "function" => AuthLevel::Function,
-                    "admin" | "system" => AuthLevel::Admin,
+                    "system" => AuthLevel::System,
+                    "admin" => AuthLevel::Admin,
                     other => return Err(invalid(path, format!("unknown authLevel {other:?}"))),
                 },
                 methods: trigger_json

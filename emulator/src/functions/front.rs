@@ -2,12 +2,14 @@
 //! `/{prefix}/...` to HTTP-triggered functions, enforces `authLevel` with function keys
 //! (`x-functions-key` header or `code` query parameter), and forwards the request unchanged to
 //! the custom handler (`enableForwardingHttpRequest`), whose answer goes back as it is.
-//! `GET /admin/host/status` answers without a key, so tools can wait for the host.
+//! `GET /admin/host/status` answers without a key, so tools can wait for the host; the rest of
+//! `/admin/` (running a function, the keys API) needs the master key.
 
 use super::app::{AuthLevel, FunctionApp, HttpMode, Trigger};
 use super::handler::HandlerProcess;
 use super::invoke::{Invoker, HOST_VERSION};
-use super::link::{Answer, Framing, LinkError, Outgoing, READY_WAIT};
+use super::keys::{Grant, KeyStore};
+use super::link::{Answer, Framing, LinkError, Outgoing};
 use crate::net::https::{json, query_param, read_body, Body, BodyError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
@@ -18,28 +20,19 @@ use std::sync::Arc;
 /// Largest request forwarded (the real front end allows 100 MB; the admin API needs far less).
 pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
 
-/// Function keys.
-#[derive(Clone)]
-pub struct Keys {
-    /// Accepted for `function`-level functions.
-    pub function: String,
-    /// Accepted for every level.
-    pub master: String,
-}
-
 /// What the front needs.
 pub struct Front {
     /// The app.
     pub app: Arc<FunctionApp>,
-    /// The keys.
-    pub keys: Keys,
+    /// The key store.
+    pub keys: Arc<KeyStore>,
     /// The handler process.
     pub handler: Arc<HandlerProcess>,
     /// Reaches the handler.
     pub invoker: Invoker,
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     json(
         status,
         &json!({ "error": { "code": code, "message": message } }),
@@ -60,11 +53,12 @@ pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<B
             &json!({ "state": state, "version": HOST_VERSION }),
         );
     }
-    if let Some(name) = path
-        .strip_prefix("/admin/functions/")
-        .filter(|n| !n.is_empty() && !n.contains('/'))
+    if let Some(rest) = path
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("/admin/"))
+        .and_then(|_| path.get(7..))
     {
-        return run_on_demand(&front, name, &request).await;
+        return super::admin::handle(&front, rest, request).await;
     }
     let prefix = format!("/{}/", front.app.route_prefix);
     let Some(rest) = path.get(prefix.len()..).filter(|_| {
@@ -110,7 +104,13 @@ pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<B
             "the function does not accept this method",
         );
     };
-    if !authorized(&front.keys, *auth, request.headers(), request.uri()) {
+    if !authorized(
+        &front.keys,
+        *auth,
+        Some(&function.name),
+        request.headers(),
+        request.uri(),
+    ) {
         tracing::info!(function = %function.name, "request refused: missing or wrong function key");
         return error(
             StatusCode::UNAUTHORIZED,
@@ -172,95 +172,32 @@ pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<B
     response
 }
 
-/// `POST /admin/functions/{name}` with the master key: runs a timer function now, as the
-/// host's admin API does. The real host answers 202 at once and runs the function in the
-/// background; the stand-in answers 202 once the invocation has finished, so a caller (a test)
-/// knows when its effects are visible, or 500 if it failed.
-async fn run_on_demand(front: &Front, name: &str, request: &Request<Incoming>) -> Response<Body> {
-    if request.method() != http::Method::POST {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "use POST to run a function",
-        );
+/// Whether the key presented (the `x-functions-key` header, else the `code` query parameter,
+/// as AuthenticationLevelHandler reads them) opens a function of `level`: the master key opens
+/// every level, a system key `system`, a host function key or a key of `function` itself
+/// `function` (AuthUtility.PrincipalHasAuthLevelClaim).
+pub(super) fn authorized(
+    keys: &KeyStore,
+    level: AuthLevel,
+    function: Option<&str>,
+    headers: &HeaderMap,
+    uri: &http::Uri,
+) -> bool {
+    if level == AuthLevel::Anonymous {
+        return true;
     }
-    if !authorized(
-        &front.keys,
-        AuthLevel::Admin,
-        request.headers(),
-        request.uri(),
-    ) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "running a function needs the master key",
-        );
-    }
-    let Some(function) = front
-        .app
-        .functions
-        .iter()
-        .find(|f| f.name.eq_ignore_ascii_case(name))
-    else {
-        return error(StatusCode::NOT_FOUND, "NotFound", "no such function");
+    let presented = match headers.get("x-functions-key") {
+        Some(value) => value.to_str().ok().map(str::to_owned),
+        None => query_param(uri, "code"),
     };
-    let Trigger::Timer { binding, .. } = &function.trigger else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "the stand-in runs timer functions on demand; other triggers run from their sources",
-        );
-    };
-    if !front.handler.wait_ready_for(READY_WAIT).await {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "HandlerUnavailable",
-            "the function app's handler is not running",
-        );
-    }
-    let payload = super::invoke::timer(&function.name, binding, None, false, None);
-    let invocation_id = uuid::Uuid::new_v4().to_string();
-    match front
-        .invoker
-        .invoke(&function.name, &payload, &invocation_id)
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(function = %function.name, invocation.id = %invocation_id, "ran a function on demand");
-            json(StatusCode::ACCEPTED, &json!({}))
-        }
-        Err(e) => {
-            tracing::warn!(function = %function.name, error = %e, "a function run on demand failed");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "FunctionFailed",
-                "the invocation failed; see the log",
-            )
-        }
-    }
-}
-
-fn authorized(keys: &Keys, level: AuthLevel, headers: &HeaderMap, uri: &http::Uri) -> bool {
-    let presented = headers
-        .get("x-functions-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query_param(uri, "code"));
-    let is = |key: &str, wanted: &str| {
-        // Constant-time comparison: keys are secrets.
-        key.len() == wanted.len()
-            && key
-                .bytes()
-                .zip(wanted.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+    let Some(grant) = presented.and_then(|key| keys.grant(&key, function)) else {
+        return false;
     };
     match level {
         AuthLevel::Anonymous => true,
-        AuthLevel::Function => {
-            presented.is_some_and(|k| is(&k, &keys.function) || is(&k, &keys.master))
-        }
-        AuthLevel::Admin => presented.is_some_and(|k| is(&k, &keys.master)),
+        AuthLevel::Function => matches!(grant, Grant::Admin | Grant::Function),
+        AuthLevel::System => matches!(grant, Grant::Admin | Grant::System),
+        AuthLevel::Admin => grant == Grant::Admin,
     }
 }
 

@@ -5,17 +5,21 @@
 //! - [`handler`]: starting, watching and restarting the handler process.
 //! - [`identity`]: the app's managed identity (the local token service behind IDENTITY_ENDPOINT).
 //! - [`front`]: `http://127.0.0.1:7071/api/*` with function keys, forwarded as is.
+//! - [`keys`], [`admin`]: the key store and what each key opens; the admin API (`/admin/...`:
+//!   keys, running a function) with the master key.
 //! - [`invoke`]: the `Data`/`Metadata` invocation format for non-HTTP triggers.
 //! - [`link`]: the one path to the handler, resending what a dying handler never answered.
 //! - [`dispatch`]: event delivery (batches, order, checkpoints, retry policies) and timers.
 //! - [`routes`], [`schedule`]: route templates and NCRONTAB schedules.
 
+pub mod admin;
 pub mod app;
 pub mod dispatch;
 pub mod front;
 pub mod handler;
 pub mod identity;
 pub mod invoke;
+pub mod keys;
 pub mod link;
 pub mod routes;
 pub mod schedule;
@@ -26,10 +30,11 @@ use crate::events::namespace::Namespace;
 use crate::hub::Hubs;
 use app::{FunctionApp, Trigger};
 use dispatch::Delivery;
-use front::{Front, Keys};
+use front::Front;
 use handler::HandlerProcess;
 use invoke::Invoker;
 use iot_credentials::SharedAccessKey;
+use keys::KeyStore;
 use link::HandlerLink;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +68,9 @@ pub enum FunctionsError {
     /// Starting a process or a listener failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The key store cannot be read.
+    #[error(transparent)]
+    Keys(#[from] keys::KeyStoreError),
 }
 
 /// A running stand-in.
@@ -203,7 +211,7 @@ pub async fn start(
     root: &std::path::Path,
     overrides: Overrides,
     listener: TcpListener,
-    keys: Keys,
+    keys: Arc<KeyStore>,
     sources: EventSources<'_>,
     checkpoints: Arc<Checkpoints>,
     shutdown: watch::Receiver<bool>,

@@ -278,7 +278,11 @@ fn the_function_json_files_forward_exactly_the_routes() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
     let mut forwarded = BTreeSet::new();
     for entry in std::fs::read_dir(&root).unwrap() {
-        let path = entry.unwrap().path().join("function.json");
+        let folder = entry.unwrap().path();
+        if !folder.is_dir() {
+            continue;
+        }
+        let path = folder.join("function.json");
         let function: Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for binding in function["bindings"].as_array().unwrap() {
@@ -296,6 +300,74 @@ fn the_function_json_files_forward_exactly_the_routes() {
         }
     }
     assert_eq!(forwarded, route_set());
+}
+
+/// Each HTTP function's (name, methods, route), from functions/*/function.json.
+fn http_functions() -> Vec<(String, Vec<String>, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let folder = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(folder.join("function.json")) else {
+            continue;
+        };
+        let function: Value = serde_json::from_str(&text).unwrap();
+        let trigger = &function["bindings"][0];
+        if trigger["type"] != "httpTrigger" {
+            continue;
+        }
+        let methods = trigger["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_ascii_uppercase())
+            .collect();
+        let name = folder.file_name().unwrap().to_string_lossy().into_owned();
+        found.push((name, methods, trigger["route"].as_str().unwrap().to_owned()));
+    }
+    found
+}
+
+#[test]
+fn the_reader_key_opens_only_functions_that_read_and_reveal_no_key() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/readers.json"),
+    )
+    .unwrap();
+    let readers: Value = serde_json::from_str(&text).unwrap();
+    let listed: BTreeSet<&str> = readers["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let functions = http_functions();
+    for (name, methods, route) in &functions {
+        // Reads and writes are separate functions, so a key can open the reads alone.
+        assert!(
+            methods.iter().all(|m| m == "GET") || methods.iter().all(|m| m != "GET"),
+            "{name} mixes GET with {methods:?}: split it by method"
+        );
+        if listed.contains(name.as_str()) {
+            assert_eq!(methods, &["GET"], "{name} is listed as read-only");
+            assert!(
+                !route.contains("provisioning-code"),
+                "{name} answers a device's key, so it is not read-only"
+            );
+        }
+    }
+    let known: BTreeSet<&str> = functions.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert!(
+        listed.is_subset(&known),
+        "{listed:?} names a function that does not exist"
+    );
+    // Every GET but the provisioning code is readable with the reader key.
+    let unlisted_reads: Vec<&str> = functions
+        .iter()
+        .filter(|(n, m, _)| m == &["GET"] && !listed.contains(n.as_str()))
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    assert_eq!(unlisted_reads, ["ProvisioningCode"]);
 }
 
 #[tokio::test]

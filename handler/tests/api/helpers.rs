@@ -25,6 +25,7 @@ pub struct TestApp {
     _state: TempDir,
     pub base_url: String,
     pub function_key: String,
+    pub master_key: String,
     pub http: reqwest::Client,
     /// Trusts the emulator's CA, for device-side calls.
     pub device_http: reqwest::Client,
@@ -173,6 +174,7 @@ pub async fn spawn_app_on(extra_hubs: &[(&str, &str)], overrides: &[(&str, &str)
     TestApp {
         base_url: functions.base_url,
         function_key: functions.function_key,
+        master_key: functions.master_key,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -221,6 +223,32 @@ impl TestApp {
             .unwrap()
             .status()
             .as_u16()
+    }
+
+    /// Makes the reader key as `make up` does: one value, set through the stand-in's admin keys
+    /// API (`PUT /admin/functions/{name}/keys/reader`, master key) on every function that
+    /// functions/readers.json lists.
+    pub async fn create_reader_key(&self) -> String {
+        let text = std::fs::read_to_string(repository_root().join("functions/readers.json"))
+            .expect("functions/readers.json is readable");
+        let readers: Value = serde_json::from_str(&text).expect("functions/readers.json is JSON");
+        let name = readers["keyName"].as_str().unwrap();
+        let value = format!("reader-{}", uuid::Uuid::new_v4().simple());
+        let base = self.base_url.trim_end_matches("/api");
+        for function in readers["functions"].as_array().unwrap() {
+            let function = function.as_str().unwrap();
+            let status = self
+                .http
+                .put(format!("{base}/admin/functions/{function}/keys/{name}"))
+                .header("x-functions-key", &self.master_key)
+                .json(&json!({ "name": name, "value": value }))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 201, "the reader key is made on {function}");
+        }
+        value
     }
 
     /// A request with the function key.

@@ -11,6 +11,7 @@ mod events;
 mod helpers;
 mod identity;
 mod import;
+mod keys;
 mod mission;
 #[path = "../../../device/tests/support/webdriver.rs"]
 mod webdriver;
