@@ -72,8 +72,9 @@ pub enum Persistence {
     InMemory,
 }
 
-/// The Functions host stand-in: which app to run and where.
-#[derive(Debug, Clone)]
+/// The Functions host stand-in: which app to run and where. `Debug` shows no key and no setting's
+/// value (settings hold connection strings).
+#[derive(Clone)]
 pub struct FunctionsConfig {
     /// The app root (host.json, function folders, local.settings.json).
     pub app_root: PathBuf,
@@ -89,6 +90,24 @@ pub struct FunctionsConfig {
     pub settings: Vec<(String, String)>,
     /// The handler executable, instead of host.json's defaultExecutablePath.
     pub executable: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for FunctionsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let setting_names: Vec<&str> = self
+            .settings
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        f.debug_struct("FunctionsConfig")
+            .field("app_root", &self.app_root)
+            .field("port", &self.port)
+            .field("function_key", &"<redacted>")
+            .field("master_key", &"<redacted>")
+            .field("settings", &setting_names)
+            .field("executable", &self.executable)
+            .finish()
+    }
 }
 
 impl FunctionsConfig {
@@ -239,6 +258,39 @@ fn development_key(text: &str) -> SharedAccessKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_shows_no_key_and_no_setting_value() {
+        let mut config = EmulatorConfig::new("/tmp/x");
+        config.functions = Some(FunctionsConfig {
+            function_key: "function-key-value-1".into(),
+            master_key: "master-key-value-2".into(),
+            settings: vec![("STORAGE".into(), "AccountKey=setting-value-3".into())],
+            ..FunctionsConfig::new("/tmp/app")
+        });
+        let shown = format!("{config:?}");
+        for secret in [
+            "function-key-value-1",
+            "master-key-value-2",
+            "setting-value-3",
+            DEFAULT_DPS_SERVICE_KEY,
+            DEFAULT_HUB_SERVICE_KEY,
+            DEFAULT_EVENT_HUBS_KEY,
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("STORAGE"), "setting names stay: {shown}");
+        let spec = crate::hub::DeviceSpec {
+            primary_key: Some("device-key-value-4".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{spec:?}").contains("device-key-value-4"));
+        let module = crate::hub::modules::ModuleSpec {
+            primary_key: Some("module-key-value-5".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{module:?}").contains("module-key-value-5"));
+    }
 
     #[test]
     fn development_keys_are_valid_and_long_enough_for_azure() {

@@ -111,8 +111,9 @@ impl From<StoreError> for HubError {
     }
 }
 
-/// A device as the service API creates or updates it.
-#[derive(Debug, Clone, Default)]
+/// A device as the service API creates or updates it. `Debug` shows whether keys are set, not
+/// their values.
+#[derive(Clone, Default)]
 pub struct DeviceSpec {
     /// Enabled or disabled.
     pub status: Option<DeviceStatus>,
@@ -124,6 +125,18 @@ pub struct DeviceSpec {
     pub secondary_key: Option<String>,
     /// IoT Edge capability.
     pub iot_edge: Option<bool>,
+}
+
+impl std::fmt::Debug for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSpec")
+            .field("status", &self.status)
+            .field("status_reason", &self.status_reason)
+            .field("primary_key_set", &self.primary_key.is_some())
+            .field("secondary_key_set", &self.secondary_key.is_some())
+            .field("iot_edge", &self.iot_edge)
+            .finish()
+    }
 }
 
 #[derive(Default, Clone)]

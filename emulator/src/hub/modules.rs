@@ -23,8 +23,9 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
-/// A module as the service API creates or updates it.
-#[derive(Debug, Clone, Default)]
+/// A module as the service API creates or updates it. `Debug` shows whether keys are set, not
+/// their values.
+#[derive(Clone, Default)]
 pub struct ModuleSpec {
     /// Who manages the module (`managedBy`).
     pub managed_by: Option<String>,
@@ -32,6 +33,16 @@ pub struct ModuleSpec {
     pub primary_key: Option<String>,
     /// Secondary key (generated when missing).
     pub secondary_key: Option<String>,
+}
+
+impl std::fmt::Debug for ModuleSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleSpec")
+            .field("managed_by", &self.managed_by)
+            .field("primary_key_set", &self.primary_key.is_some())
+            .field("secondary_key_set", &self.secondary_key.is_some())
+            .finish()
+    }
 }
 
 /// Checks a module id: the device id rules of [`iot_credentials::ids::is_device_id`] (up to 128
