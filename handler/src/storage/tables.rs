@@ -18,7 +18,9 @@
 //! and delete the ones that no longer match.
 
 use super::identity::ManagedIdentityCredential;
-use super::{decode_token, encode_token, Failure, Journal, Page, Registry, StoreError, Stored};
+use super::{
+    decode_token, encode_token, limits, Failure, Journal, Page, Registry, StoreError, Stored,
+};
 use crate::config::StorageAccess;
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, IndexKind, RegistrationId};
@@ -109,6 +111,17 @@ fn failed(error: azure_core::Error) -> StoreError {
         }
         None => StoreError::Unavailable(format!("{:?}", error.kind())),
     }
+}
+
+/// Why Table Storage's limits refuse `data` as one string property, if they do.
+fn oversize(what: &str, data: &str) -> Option<String> {
+    (!limits::fits_string(data)).then(|| {
+        format!(
+            "{what} is {} UTF-16 characters, above the {} one property holds (PropertyValueTooLarge)",
+            data.encode_utf16().count(),
+            limits::STRING_UNITS
+        )
+    })
 }
 
 fn alias_key(device_id: &str) -> String {
@@ -549,12 +562,18 @@ impl Registry for TableRegistry {
         for row in rows.drain(..overflow) {
             self.upsert_history(&row).await?;
         }
+        let record_row = row_of(record)?;
+        // Answers inside a transaction carry a status only: say what broke a limit ourselves.
+        let oversize = oversize("the record", &record_row.data).or_else(|| {
+            rows.iter()
+                .find_map(|row| oversize("a history entry", &row.data))
+        });
         let partition = self.devices.partition_key_client(&key);
         let mut transaction = partition
             .transaction()
             .update(
                 RECORD_ROW,
-                row_of(record)?,
+                record_row,
                 Some(IfMatchCondition::Etag(Etag::from(previous.etag.clone()))),
             )
             .map_err(failed)?;
@@ -571,9 +590,10 @@ impl Registry for TableRegistry {
         {
             return Err(match u16::from(failed.status_code) {
                 412 | 404 => StoreError::PreconditionFailed,
-                status => {
-                    Failure::of_status(status).error(format!("HTTP {status} in a transaction"))
-                }
+                status => Failure::of_status(status).error(match oversize {
+                    Some(why) => format!("HTTP {status} in a transaction: {why}"),
+                    None => format!("HTTP {status} in a transaction"),
+                }),
             });
         }
         for (kind, value) in old.iter().filter(|e| !new.contains(e)) {

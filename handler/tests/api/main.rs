@@ -12,5 +12,6 @@ mod helpers;
 mod identity;
 mod import;
 mod mission;
+mod poison;
 #[path = "../../../device/tests/support/webdriver.rs"]
 mod webdriver;
