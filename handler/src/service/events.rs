@@ -365,7 +365,11 @@ impl Service {
                         ServiceError::BadGateway { detail, .. } => detail.clone(),
                         other => other.to_string(),
                     };
-                    let reason = format!("Table Storage refuses the device's record with this event applied ({detail}); retrying cannot help");
+                    let reason = if detail.contains("unreadable") {
+                        format!("the device's stored record cannot be read ({detail}); retrying cannot help")
+                    } else {
+                        format!("Table Storage refuses the device's record with this event applied ({detail}); retrying cannot help")
+                    };
                     tracing::warn!(function, device.id = %device_id, event = %event.key, %reason, "an event that cannot be recorded was set aside");
                     recorded
                         .set_aside
