@@ -268,7 +268,7 @@ impl Service {
         };
         for letter in &malformed {
             tracing::warn!(function, event = %letter.key, reason = %letter.reason, "an event was set aside as malformed");
-            self.journal.dead_letter(letter).await?;
+            self.set_aside(function, letter).await?;
         }
         let mut by_device: BTreeMap<String, Vec<HubEvent>> = BTreeMap::new();
         for event in events {
@@ -293,14 +293,8 @@ impl Service {
             match outcome {
                 Ok(Recorded { outcome, set_aside }) => {
                     for letter in &set_aside {
-                        if let Err(error) = self.journal.dead_letter(letter).await {
-                            if !error.is_permanent() {
-                                // Not kept yet: the batch comes again and so does the letter.
-                                first_error.get_or_insert(error.into());
-                                continue;
-                            }
-                            // A letter refused for what it is would stall the partition in turn.
-                            tracing::error!(function, event = %letter.key, reason = %letter.reason, %error, "an event that cannot be recorded could not be set aside either; it is dropped");
+                        if let Err(error) = self.set_aside(function, letter).await {
+                            first_error.get_or_insert(error);
                         }
                     }
                     report.dead_lettered += set_aside.len();
@@ -324,6 +318,20 @@ impl Service {
         match first_error {
             Some(error) => Err(error),
             None => Ok(report),
+        }
+    }
+
+    /// Writes a dead letter. A transient failure fails the batch (it comes again, and so does
+    /// the letter); a letter refused for what it is is logged and dropped, since failing the
+    /// batch for it would stall the partition as surely as the event it describes.
+    async fn set_aside(&self, function: &str, letter: &DeadLetter) -> Result<(), ServiceError> {
+        match self.journal.dead_letter(letter).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_permanent() => {
+                tracing::error!(function, event = %letter.key, reason = %letter.reason, %error, "an event set aside could not be kept in the dead-letter table; it is dropped");
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
         }
     }
 

@@ -604,3 +604,43 @@ async fn a_failed_history_write_does_not_fail_the_enrollment() {
         "the entry is lost, the enrollment is not"
     );
 }
+
+#[tokio::test]
+async fn a_valid_change_to_a_record_full_of_reports_cuts_the_reports_rather_than_failing() {
+    use crate::domain::events::Stamp;
+    use crate::domain::live::ReportedValue;
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    let stored = record(&w, "dev-1").await.unwrap();
+    let mut full = stored.record.clone();
+    for key in [
+        "provisioning",
+        "firmware",
+        "status",
+        "acknowledgedDesiredVersion",
+    ] {
+        full.live.reported.insert(
+            key.into(),
+            ReportedValue {
+                value: json!({ "detail": "r".repeat(4000) }),
+                version: 1,
+                at: Stamp::now(),
+                hub: HUB.into(),
+                truncated_from: None,
+            },
+        );
+    }
+    w.store.replace(&stored, &full).await.unwrap();
+    let attributes: serde_json::Map<String, serde_json::Value> = (0..7)
+        .map(|n| (format!("a{n}"), json!("a".repeat(1000))))
+        .collect();
+    let patch: EnrollmentPatch = serde_json::from_value(json!({
+        "asset": { "attributes": attributes },
+        "initialTwin": { "desiredProperties": { "notes": "d".repeat(15_000) } },
+    }))
+    .unwrap();
+    let changed = w.service.change("dev-1", patch, None).await.unwrap();
+    assert_eq!(changed.record.asset.attributes.len(), 7);
+    assert!(!changed.record.live.truncated().is_empty(), "the cut shows");
+    assert!(serde_json::to_string(&changed.record).unwrap().len() <= 30 * 1024);
+}

@@ -471,3 +471,33 @@ async fn a_transient_storage_failure_still_fails_the_batch_so_it_is_delivered_ag
         "nothing set aside"
     );
 }
+
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_written_yet_fails_the_batch_and_one_refused_does_not() {
+    let w = world();
+    let letter = DeadLetter {
+        function: "f".into(),
+        key: "hub-1~0~7".into(),
+        reason: "no device".into(),
+        event: "{}".into(),
+        at: Stamp::now(),
+    };
+    w.journal.fail("dead_letter", 1);
+    assert!(w
+        .service
+        .record_events("f", Vec::new(), vec![letter.clone()])
+        .await
+        .is_err());
+    w.journal.fail_with(
+        "dead_letter",
+        1,
+        crate::storage::StoreError::Refused("HTTP 400 EntityTooLarge".into()),
+    );
+    let report = w
+        .service
+        .record_events("f", Vec::new(), vec![letter])
+        .await
+        .unwrap();
+    assert_eq!(report.dead_lettered, 1);
+    assert!(w.journal.dead_letters(10).await.unwrap().is_empty());
+}
