@@ -64,12 +64,17 @@ fn reported(r: &DeviceRecord) -> Value {
         return Value::Null;
     }
     let newest = r.live.reported.values().max_by(|a, b| a.at.cmp(&b.at));
-    json!({
+    let mut view = json!({
         "provisioningStatus": r.live.reported_status(),
         "properties": r.live.reported_properties(),
         "version": newest.map(|v| v.version),
         "updatedAt": newest.map(|v| &v.at),
-    })
+    });
+    let truncated = r.live.truncated();
+    if !truncated.is_empty() {
+        view["truncated"] = Value::Object(truncated);
+    }
+    view
 }
 
 /// A page of either view.

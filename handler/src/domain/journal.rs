@@ -50,6 +50,22 @@ pub struct DeadLetter {
     pub at: Stamp,
 }
 
+impl DeadLetter {
+    /// The letter with its copy of the event shortened until the whole letter fits one Table
+    /// Storage property ([`super::bounded::DEAD_LETTER_BYTES`]): a letter that cannot be stored
+    /// would stall the events behind it as surely as the event it describes.
+    pub fn fitted(mut self) -> Self {
+        loop {
+            let size = serde_json::to_string(&self).map_or(usize::MAX, |t| t.len());
+            if size <= super::bounded::DEAD_LETTER_BYTES || self.event.is_empty() {
+                return self;
+            }
+            let half = self.event.len() / 2;
+            self.event = super::bounded::prefix(&self.event, half).to_owned();
+        }
+    }
+}
+
 /// A status-change notification for the webhook, until it is accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,4 +79,25 @@ pub struct Notification {
     pub attempts: u32,
     /// Not before this time (unix milliseconds).
     pub next_attempt_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_of_an_escape_heavy_event_still_fits_one_property() {
+        let letter = DeadLetter {
+            function: "OnHubEvents".into(),
+            key: "hub-1~0~7".into(),
+            reason: "the device's record cannot be stored".into(),
+            // Every quote doubles when the letter is written as JSON.
+            event: "\"".repeat(16 * 1024),
+            at: Stamp::now(),
+        }
+        .fitted();
+        let size = serde_json::to_string(&letter).unwrap().len();
+        assert!(size <= super::super::bounded::DEAD_LETTER_BYTES, "{size}");
+        assert!(letter.event.len() >= 4 * 1024, "as much as fits is kept");
+    }
 }

@@ -46,6 +46,10 @@ pub struct ReportedValue {
     pub at: Stamp,
     /// On which hub.
     pub hub: String,
+    /// Set when the device reported more than a record keeps of one property: the size it
+    /// reported (bytes of JSON); `value` is then a cut of it (`super::bounded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated_from: Option<usize>,
 }
 
 impl ReportedValue {
@@ -153,11 +157,14 @@ impl Live {
             values.keys().map(String::as_str).collect()
         };
         for key in keys {
+            let (value, truncated_from) =
+                super::bounded::reported(values.get(key).unwrap_or(&Value::Null));
             let candidate = ReportedValue {
-                value: values.get(key).cloned().unwrap_or(Value::Null),
+                value,
                 version,
                 at: event.at.clone(),
                 hub: event.hub.clone(),
+                truncated_from,
             };
             let newer = self
                 .reported
@@ -189,6 +196,14 @@ impl Live {
             .iter()
             .filter(|(_, v)| !v.value.is_null())
             .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect()
+    }
+
+    /// The kept reported properties that were cut to fit, with the size the device reported.
+    pub fn truncated(&self) -> Map<String, Value> {
+        self.reported
+            .iter()
+            .filter_map(|(k, v)| v.truncated_from.map(|size| (k.clone(), Value::from(size))))
             .collect()
     }
 
@@ -312,6 +327,33 @@ pub(crate) mod tests {
         }
         let mut again = expected.clone();
         assert!(!again.apply(&events[3]), "a repeated event changes nothing");
+    }
+
+    #[test]
+    fn a_report_larger_than_a_record_keeps_is_cut_and_marked() {
+        let huge = json!({ "log": "x".repeat(30_000), "state": "degraded" });
+        let report = Change::Twin {
+            reported: Some((
+                json!({ "status": huge, "firmware": "1.2" })
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+                7,
+            )),
+            replaced: false,
+        };
+        let mut live = Live::default();
+        assert!(live.apply(&event("hub-1", 1, 1, report.clone())));
+        let kept = &live.reported["status"];
+        assert!(super::super::bounded::json_len(&kept.value) <= 4096);
+        assert_eq!(kept.value["state"], "degraded");
+        assert_eq!(live.truncated().keys().collect::<Vec<_>>(), ["status"]);
+        assert!(live.truncated()["status"].as_u64().unwrap() > 30_000);
+        assert_eq!(live.reported["firmware"].truncated_from, None);
+        assert!(
+            !live.apply(&event("hub-1", 1, 1, report)),
+            "the same report again changes nothing"
+        );
     }
 
     #[test]

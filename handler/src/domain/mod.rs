@@ -1,6 +1,7 @@
-//! The registry's domain: validated identifiers, the device record, and what IoT Hub's events
-//! tell about it.
+//! The registry's domain: validated identifiers, the device record, what IoT Hub's events
+//! tell about it, and the bounds on what it keeps of device data (`bounded`).
 
+pub mod bounded;
 pub mod events;
 pub mod ids;
 pub mod journal;

@@ -1,6 +1,7 @@
 //! The registry's record of one device: who owns it, what it is, how it is enrolled, where it
 //! registered. Stored as one row; the API shows it in two views (enrollment and device).
 
+use super::bounded;
 use super::ids::{CustomerId, DeviceId, HubName, RegistrationId};
 use super::live::Live;
 use serde::{Deserialize, Serialize};
@@ -226,6 +227,35 @@ impl DeviceRecord {
             .and_then(|hub| self.live.connections.get(hub))
     }
 
+    /// Cuts the largest kept reported values until the record fits [`bounded::RECORD_BYTES`];
+    /// false if it still does not (its enrolled parts alone are too large: storage will refuse
+    /// it, and the events that would change it are set aside). Enrollment limits keep that from
+    /// happening, so the cut depends on the whole record only in a record near the limit.
+    pub fn fit_storage(&mut self) -> bool {
+        // Each round halves one value; values of a few bytes stop it, so it ends.
+        for _ in 0..64 {
+            let size = serde_json::to_string(self).map_or(usize::MAX, |t| t.len());
+            if size <= bounded::RECORD_BYTES {
+                return true;
+            }
+            let largest = self
+                .live
+                .reported
+                .values_mut()
+                .map(|v| (bounded::json_len(&v.value), v))
+                .max_by_key(|(size, _)| *size);
+            let Some((size, value)) = largest else {
+                return false;
+            };
+            let Some(cut) = bounded::shrink(&value.value, size / 2).filter(|_| size >= 16) else {
+                return false;
+            };
+            value.truncated_from = value.truncated_from.or(Some(size));
+            value.value = cut;
+        }
+        false
+    }
+
     /// The secondary index entries the record belongs to: `(kind, value)`.
     pub fn index_entries(&self) -> Vec<(IndexKind, String)> {
         let mut entries = vec![
@@ -378,6 +408,38 @@ pub(crate) mod tests {
         assert_eq!(record.status(), Status::Disabled);
         record.sync = DpsSync::PendingDelete;
         assert_eq!(record.status(), Status::Deleting);
+    }
+
+    #[test]
+    fn a_record_near_the_limit_cuts_its_reported_values_to_fit() {
+        use crate::domain::events::Stamp;
+        use crate::domain::live::ReportedValue;
+        let mut record = sample("d1");
+        record
+            .asset
+            .attributes
+            .insert("notes".into(), "n".repeat(26 * 1024));
+        for key in ["status", "provisioning"] {
+            record.live.reported.insert(
+                key.into(),
+                ReportedValue {
+                    value: serde_json::json!({ "detail": "v".repeat(4000) }),
+                    version: 1,
+                    at: Stamp::now(),
+                    hub: "hub-1".into(),
+                    truncated_from: None,
+                },
+            );
+        }
+        assert!(record.fit_storage());
+        assert!(serde_json::to_string(&record).unwrap().len() <= bounded::RECORD_BYTES);
+        assert!(!record.live.truncated().is_empty(), "the cut is marked");
+        // Enrolled data alone beyond the limit cannot be fitted.
+        record
+            .asset
+            .attributes
+            .insert("more".into(), "m".repeat(8 * 1024));
+        assert!(!record.fit_storage());
     }
 
     #[test]

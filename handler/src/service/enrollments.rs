@@ -427,6 +427,9 @@ impl Service {
             return Ok(stored);
         }
         record.updated_at = now();
+        // A larger twin or asset leaves less room for what the device reported: cut that, so a
+        // valid change is never refused by storage.
+        record.fit_storage();
         if !dps_fields_differ(&record, &stored.record) {
             let etag = self.store.replace(&stored, &record).await?;
             return Ok(Stored { record, etag });

@@ -5,13 +5,14 @@
 //! host may deliver a batch twice or batches in any order.
 
 use super::{Service, ServiceError};
+use crate::domain::bounded;
 use crate::domain::events::{Change, HubEvent, Stamp};
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Status};
 use crate::storage::StoreError;
 use crate::storage::Stored;
 use futures_util::stream::{self, StreamExt};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -59,7 +60,9 @@ impl RecordCache {
 
 /// Devices of one batch written at once.
 const DEVICE_CONCURRENCY: usize = 16;
-/// Attempts at a record's etag-guarded write before the batch fails (and is redelivered).
+/// Attempts at a record's etag-guarded write before the batch fails (and is redelivered): for
+/// writers racing on one record, never for a write storage refuses (see
+/// [`Service::record_device_or_set_aside`]).
 const WRITE_ATTEMPTS: usize = 8;
 
 /// What a batch did.
@@ -71,17 +74,40 @@ pub struct BatchReport {
     pub changed: usize,
     /// Events for devices the registry does not know (not enrolled through it, or deleted).
     pub unknown: usize,
-    /// Events set aside as malformed.
+    /// Events set aside: malformed, or refused by storage for what they are.
     pub dead_lettered: usize,
     /// Notifications queued.
     pub notified: usize,
 }
 
 /// What one device's events did.
+#[derive(Debug, Clone, Copy)]
 enum Outcome {
     Unknown,
     Unchanged,
     Changed { notified: bool },
+}
+
+impl Outcome {
+    /// What two parts of a device's events did together.
+    fn or(self, other: Outcome) -> Outcome {
+        match (self, other) {
+            (Outcome::Changed { notified: a }, Outcome::Changed { notified: b }) => {
+                Outcome::Changed { notified: a || b }
+            }
+            (changed @ Outcome::Changed { .. }, _) | (_, changed @ Outcome::Changed { .. }) => {
+                changed
+            }
+            (Outcome::Unknown, _) | (_, Outcome::Unknown) => Outcome::Unknown,
+            _ => Outcome::Unchanged,
+        }
+    }
+}
+
+/// A device's events recorded, and those set aside as never recordable.
+struct Recorded {
+    outcome: Outcome,
+    set_aside: Vec<DeadLetter>,
 }
 
 /// The provisioning status a notification reports: the registry's status and what the device
@@ -153,16 +179,77 @@ fn timeline(record: &DeviceRecord, events: &[HubEvent]) -> Vec<HistoryEntry> {
                 reported: Some((values, version)),
                 ..
             } if !values.is_empty() => {
-                let mut detail = json!({ "version": version, "properties": values });
-                if let Some(status) = values.get("provisioning").and_then(|p| p.get("status")) {
-                    detail["provisioningStatus"] = status.clone();
-                }
-                entries.push(entry("reported", Some(detail)));
+                entries.push(entry("reported", Some(report_detail(values, *version))))
             }
             Change::Twin { .. } | Change::Telemetry => {}
         }
     }
     entries
+}
+
+/// What a history entry keeps of a report: the kept properties cut as the record cuts them
+/// (`domain::bounded`), and which were cut, with the size the device reported.
+fn report_detail(values: &Map<String, Value>, version: u64) -> Value {
+    let mut properties = Map::new();
+    let mut truncated = Map::new();
+    for (key, value) in values {
+        let (kept, original) = bounded::reported(value);
+        if let Some(size) = original {
+            truncated.insert(key.clone(), Value::from(size));
+        }
+        properties.insert(key.clone(), kept);
+    }
+    let mut detail = json!({ "version": version });
+    if let Some(status) = properties.get("provisioning").and_then(|p| p.get("status")) {
+        detail["provisioningStatus"] = status.clone();
+    }
+    detail["properties"] = Value::Object(properties);
+    if !truncated.is_empty() {
+        detail["truncated"] = Value::Object(truncated);
+    }
+    detail
+}
+
+/// A dead letter's account of an event the registry could not record: where it sits, what it
+/// is, and the kept properties it reported, cut as a record cuts them.
+fn dead_letter_of(function: &str, event: &HubEvent, reason: &str) -> DeadLetter {
+    let (kind, reported) = match &event.change {
+        Change::Created { reported } => ("createDeviceIdentity", reported.as_ref()),
+        Change::Deleted => ("deleteDeviceIdentity", None),
+        Change::Twin { reported, .. } => ("updateTwin", reported.as_ref()),
+        Change::Connected(_) => ("deviceConnected", None),
+        Change::Disconnected(_) => ("deviceDisconnected", None),
+        Change::Telemetry => ("telemetry", None),
+    };
+    let mut described = json!({
+        "deviceId": event.device_id,
+        "hub": event.hub,
+        "kind": kind,
+        "at": event.at,
+        "enqueuedAt": event.enqueued,
+    });
+    if let Some((values, version)) = reported {
+        described["reported"] = report_detail(values, *version);
+    }
+    DeadLetter {
+        function: function.to_owned(),
+        key: event.key.to_string(),
+        reason: reason.to_owned(),
+        event: described.to_string(),
+        at: Stamp::now(),
+    }
+}
+
+/// Whether an error from recording a device's events will come back however often they are
+/// delivered: storage refused the write (or cannot read the record) for what it is.
+fn is_permanent(error: &ServiceError) -> bool {
+    matches!(
+        error,
+        ServiceError::BadGateway {
+            service: super::Upstream::Storage,
+            ..
+        }
+    )
 }
 
 impl Service {
@@ -181,7 +268,7 @@ impl Service {
         };
         for letter in &malformed {
             tracing::warn!(function, event = %letter.key, reason = %letter.reason, "an event was set aside as malformed");
-            self.journal.dead_letter(letter).await?;
+            self.set_aside(function, letter).await?;
         }
         let mut by_device: BTreeMap<String, Vec<HubEvent>> = BTreeMap::new();
         for event in events {
@@ -190,9 +277,13 @@ impl Service {
                 .or_default()
                 .push(event);
         }
-        let outcomes: Vec<(usize, Result<Outcome, ServiceError>)> = stream::iter(by_device)
+        let outcomes: Vec<(usize, Result<Recorded, ServiceError>)> = stream::iter(by_device)
             .map(|(device_id, events)| async move {
-                (events.len(), self.record_device(&device_id, &events).await)
+                (
+                    events.len(),
+                    self.record_device_or_set_aside(function, &device_id, &events)
+                        .await,
+                )
             })
             .buffer_unordered(DEVICE_CONCURRENCY)
             .collect()
@@ -200,11 +291,21 @@ impl Service {
         let mut first_error = None;
         for (count, outcome) in outcomes {
             match outcome {
-                Ok(Outcome::Unknown) => report.unknown += count,
-                Ok(Outcome::Unchanged) => {}
-                Ok(Outcome::Changed { notified }) => {
-                    report.changed += 1;
-                    report.notified += usize::from(notified);
+                Ok(Recorded { outcome, set_aside }) => {
+                    for letter in &set_aside {
+                        if let Err(error) = self.set_aside(function, letter).await {
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                    report.dead_lettered += set_aside.len();
+                    match outcome {
+                        Outcome::Unknown => report.unknown += count,
+                        Outcome::Unchanged => {}
+                        Outcome::Changed { notified } => {
+                            report.changed += 1;
+                            report.notified += usize::from(notified);
+                        }
+                    }
                 }
                 Err(error) => {
                     first_error.get_or_insert(error);
@@ -218,6 +319,74 @@ impl Service {
             Some(error) => Err(error),
             None => Ok(report),
         }
+    }
+
+    /// Writes a dead letter. A transient failure fails the batch (it comes again, and so does
+    /// the letter); a letter refused for what it is is logged and dropped, since failing the
+    /// batch for it would stall the partition as surely as the event it describes.
+    async fn set_aside(&self, function: &str, letter: &DeadLetter) -> Result<(), ServiceError> {
+        match self.journal.dead_letter(letter).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_permanent() => {
+                tracing::error!(function, event = %letter.key, reason = %letter.reason, %error, "an event set aside could not be kept in the dead-letter table; it is dropped");
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Records a device's events; if storage refuses them for what they are, tries each event on
+    /// its own (so one poison event does not take the device's others with it) and sets aside
+    /// those refused alone, with the reason. Bounded: one attempt for the events together, one
+    /// per event; transient failures fail the batch instead (it is delivered again).
+    async fn record_device_or_set_aside(
+        &self,
+        function: &str,
+        device_id: &str,
+        events: &[HubEvent],
+    ) -> Result<Recorded, ServiceError> {
+        let first = match self.record_device(device_id, events).await {
+            Ok(outcome) => {
+                return Ok(Recorded {
+                    outcome,
+                    set_aside: Vec::new(),
+                })
+            }
+            Err(error) if is_permanent(&error) => error,
+            Err(error) => return Err(error),
+        };
+        let mut recorded = Recorded {
+            outcome: Outcome::Unchanged,
+            set_aside: Vec::new(),
+        };
+        for event in events {
+            let alone = if events.len() == 1 {
+                Err(first.clone())
+            } else {
+                self.record_device(device_id, std::slice::from_ref(event))
+                    .await
+            };
+            match alone {
+                Ok(outcome) => recorded.outcome = recorded.outcome.or(outcome),
+                Err(error) if is_permanent(&error) => {
+                    let detail = match &error {
+                        ServiceError::BadGateway { detail, .. } => detail.clone(),
+                        other => other.to_string(),
+                    };
+                    let reason = if detail.contains("unreadable") {
+                        format!("the device's stored record cannot be read ({detail}); retrying cannot help")
+                    } else {
+                        format!("Table Storage refuses the device's record with this event applied ({detail}); retrying cannot help")
+                    };
+                    tracing::warn!(function, device.id = %device_id, event = %event.key, %reason, "an event that cannot be recorded was set aside");
+                    recorded
+                        .set_aside
+                        .push(dead_letter_of(function, event, &reason));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(recorded)
     }
 
     async fn record_device(
@@ -270,6 +439,9 @@ impl Service {
                 notified = true;
             }
             record.updated_at = crate::domain::now();
+            if !record.fit_storage() {
+                tracing::warn!(device.id = %device_id, "a record is beyond Table Storage's limits even without its reported properties");
+            }
             let entries = timeline(&stored.record, events);
             match self
                 .store

@@ -158,6 +158,12 @@ impl From<StoreError> for ServiceError {
                 service: Upstream::Storage,
                 detail,
             },
+            // Nothing the client can retry into success, and nothing it sent wrong (requests are
+            // bounded before they are stored): an operator's matter.
+            StoreError::Refused(detail) => Self::BadGateway {
+                service: Upstream::Storage,
+                detail,
+            },
         }
     }
 }

@@ -261,6 +261,9 @@ impl Service {
             // Only the check time changed; not worth a write per record per pass.
             return Ok(None);
         }
+        // The hub's reported properties are bounded as events bound them; a record near the
+        // limit may need them cut further.
+        record.fit_storage();
         match self.store.replace(&stored, &record).await {
             Ok(_) => {}
             // Events changed it meanwhile; the next pass looks again.

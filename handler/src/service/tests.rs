@@ -1,5 +1,7 @@
-//! The service layer over in-memory storage and cloud fakes, with failures injected at every
-//! step of the DPS/registry protocol.
+//! The service layer over in-memory storage and cloud fakes, with a failure injected into each
+//! DPS call (create, bulk create, update, delete, key read, registration read and delete), the
+//! hub identity delete and each table write (insert, replace, delete, history) of the
+//! DPS/registry protocol.
 
 use super::devices::CommandRequest;
 use super::enrollments::{EnrollmentPatch, NewEnrollment};
@@ -429,4 +431,216 @@ async fn an_import_whose_dps_calls_fail_can_simply_be_run_again() {
         .all()
         .iter()
         .all(|s| s.record.sync == DpsSync::Complete));
+}
+
+/// An enrolled device that registered on HUB and has its identity there.
+async fn registered(w: &World, id: &str) {
+    w.service.enroll(request(id)).await.unwrap();
+    w.dps.register(id, HUB);
+    w.hubs.add_device(HUB, id, false);
+}
+
+/// Whether the device is gone everywhere: record, enrollment, registration, hub identity.
+async fn gone_everywhere(w: &World, id: &str) -> bool {
+    record(w, id).await.is_none()
+        && !w.dps.has(id)
+        && w.dps.registration(id).await.unwrap().is_none()
+        && !w.hubs.has_device(HUB, id)
+}
+
+#[tokio::test]
+async fn a_failed_dps_delete_leaves_the_device_whole_and_marked_until_repair_removes_it() {
+    let w = world();
+    registered(&w, "dev-1").await;
+    w.dps.faults.fail("delete", 1);
+    let error = w.service.remove("dev-1", None).await.unwrap_err();
+    assert!(unavailable(&error, Upstream::Dps), "{error:?}");
+    assert!(w.dps.has("dev-1"), "the enrollment is still there");
+    assert!(
+        w.hubs.has_device(HUB, "dev-1"),
+        "nothing after it was touched"
+    );
+    assert!(w.dps.registration("dev-1").await.unwrap().is_some());
+    assert_eq!(
+        record(&w, "dev-1").await.unwrap().record.status(),
+        Status::Deleting
+    );
+    assert_eq!(w.service.repair_pending(100).await.unwrap().repaired, 1);
+    assert!(gone_everywhere(&w, "dev-1").await);
+}
+
+#[tokio::test]
+async fn a_failed_registration_delete_keeps_the_hub_known_and_the_clients_retry_finishes() {
+    let w = world();
+    registered(&w, "dev-1").await;
+    w.dps.faults.fail("delete_registration", 1);
+    let error = w.service.remove("dev-1", None).await.unwrap_err();
+    assert!(unavailable(&error, Upstream::Dps), "{error:?}");
+    assert!(!w.dps.has("dev-1") && !w.hubs.has_device(HUB, "dev-1"));
+    assert_eq!(
+        w.dps
+            .registration("dev-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .assigned_hub
+            .as_deref(),
+        Some(HUB),
+        "the registration, which names the hub, goes last"
+    );
+    assert_eq!(
+        record(&w, "dev-1").await.unwrap().record.status(),
+        Status::Deleting
+    );
+    w.service.remove("dev-1", None).await.unwrap();
+    assert!(gone_everywhere(&w, "dev-1").await);
+}
+
+#[tokio::test]
+async fn a_failed_registration_read_stops_a_delete_before_it_changes_anything_in_dps() {
+    let w = world();
+    registered(&w, "dev-1").await;
+    w.dps.faults.fail("registration", 1);
+    let error = w.service.remove("dev-1", None).await.unwrap_err();
+    assert!(unavailable(&error, Upstream::Dps), "{error:?}");
+    assert!(w.dps.has("dev-1") && w.hubs.has_device(HUB, "dev-1"));
+    assert_eq!(
+        record(&w, "dev-1").await.unwrap().record.status(),
+        Status::Deleting
+    );
+    w.service.repair_pending(100).await.unwrap();
+    assert!(gone_everywhere(&w, "dev-1").await);
+}
+
+#[tokio::test]
+async fn a_failed_registration_read_answers_the_record_as_stored_and_the_next_read_learns_it() {
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    w.dps.register("dev-1", HUB);
+    let stored = record(&w, "dev-1").await.unwrap();
+    let mut aged = stored.record.clone();
+    aged.registration_checked_at = Some("2020-01-01T00:00:00Z".into());
+    w.store.replace(&stored, &aged).await.unwrap();
+    let before = record(&w, "dev-1").await.unwrap();
+    w.dps.faults.fail("registration", 1);
+    let read = w.service.device("dev-1", false).await.unwrap();
+    assert_eq!(read.record.status(), Status::Enrolled, "as stored");
+    assert_eq!(
+        record(&w, "dev-1").await.unwrap(),
+        before,
+        "nothing written"
+    );
+    let read = w.service.device("dev-1", false).await.unwrap();
+    assert_eq!(read.record.status(), Status::Assigned);
+}
+
+#[tokio::test]
+async fn a_failed_key_read_answers_unavailable_and_changes_neither_record_nor_key() {
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    let before = record(&w, "dev-1").await.unwrap();
+    let key = w.dps.enrollment("dev-1").unwrap().key;
+    w.dps.faults.fail("primary_key", 1);
+    let error = w.service.provisioning_code("dev-1").await.err().unwrap();
+    assert!(unavailable(&error, Upstream::Dps), "{error:?}");
+    assert_eq!(record(&w, "dev-1").await.unwrap(), before);
+    let answer = w.service.provisioning_code("dev-1").await.unwrap();
+    let code = iot_credentials::ProvisioningCode::parse(&answer.code.expose()).unwrap();
+    assert_eq!(code.device_key, key, "the retry carries the same key");
+}
+
+#[tokio::test]
+async fn a_failed_record_insert_leaves_no_record_and_no_dps_enrollment() {
+    let w = world();
+    w.store.fail("insert", 1);
+    let error = w.service.enroll(request("dev-1")).await.unwrap_err();
+    assert!(unavailable(&error, Upstream::Storage), "{error:?}");
+    assert!(record(&w, "dev-1").await.is_none());
+    assert!(
+        !w.dps.has("dev-1"),
+        "DPS is not called before the record exists"
+    );
+    let stored = w.service.enroll(request("dev-1")).await.unwrap();
+    assert_eq!(stored.record.sync, DpsSync::Complete);
+    assert!(w.dps.has("dev-1"));
+}
+
+#[tokio::test]
+async fn a_failed_record_delete_leaves_a_marked_record_that_repair_or_a_new_enrollment_finishes() {
+    for finish_by_enrolling_again in [false, true] {
+        let w = world();
+        registered(&w, "dev-1").await;
+        w.store.fail("delete", 1);
+        let error = w.service.remove("dev-1", None).await.unwrap_err();
+        assert!(unavailable(&error, Upstream::Storage), "{error:?}");
+        assert!(!w.dps.has("dev-1") && !w.hubs.has_device(HUB, "dev-1"));
+        assert!(w.dps.registration("dev-1").await.unwrap().is_none());
+        assert_eq!(
+            record(&w, "dev-1").await.unwrap().record.status(),
+            Status::Deleting,
+            "the record says the device is being deleted"
+        );
+        if finish_by_enrolling_again {
+            let stored = w.service.enroll(request("dev-1")).await.unwrap();
+            assert_eq!(stored.record.status(), Status::Enrolled);
+            assert!(w.dps.has("dev-1"));
+        } else {
+            w.service.repair_pending(100).await.unwrap();
+            assert!(gone_everywhere(&w, "dev-1").await);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_history_write_does_not_fail_the_enrollment() {
+    let w = world();
+    w.store.fail("history", 1);
+    let stored = w.service.enroll(request("dev-1")).await.unwrap();
+    assert_eq!(stored.record.sync, DpsSync::Complete);
+    assert!(w.dps.has("dev-1"));
+    let (history, _) = w.service.history("dev-1", 10, None).await.unwrap();
+    assert!(
+        history.is_empty(),
+        "the entry is lost, the enrollment is not"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_change_to_a_record_full_of_reports_cuts_the_reports_rather_than_failing() {
+    use crate::domain::events::Stamp;
+    use crate::domain::live::ReportedValue;
+    let w = world();
+    w.service.enroll(request("dev-1")).await.unwrap();
+    let stored = record(&w, "dev-1").await.unwrap();
+    let mut full = stored.record.clone();
+    for key in [
+        "provisioning",
+        "firmware",
+        "status",
+        "acknowledgedDesiredVersion",
+    ] {
+        full.live.reported.insert(
+            key.into(),
+            ReportedValue {
+                value: json!({ "detail": "r".repeat(4000) }),
+                version: 1,
+                at: Stamp::now(),
+                hub: HUB.into(),
+                truncated_from: None,
+            },
+        );
+    }
+    w.store.replace(&stored, &full).await.unwrap();
+    let attributes: serde_json::Map<String, serde_json::Value> = (0..7)
+        .map(|n| (format!("a{n}"), json!("a".repeat(1000))))
+        .collect();
+    let patch: EnrollmentPatch = serde_json::from_value(json!({
+        "asset": { "attributes": attributes },
+        "initialTwin": { "desiredProperties": { "notes": "d".repeat(15_000) } },
+    }))
+    .unwrap();
+    let changed = w.service.change("dev-1", patch, None).await.unwrap();
+    assert_eq!(changed.record.asset.attributes.len(), 7);
+    assert!(!changed.record.live.truncated().is_empty(), "the cut shows");
+    assert!(serde_json::to_string(&changed.record).unwrap().len() <= 30 * 1024);
 }

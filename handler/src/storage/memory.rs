@@ -1,7 +1,7 @@
 //! An in-memory [`Registry`] with the same semantics as Table Storage (etags, conflicts, paging),
 //! for unit tests of the logic above it.
 
-use super::{decode_token, encode_token, Journal, Page, Registry, StoreError, Stored};
+use super::{decode_token, encode_token, limits, Journal, Page, Registry, StoreError, Stored};
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, RegistrationId};
 use async_trait::async_trait;
@@ -12,35 +12,48 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct MemoryRegistry {
     records: Mutex<BTreeMap<String, Stored>>,
-    /// Injected failures of `insert`, `replace`, `delete`, `history`.
+    /// Injected failures of `insert`, `replace` (and so `replace_with_history`), `delete`,
+    /// `history` (`add_history`).
     faults: Faults,
     /// History entries by (device id, entry key).
     history: Mutex<BTreeMap<(String, String), HistoryEntry>>,
 }
 
-/// Failures to inject: operation name → how many of the next calls fail as unavailable.
+/// Failures to inject: operation name → how many of the next calls fail, and with what.
 #[derive(Default)]
-struct Faults(Mutex<BTreeMap<&'static str, u32>>);
+struct Faults(Mutex<BTreeMap<&'static str, (u32, StoreError)>>);
 
 impl Faults {
-    fn fail(&self, operation: &'static str, times: u32) {
+    fn fail(&self, operation: &'static str, times: u32, error: StoreError) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(operation, times);
+            .insert(operation, (times, error));
     }
 
     fn check(&self, operation: &'static str) -> Result<(), StoreError> {
         let mut faults = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match faults.get_mut(operation) {
-            Some(left) if *left > 0 => {
+            Some((left, error)) if *left > 0 => {
                 *left -= 1;
-                Err(StoreError::Unavailable(format!(
-                    "injected failure of {operation}"
-                )))
+                Err(error.clone())
             }
             _ => Ok(()),
         }
+    }
+}
+
+fn injected(operation: &'static str) -> StoreError {
+    StoreError::Unavailable(format!("injected failure of {operation}"))
+}
+
+/// Refuses a document Table Storage would refuse: one string property holds it (`Data`).
+fn check_size<T: serde::Serialize>(document: &T) -> Result<(), StoreError> {
+    let text = serde_json::to_string(document).map_err(|e| StoreError::Refused(e.to_string()))?;
+    if limits::fits_string(&text) {
+        Ok(())
+    } else {
+        Err(StoreError::Refused("HTTP 400 PropertyValueTooLarge".into()))
     }
 }
 
@@ -51,7 +64,12 @@ fn new_etag() -> String {
 impl MemoryRegistry {
     /// Makes the next `times` calls of `operation` fail as unavailable (for failure tests).
     pub fn fail(&self, operation: &'static str, times: u32) {
-        self.faults.fail(operation, times);
+        self.faults.fail(operation, times, injected(operation));
+    }
+
+    /// Makes the next `times` calls of `operation` fail with `error`.
+    pub fn fail_with(&self, operation: &'static str, times: u32, error: StoreError) {
+        self.faults.fail(operation, times, error);
     }
 
     fn check(&self, operation: &'static str) -> Result<(), StoreError> {
@@ -84,6 +102,7 @@ impl Registry for MemoryRegistry {
 
     async fn insert(&self, record: &DeviceRecord) -> Result<String, StoreError> {
         self.check("insert")?;
+        check_size(record)?;
         let mut records = self.lock();
         let key = record.registration_id.key();
         // Device ids are unique, as the Table Storage registry's alias rows make them.
@@ -111,6 +130,7 @@ impl Registry for MemoryRegistry {
         record: &DeviceRecord,
     ) -> Result<String, StoreError> {
         self.check("replace")?;
+        check_size(record)?;
         let mut records = self.lock();
         let key = record.registration_id.key();
         match records.get(&key) {
@@ -185,6 +205,9 @@ impl Registry for MemoryRegistry {
         record: &DeviceRecord,
         history: &[HistoryEntry],
     ) -> Result<String, StoreError> {
+        for entry in history {
+            check_size(entry)?;
+        }
         let etag = self.replace(previous, record).await?;
         let mut entries = self.history.lock().unwrap_or_else(|p| p.into_inner());
         for entry in history {
@@ -199,6 +222,9 @@ impl Registry for MemoryRegistry {
         entries: &[HistoryEntry],
     ) -> Result<(), StoreError> {
         self.check("history")?;
+        for entry in entries {
+            check_size(entry)?;
+        }
         let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
             history
@@ -253,7 +279,12 @@ pub struct MemoryJournal {
 impl MemoryJournal {
     /// Makes the next `times` calls of `operation` fail as unavailable (for failure tests).
     pub fn fail(&self, operation: &'static str, times: u32) {
-        self.faults.fail(operation, times);
+        self.faults.fail(operation, times, injected(operation));
+    }
+
+    /// Makes the next `times` calls of `operation` fail with `error`.
+    pub fn fail_with(&self, operation: &'static str, times: u32, error: StoreError) {
+        self.faults.fail(operation, times, error);
     }
 
     fn check(&self, operation: &'static str) -> Result<(), StoreError> {
@@ -275,10 +306,12 @@ impl MemoryJournal {
 impl Journal for MemoryJournal {
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         self.check("dead_letter")?;
+        let letter = letter.clone().fitted();
+        check_size(&letter)?;
         self.dead
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(letter.clone());
+            .push(letter);
         Ok(())
     }
 

@@ -43,9 +43,83 @@ pub enum StoreError {
     /// A continuation token this store did not issue.
     #[error("the continuation token is not valid")]
     BadContinuation,
-    /// Storage cannot be reached or refused the request; retrying later may help.
+    /// Storage cannot be reached, is busy or failing, or does not let us in yet: transient,
+    /// retrying later may help (see [`Failure::of_status`]).
     #[error("storage is unavailable: {0}")]
     Unavailable(String),
+    /// Storage refused this request for what it is (too large, malformed), or a stored row
+    /// cannot be read: permanent, the same request fails the same way however often it is sent.
+    #[error("storage refused the request: {0}")]
+    Refused(String),
+}
+
+impl StoreError {
+    /// Whether sending the same request again can never succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::Refused(_))
+    }
+}
+
+/// Whether a failed storage call is worth repeating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Later, the same request may succeed.
+    Transient,
+    /// The request itself is the problem.
+    Permanent,
+}
+
+impl Failure {
+    /// Classifies an HTTP status of Table Storage; the one place that decides.
+    ///
+    /// Table Storage answers a request it will never accept with 400 (`PropertyValueTooLarge`,
+    /// `EntityTooLarge`, `TooManyProperties`, `InvalidInput`, `InvalidValueType`, …), 405, 413
+    /// (`RequestBodyTooLarge`), 415 or 501; it answers 500 `InternalError`/`OperationTimedOut`
+    /// and 503 `ServerBusy` when it is the one failing (azure-rest-api-specs
+    /// docs-ref-conceptual/storageservices/Table-Service-Error-Codes.md and
+    /// Common-REST-API-Error-Codes.md). 408, 429 and the gateway errors are timing, so
+    /// transient. 401 and 403 are transient too on purpose: a missing role assignment or a key
+    /// being rotated is fixed by an operator, not by the request, and events must wait for that
+    /// fix rather than be set aside. 404, 409 and 412 mean something at each call site and are
+    /// handled there; reaching here they are races (a table being created or deleted), so
+    /// transient.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            400 | 405 | 406 | 411 | 413 | 414 | 415 | 416 | 417 | 422 | 431 | 501 | 505 => {
+                Failure::Permanent
+            }
+            _ => Failure::Transient,
+        }
+    }
+
+    /// The error for a failed call with this class.
+    pub fn error(self, detail: String) -> StoreError {
+        match self {
+            Failure::Transient => StoreError::Unavailable(detail),
+            Failure::Permanent => StoreError::Refused(detail),
+        }
+    }
+}
+
+/// Table Storage's limits on one entity ("Property Limitations" and "Property Types" in
+/// azure-rest-api-specs docs-ref-conceptual/storageservices/Understanding-the-Table-Service-Data-Model.md;
+/// MicrosoftDocs/azure-docs includes/storage-tables-scale-targets.md). Azurite enforces the first
+/// two (its TableHandler `checkProperties` and `checkEntityLimit`).
+pub mod limits {
+    /// A string property holds at most this many UTF-16 code units (64 KiB).
+    pub const STRING_UNITS: usize = 32 * 1024;
+    /// A binary property holds at most this many bytes.
+    pub const BINARY_BYTES: usize = 64 * 1024;
+    /// All of an entity's properties together.
+    pub const ENTITY_BYTES: usize = 1024 * 1024;
+    /// Properties an entity may have besides PartitionKey, RowKey and Timestamp.
+    pub const PROPERTIES: usize = 252;
+
+    /// Whether `text` fits one string property.
+    pub fn fits_string(text: &str) -> bool {
+        // UTF-8 never has fewer bytes than UTF-16 has code units: most texts need no count.
+        text.len() <= STRING_UNITS || text.encode_utf16().count() <= STRING_UNITS
+    }
 }
 
 /// The device records.
@@ -136,4 +210,34 @@ pub(crate) fn decode_token(token: &str) -> Result<serde_json::Value, StoreError>
         .decode(token.trim())
         .map_err(|_| StoreError::BadContinuation)?;
     serde_json::from_slice(&bytes).map_err(|_| StoreError::BadContinuation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{limits, Failure, StoreError};
+
+    #[test]
+    fn what_a_retry_cannot_fix_is_permanent_and_the_rest_transient() {
+        for status in [400, 405, 411, 413, 415, 501] {
+            assert_eq!(Failure::of_status(status), Failure::Permanent, "{status}");
+        }
+        for status in [401, 403, 404, 408, 409, 412, 429, 500, 502, 503, 504] {
+            assert_eq!(Failure::of_status(status), Failure::Transient, "{status}");
+        }
+        assert!(Failure::of_status(413).error("x".into()).is_permanent());
+        assert!(!Failure::of_status(503).error("x".into()).is_permanent());
+        assert!(!StoreError::PreconditionFailed.is_permanent());
+    }
+
+    #[test]
+    fn string_limits_count_utf16_units_not_bytes() {
+        assert!(limits::fits_string(&"a".repeat(limits::STRING_UNITS)));
+        assert!(!limits::fits_string(&"a".repeat(limits::STRING_UNITS + 1)));
+        // Three UTF-8 bytes, one UTF-16 unit: fits though its bytes do not.
+        assert!(limits::fits_string(&"€".repeat(limits::STRING_UNITS)));
+        // Four UTF-8 bytes, two UTF-16 units.
+        assert!(!limits::fits_string(
+            &"😀".repeat(limits::STRING_UNITS / 2 + 1)
+        ));
+    }
 }

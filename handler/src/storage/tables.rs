@@ -18,7 +18,9 @@
 //! and delete the ones that no longer match.
 
 use super::identity::ManagedIdentityCredential;
-use super::{decode_token, encode_token, Journal, Page, Registry, StoreError, Stored};
+use super::{
+    decode_token, encode_token, limits, Failure, Journal, Page, Registry, StoreError, Stored,
+};
 use crate::config::StorageAccess;
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, IndexKind, RegistrationId};
@@ -95,17 +97,31 @@ fn status_of(error: &azure_core::Error) -> Option<u16> {
     error.as_http_error().map(|e| u16::from(e.status()))
 }
 
-fn unavailable(error: azure_core::Error) -> StoreError {
+/// A failed call as the registry reports it: transient or permanent by its HTTP status
+/// ([`Failure::of_status`]); without one (no connection, a timeout) transient.
+fn failed(error: azure_core::Error) -> StoreError {
     // The status and error code are enough to act on; the message may echo request details.
-    let detail = match error.as_http_error() {
-        Some(http) => format!(
-            "HTTP {} {}",
-            u16::from(http.status()),
-            http.error_code().unwrap_or_default()
-        ),
-        None => format!("{:?}", error.kind()),
-    };
-    StoreError::Unavailable(detail)
+    match error.as_http_error() {
+        Some(http) => {
+            let status = u16::from(http.status());
+            Failure::of_status(status).error(format!(
+                "HTTP {status} {}",
+                http.error_code().unwrap_or_default()
+            ))
+        }
+        None => StoreError::Unavailable(format!("{:?}", error.kind())),
+    }
+}
+
+/// Why Table Storage's limits refuse `data` as one string property, if they do.
+fn oversize(what: &str, data: &str) -> Option<String> {
+    (!limits::fits_string(data)).then(|| {
+        format!(
+            "{what} is {} UTF-16 characters, above the {} one property holds (PropertyValueTooLarge)",
+            data.encode_utf16().count(),
+            limits::STRING_UNITS
+        )
+    })
 }
 
 fn alias_key(device_id: &str) -> String {
@@ -120,7 +136,7 @@ fn row_of(record: &DeviceRecord) -> Result<RecordRow, StoreError> {
     Ok(RecordRow {
         partition_key: record.registration_id.key(),
         row_key: RECORD_ROW.into(),
-        data: serde_json::to_string(record).map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        data: serde_json::to_string(record).map_err(|e| StoreError::Refused(e.to_string()))?,
         customer_id: record.customer.id.as_str().to_owned(),
         status: record.status().as_str().to_owned(),
         hub: record
@@ -134,7 +150,7 @@ fn row_of(record: &DeviceRecord) -> Result<RecordRow, StoreError> {
 
 fn stored_of(row: RecordRow, etag: String) -> Result<Stored, StoreError> {
     let record = serde_json::from_str(&row.data)
-        .map_err(|e| StoreError::Unavailable(format!("a stored record is unreadable: {e}")))?;
+        .map_err(|e| StoreError::Refused(format!("a stored record is unreadable: {e}")))?;
     Ok(Stored { record, etag })
 }
 
@@ -212,7 +228,7 @@ impl TableRegistry {
                     match table.create().await {
                         Ok(_) => {}
                         Err(e) if status_of(&e) == Some(409) => {}
-                        Err(e) => return Err(unavailable(e)),
+                        Err(e) => return Err(failed(e)),
                     }
                 }
                 Ok(())
@@ -230,7 +246,7 @@ impl TableRegistry {
         match entity.get::<RecordRow>().await {
             Ok(response) => stored_of(response.entity, response.etag.to_string()).map(Some),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(failed(e)),
         }
     }
 
@@ -243,10 +259,10 @@ impl TableRegistry {
             .partition_key_client(partition)
             .entity_client(key)
             .insert_or_replace(&row)
-            .map_err(unavailable)?
+            .map_err(failed)?
             .await
             .map(|_| ())
-            .map_err(unavailable)
+            .map_err(failed)
     }
 
     async fn drop_index(&self, partition: String, key: &str) {
@@ -259,7 +275,7 @@ impl TableRegistry {
         if let Err(e) = outcome {
             if status_of(&e) != Some(404) {
                 // Harmless: listings skip and remove index rows that no longer match.
-                tracing::warn!(error = %unavailable(e), "a stale index row could not be removed");
+                tracing::warn!(error = %failed(e), "a stale index row could not be removed");
             }
         }
     }
@@ -279,14 +295,14 @@ impl TableRegistry {
         match self
             .aliases
             .insert::<_, serde_json::Value>(&alias)
-            .map_err(unavailable)?
+            .map_err(failed)?
             .await
         {
             Ok(_) => return Ok(()),
-            Err(e) if status_of(&e) != Some(409) => return Err(unavailable(e)),
+            Err(e) if status_of(&e) != Some(409) => return Err(failed(e)),
             Err(_) => {}
         }
-        let existing = client.get::<AliasRow>().await.map_err(unavailable)?;
+        let existing = client.get::<AliasRow>().await.map_err(failed)?;
         if existing.entity.registration_key == key {
             return Ok(());
         }
@@ -301,14 +317,14 @@ impl TableRegistry {
         }
         client
             .update(&alias, IfMatchCondition::Etag(existing.etag))
-            .map_err(unavailable)?
+            .map_err(failed)?
             .await
             .map(|_| ())
             .map_err(|e| {
                 if status_of(&e) == Some(412) {
                     StoreError::Conflict
                 } else {
-                    unavailable(e)
+                    failed(e)
                 }
             })
     }
@@ -337,7 +353,7 @@ impl Registry for TableRegistry {
         let key = match alias.get::<AliasRow>().await {
             Ok(response) => response.entity.registration_key,
             Err(e) if status_of(&e) == Some(404) => return Ok(None),
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(failed(e)),
         };
         // An alias left by a half-finished write may point at a record with another device id.
         Ok(self
@@ -360,12 +376,12 @@ impl Registry for TableRegistry {
         match self
             .devices
             .insert::<_, serde_json::Value>(&row)
-            .map_err(unavailable)?
+            .map_err(failed)?
             .await
         {
             Ok(response) => Ok(response.etag.to_string()),
             Err(e) if status_of(&e) == Some(409) => Err(StoreError::Conflict),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(failed(e)),
         }
     }
 
@@ -390,11 +406,11 @@ impl Registry for TableRegistry {
                 &row,
                 IfMatchCondition::Etag(Etag::from(previous.etag.clone())),
             )
-            .map_err(unavailable)?
+            .map_err(failed)?
             .await
             .map_err(|e| match status_of(&e) {
                 Some(412) | Some(404) => StoreError::PreconditionFailed,
-                _ => unavailable(e),
+                _ => failed(e),
             })?;
         for (kind, value) in old.iter().filter(|e| !new.contains(e)) {
             self.drop_index(index_partition(*kind, value), &key).await;
@@ -414,7 +430,7 @@ impl Registry for TableRegistry {
             .await
             .map_err(|e| match status_of(&e) {
                 Some(412) | Some(404) => StoreError::PreconditionFailed,
-                _ => unavailable(e),
+                _ => failed(e),
             })?;
         for (kind, value) in record.index_entries() {
             self.drop_index(index_partition(kind, &value), &key).await;
@@ -475,7 +491,7 @@ impl Registry for TableRegistry {
                 let Some(page) = pages.next().await else {
                     return Ok(Page::default());
                 };
-                let page = page.map_err(unavailable)?;
+                let page = page.map_err(failed)?;
                 let next = azure_core::Continuable::continuation(&page);
                 let mut items = Vec::new();
                 for row in page.entities {
@@ -492,7 +508,7 @@ impl Registry for TableRegistry {
                 let Some(page) = pages.next().await else {
                     return Ok(Page::default());
                 };
-                let page = page.map_err(unavailable)?;
+                let page = page.map_err(failed)?;
                 let next = azure_core::Continuable::continuation(&page);
                 let keys: Vec<String> = page.entities.into_iter().map(|row| row.row_key).collect();
                 let checked: Vec<(String, Result<Option<Stored>, StoreError>)> = stream::iter(keys)
@@ -546,21 +562,27 @@ impl Registry for TableRegistry {
         for row in rows.drain(..overflow) {
             self.upsert_history(&row).await?;
         }
+        let record_row = row_of(record)?;
+        // Answers inside a transaction carry a status only: say what broke a limit ourselves.
+        let oversize = oversize("the record", &record_row.data).or_else(|| {
+            rows.iter()
+                .find_map(|row| oversize("a history entry", &row.data))
+        });
         let partition = self.devices.partition_key_client(&key);
         let mut transaction = partition
             .transaction()
             .update(
                 RECORD_ROW,
-                row_of(record)?,
+                record_row,
                 Some(IfMatchCondition::Etag(Etag::from(previous.etag.clone()))),
             )
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         for row in &rows {
             transaction = transaction
                 .insert_or_replace(row.row_key.clone(), row)
-                .map_err(unavailable)?;
+                .map_err(failed)?;
         }
-        let response = transaction.into_future().await.map_err(unavailable)?;
+        let response = transaction.into_future().await.map_err(failed)?;
         if let Some(failed) = response
             .operation_responses
             .iter()
@@ -568,7 +590,10 @@ impl Registry for TableRegistry {
         {
             return Err(match u16::from(failed.status_code) {
                 412 | 404 => StoreError::PreconditionFailed,
-                status => StoreError::Unavailable(format!("HTTP {status} in a transaction")),
+                status => Failure::of_status(status).error(match oversize {
+                    Some(why) => format!("HTTP {status} in a transaction: {why}"),
+                    None => format!("HTTP {status} in a transaction"),
+                }),
             });
         }
         for (kind, value) in old.iter().filter(|e| !new.contains(e)) {
@@ -635,7 +660,7 @@ impl Registry for TableRegistry {
         let Some(page) = pages.next().await else {
             return Ok((Vec::new(), None));
         };
-        let page = page.map_err(unavailable)?;
+        let page = page.map_err(failed)?;
         let next = azure_core::Continuable::continuation(&page)
             .map(|(pk, rk)| encode_token(&json!({ "pk": pk, "rk": rk })));
         let entries = page
@@ -671,12 +696,12 @@ const OUTBOX_PARTITION: &str = "pending";
 const TRANSACTION_LIMIT: usize = 100;
 
 fn json_of<T: Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Unavailable(e.to_string()))
+    serde_json::to_string(value).map_err(|e| StoreError::Refused(e.to_string()))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(row: &DataRow) -> Result<T, StoreError> {
     serde_json::from_str(&row.data)
-        .map_err(|e| StoreError::Unavailable(format!("a stored row is unreadable: {e}")))
+        .map_err(|e| StoreError::Refused(format!("a stored row is unreadable: {e}")))
 }
 
 fn outbox_row(notification: &Notification) -> Result<DataRow, StoreError> {
@@ -701,7 +726,7 @@ async fn first_page<T: serde::de::DeserializeOwned>(
     let Some(page) = pages.next().await else {
         return Ok(Vec::new());
     };
-    page.map_err(unavailable)?
+    page.map_err(failed)?
         .entities
         .iter()
         .map(from_json)
@@ -732,10 +757,10 @@ impl TableRegistry {
             .partition_key_client(&row.partition_key)
             .entity_client(&row.row_key)
             .insert_or_replace(row)
-            .map_err(unavailable)?
+            .map_err(failed)?
             .await
             .map(|_| ())
-            .map_err(unavailable)
+            .map_err(failed)
     }
 
     /// The partition holding a device's history: its record's, found through the device id's
@@ -748,7 +773,7 @@ impl TableRegistry {
         match alias.get::<AliasRow>().await {
             Ok(response) => Ok(Some(response.entity.registration_key)),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(failed(e)),
         }
     }
 
@@ -759,12 +784,12 @@ impl TableRegistry {
     ) -> Result<(), StoreError> {
         match table
             .insert::<_, serde_json::Value>(row)
-            .map_err(unavailable)?
+            .map_err(failed)?
             .await
         {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(409) => Ok(()),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(failed(e)),
         }
     }
 }
@@ -773,6 +798,7 @@ impl TableRegistry {
 impl Journal for TableRegistry {
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         self.ensure_tables().await?;
+        let letter = &letter.clone().fitted();
         let nanos = i64::try_from(letter.at.nanos()).unwrap_or(i64::MAX).max(0);
         let row = DataRow {
             partition_key: DEAD_PARTITION.into(),
@@ -820,10 +846,10 @@ impl Journal for TableRegistry {
             .partition_key_client(OUTBOX_PARTITION)
             .entity_client(&notification.id)
             .insert_or_replace(&row)
-            .map_err(unavailable)?
+            .map_err(failed)?
             .await
             .map(|_| ())
-            .map_err(unavailable)
+            .map_err(failed)
     }
 
     async fn delivered(&self, id: &str) -> Result<(), StoreError> {
@@ -837,7 +863,7 @@ impl Journal for TableRegistry {
         {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(failed(e)),
         }
     }
 }

@@ -13,5 +13,6 @@ mod identity;
 mod import;
 mod keys;
 mod mission;
+mod poison;
 #[path = "../../../device/tests/support/webdriver.rs"]
 mod webdriver;

@@ -327,3 +327,177 @@ async fn events_of_devices_the_registry_does_not_know_are_counted_not_failed() {
     assert_eq!(report.unknown, 21);
     assert!(w.service.history("stranger", 10, None).await.is_err());
 }
+
+/// Pads `id`'s record with an asset attribute until its JSON takes `size` bytes: a record that
+/// only just fits Table Storage, which any event pushes over (the API refuses assets this large;
+/// a record from before that limit, or written by another tool, could be so).
+async fn pad_record(w: &World, id: &str, size: usize) {
+    let stored = w.store.get_by_device(id).await.unwrap().unwrap();
+    let mut record = stored.record.clone();
+    record.asset.attributes.insert("pad".into(), String::new());
+    let base = serde_json::to_string(&record).unwrap().len();
+    record
+        .asset
+        .attributes
+        .insert("pad".into(), "p".repeat(size - base));
+    assert_eq!(serde_json::to_string(&record).unwrap().len(), size);
+    w.store.replace(&stored, &record).await.unwrap();
+}
+
+#[tokio::test]
+async fn events_storage_refuses_are_set_aside_with_the_reason_and_the_batch_goes_on() {
+    let w = world();
+    enroll(&w, "d1").await;
+    enroll(&w, "d2").await;
+    pad_record(&w, "d1", 32_740).await;
+    let before = w.store.get_by_device("d1").await.unwrap().unwrap();
+    let mut batch = life("d1", 0)[..3].to_vec();
+    batch.extend(life("d2", 100)[..3].to_vec());
+    for delivery in 0..2 {
+        let report = w
+            .service
+            .record_events("OnHubEvents", batch.clone(), Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("delivery {delivery} fails: {e}"));
+        assert_eq!(report.dead_lettered, 3, "{report:?}");
+    }
+    let d2 = w.store.get_by_device("d2").await.unwrap().unwrap().record;
+    assert_eq!(
+        d2.live.reported_status(),
+        Some("provisioned"),
+        "the other device is recorded"
+    );
+    assert_eq!(
+        w.store.get_by_device("d1").await.unwrap().unwrap(),
+        before,
+        "the refused record is left as it was"
+    );
+    let letters = w.journal.dead_letters(10).await.unwrap();
+    let keys: Vec<&str> = letters.iter().take(3).map(|l| l.key.as_str()).collect();
+    for event in &batch[..3] {
+        assert!(keys.contains(&event.key.to_string().as_str()), "{keys:?}");
+    }
+    assert!(
+        letters[0].reason.contains("PropertyValueTooLarge"),
+        "{}",
+        letters[0].reason
+    );
+    let described: serde_json::Value = serde_json::from_str(&letters[0].event).unwrap();
+    assert_eq!(described["deviceId"], "d1");
+}
+
+#[tokio::test]
+async fn a_large_report_on_a_record_near_the_limit_is_cut_further_rather_than_refused() {
+    let w = world();
+    enroll(&w, "d1").await;
+    // Leaves room for the device's ordinary events but not for a 4 KiB status on top.
+    pad_record(&w, "d1", 29_000).await;
+    let mut events = life("d1", 0)[..2].to_vec();
+    let mut poison = events[1].clone();
+    poison.key.sequence = 99;
+    poison.change = Change::Twin {
+        reported: Some((
+            json!({ "status": { "log": "x".repeat(30_000), "state": "degraded" } })
+                .as_object()
+                .cloned()
+                .unwrap(),
+            5,
+        )),
+        replaced: false,
+    };
+    events.push(poison);
+    let report = w
+        .service
+        .record_events("OnHubEvents", events, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(report.dead_lettered, 0, "{report:?}");
+    let record = w.store.get_by_device("d1").await.unwrap().unwrap().record;
+    assert!(record.live.connection_now().unwrap().connected);
+    assert!(record.live.truncated().contains_key("status"));
+    assert_eq!(record.live.reported["status"].value["state"], "degraded");
+    assert!(serde_json::to_string(&record).unwrap().len() <= 30 * 1024);
+}
+
+#[tokio::test]
+async fn an_event_refused_alone_is_set_aside_and_the_devices_other_events_are_recorded() {
+    let w = world();
+    enroll(&w, "d1").await;
+    let events = life("d1", 0)[..3].to_vec();
+    // The events together are refused, and so is the first alone; the others are not.
+    w.store.fail_with(
+        "replace",
+        2,
+        crate::storage::StoreError::Refused("HTTP 400 EntityTooLarge".into()),
+    );
+    let report = w
+        .service
+        .record_events("OnHubEvents", events.clone(), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!((report.dead_lettered, report.changed), (1, 1), "{report:?}");
+    let letter = &w.journal.dead_letters(1).await.unwrap()[0];
+    assert_eq!(letter.key, events[0].key.to_string());
+    assert!(
+        letter.reason.contains("EntityTooLarge"),
+        "{}",
+        letter.reason
+    );
+    let record = w.store.get_by_device("d1").await.unwrap().unwrap().record;
+    assert!(
+        record.live.identities.is_empty(),
+        "the set-aside event is not applied"
+    );
+    assert!(record.live.connections["hub-1.example"].connected);
+    assert_eq!(record.live.reported_status(), Some("provisioned"));
+}
+
+#[tokio::test]
+async fn a_transient_storage_failure_still_fails_the_batch_so_it_is_delivered_again() {
+    let w = world();
+    enroll(&w, "d1").await;
+    w.store.fail("replace", 1);
+    let error = w
+        .service
+        .record_events("OnHubEvents", life("d1", 0), Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, crate::service::ServiceError::Unavailable { .. }),
+        "{error:?}"
+    );
+    assert!(
+        w.journal.dead_letters(10).await.unwrap().is_empty(),
+        "nothing set aside"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_written_yet_fails_the_batch_and_one_refused_does_not() {
+    let w = world();
+    let letter = DeadLetter {
+        function: "f".into(),
+        key: "hub-1~0~7".into(),
+        reason: "no device".into(),
+        event: "{}".into(),
+        at: Stamp::now(),
+    };
+    w.journal.fail("dead_letter", 1);
+    assert!(w
+        .service
+        .record_events("f", Vec::new(), vec![letter.clone()])
+        .await
+        .is_err());
+    w.journal.fail_with(
+        "dead_letter",
+        1,
+        crate::storage::StoreError::Refused("HTTP 400 EntityTooLarge".into()),
+    );
+    let report = w
+        .service
+        .record_events("f", Vec::new(), vec![letter])
+        .await
+        .unwrap();
+    assert_eq!(report.dead_lettered, 1);
+    assert!(w.journal.dead_letters(10).await.unwrap().is_empty());
+}
