@@ -297,17 +297,27 @@ impl Service {
                 DpsSync::PendingCreate => {
                     let mut taken = record.clone();
                     taken.created_at = existing.record.created_at.clone();
-                    let etag = self.store.replace(&existing, &taken).await?;
-                    return Ok((
-                        Stored {
-                            record: taken,
-                            etag,
-                        },
-                        true,
-                    ));
+                    match self.store.replace(&existing, &taken).await {
+                        Ok(etag) => {
+                            return Ok((
+                                Stored {
+                                    record: taken,
+                                    etag,
+                                },
+                                true,
+                            ))
+                        }
+                        // A concurrent create of the same id moved on (completed it or took it
+                        // over): look again. A POST has no If-Match, so it never answers 412.
+                        Err(crate::storage::StoreError::PreconditionFailed) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 // A delete was interrupted: finish it, then enroll afresh.
-                DpsSync::PendingDelete => self.finish_delete(&existing).await?,
+                DpsSync::PendingDelete => match self.finish_delete(&existing).await {
+                    Ok(()) | Err(ServiceError::PreconditionFailed(_)) => {}
+                    Err(e) => return Err(e),
+                },
                 _ => {
                     return Err(ServiceError::conflict(
                         "alreadyEnrolled",
@@ -363,7 +373,21 @@ impl Service {
             }
             Err(e) => return Err(ServiceError::dps(e)),
         }
-        let completed = self.complete(&stored).await?;
+        let completed = match self.complete(&stored).await {
+            Ok(completed) => completed,
+            // Another request for the same registration id took the pending record over while
+            // DPS was asked; it finishes the enrollment, and this one yields to it.
+            Err(ServiceError::PreconditionFailed(_)) => {
+                return Err(ServiceError::conflict(
+                    "conflict",
+                    format!(
+                        "another request enrolled {} at the same time; read the enrollment",
+                        record.registration_id
+                    ),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
         self.note(completed.record.device_id.as_str(), "enrolled", Some(serde_json::json!({ "registrationId": completed.record.registration_id, "customerId": completed.record.customer.id })))
             .await;
         Ok(completed)
