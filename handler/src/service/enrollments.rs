@@ -570,4 +570,76 @@ mod tests {
             .to_string();
         assert!(error.contains("deviceId"), "{error}");
     }
+
+    mod properties {
+        //! The merge patch of `PATCH /api/enrollments/{id}` (tags, desired properties) on any
+        //! JSON: RFC 7386, and a patch applied twice changes nothing more. A fixed seed keeps
+        //! every run the same.
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed};
+
+        fn config() -> Config {
+            Config {
+                cases: 256,
+                failure_persistence: None,
+                rng_seed: RngSeed::Fixed(0x5eed_0015),
+                ..Config::default()
+            }
+        }
+
+        fn object() -> impl Strategy<Value = Map<String, Value>> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                "[a-z]{0,4}".prop_map(Value::String),
+            ];
+            let value = leaf.prop_recursive(6, 48, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-c]", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            });
+            prop::collection::btree_map("[a-c]", value, 0..4).prop_map(|m| m.into_iter().collect())
+        }
+
+        /// What RFC 7386's MergePatch(target, patch) answers, written from its pseudocode.
+        fn reference(target: Value, patch: &Value) -> Value {
+            let Value::Object(patch) = patch else {
+                return patch.clone();
+            };
+            let mut target = match target {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            for (name, value) in patch {
+                if value.is_null() {
+                    target.remove(name);
+                } else {
+                    let current = target.remove(name).unwrap_or(Value::Null);
+                    target.insert(name.clone(), reference(current, value));
+                }
+            }
+            Value::Object(target)
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn the_merge_is_rfc_7386_and_idempotent(target in object(), patch in object()) {
+                let mut once = target.clone();
+                merge(&mut once, patch.clone());
+                prop_assert_eq!(
+                    Value::Object(once.clone()),
+                    reference(Value::Object(target), &Value::Object(patch.clone()))
+                );
+                let mut twice = once.clone();
+                merge(&mut twice, patch);
+                prop_assert_eq!(twice, once);
+            }
+        }
+    }
 }
