@@ -68,11 +68,12 @@ status=0
 # (API_TEST_SEED), one at a time, so every run sends the same requests in the same order: about
 # a minute. (Two workers found a race of concurrent creates, kept in handler/tests/api/bad_input.rs,
 # but made runs differ from one another.)
-"$venv/bin/schemathesis" run docs/openapi.json --url "$origin" \
+"$venv/bin/schemathesis" --config-file scripts/api-test/schemathesis.toml --no-color \
+  run docs/openapi.json --url "$origin" --generation-database none \
   --header "x-functions-key: $key" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --phases examples,coverage,fuzzing --max-examples "${API_TEST_EXAMPLES:-10}" --seed "${API_TEST_SEED:-20261202}" \
-  --workers 1 --request-timeout 10 --no-color --suppress-health-check too_slow \
+  --workers 1 --request-timeout 10 --suppress-health-check too_slow \
   "$@" || status=$?
 if [[ $status -ne 0 ]]; then
   echo "api-test: failures above; the emulator's log (handler included) is in the last lines below:" >&2
