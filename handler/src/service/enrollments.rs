@@ -250,6 +250,16 @@ impl NewEnrollment {
     }
 }
 
+/// Whether two records ask for the same enrollment (their bookkeeping aside).
+fn same_enrollment(a: &DeviceRecord, b: &DeviceRecord) -> bool {
+    a.device_id == b.device_id
+        && a.customer == b.customer
+        && a.asset == b.asset
+        && a.initial_twin == b.initial_twin
+        && a.enabled == b.enabled
+        && a.iot_hub == b.iot_hub
+}
+
 /// Whether a change must reach DPS (the enrollment holds these; the rest is the registry's).
 fn dps_fields_differ(a: &DeviceRecord, b: &DeviceRecord) -> bool {
     a.enabled != b.enabled || a.initial_twin != b.initial_twin || a.iot_hub != b.iot_hub
@@ -375,16 +385,25 @@ impl Service {
         }
         let completed = match self.complete(&stored).await {
             Ok(completed) => completed,
-            // Another request for the same registration id took the pending record over while
-            // DPS was asked; it finishes the enrollment, and this one yields to it.
+            // Someone else moved the pending record on while DPS was asked: a read that finished
+            // this very enrollment (then it is this request's result), or another create of the
+            // same registration id that took it over (then this one yields to it).
             Err(ServiceError::PreconditionFailed(_)) => {
-                return Err(ServiceError::conflict(
-                    "conflict",
-                    format!(
-                        "another request enrolled {} at the same time; read the enrollment",
-                        record.registration_id
-                    ),
-                ))
+                return match self.store.get(&record.registration_id).await? {
+                    Some(now)
+                        if now.record.sync == DpsSync::Complete
+                            && same_enrollment(&now.record, &stored.record) =>
+                    {
+                        Ok(now)
+                    }
+                    _ => Err(ServiceError::conflict(
+                        "conflict",
+                        format!(
+                            "another request enrolled {} at the same time; read the enrollment",
+                            record.registration_id
+                        ),
+                    )),
+                };
             }
             Err(e) => return Err(e),
         };
