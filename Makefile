@@ -5,12 +5,12 @@ SHELL := bash
 CARGO ?= cargo
 CONFORMANCE := emulator/conformance
 
-.PHONY: test lint unit scripts-test infra-test conformance demo up down bench package publish deploy
+.PHONY: test lint unit api-test scripts-test infra-test conformance demo up down bench package publish deploy
 
 ## test: formatting, lints, every Rust test (with Azurite), the scripts' tests (the deploy dry
 ## run), the offline checks of infra/ (Bicep parsed with pycep-parser), and the official-SDK
-## conformance suite
-test: lint unit scripts-test infra-test conformance
+## conformance suite, and schemathesis over the admin API
+test: lint unit api-test scripts-test infra-test conformance
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -24,6 +24,14 @@ lint:
 unit: package
 	scripts/test-tools.sh
 	FUNCTION_APP=$(CURDIR)/dist/function-app scripts/with-azurite.sh $(CARGO) test --workspace --locked
+
+# schemathesis (PyPI packages pinned in scripts/api-test/requirements.txt, in .local/api-test-venv)
+# over docs/openapi.json against the package running in the emulator's Functions host stand-in,
+# with its own in-memory Azurite: no 5xx, and every status, content type and body as documented.
+# A fixed seed and a fixed number of examples per operation: about a minute.
+api-test: package
+	$(CARGO) build --locked --quiet -p emulator --bin emulator
+	FUNCTION_APP=$(CURDIR)/dist/function-app scripts/api-test.sh
 
 # The deploy script against fake az and func (standard-library Python, no network).
 scripts-test:

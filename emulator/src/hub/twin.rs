@@ -244,4 +244,111 @@ mod tests {
         apply_to_set(&mut set, &map(json!({ "small": true }))).unwrap();
         assert_eq!(set.version, 2);
     }
+
+    mod properties {
+        //! Twin patches from any JSON: validation never panics, merging is RFC 7386's (null
+        //! removes, scalars replace, applying a patch twice changes nothing more). A fixed seed
+        //! keeps every run the same.
+        use super::super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed};
+
+        fn config() -> Config {
+            Config {
+                cases: 256,
+                failure_persistence: None,
+                rng_seed: RngSeed::Fixed(0x5eed_0013),
+                ..Config::default()
+            }
+        }
+
+        /// Any JSON value, names drawn to collide often and to break IoT Hub's rules sometimes.
+        pub(crate) fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                "[a-z0-9 ]{0,8}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(12, 64, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-c$.# ]{0,2}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Every leaf of `patch` with its path: (path, value).
+        fn leaves(
+            patch: &Map<String, Value>,
+            path: &mut Vec<String>,
+            out: &mut Vec<(Vec<String>, Value)>,
+        ) {
+            for (name, value) in patch {
+                path.push(name.clone());
+                match value {
+                    Value::Object(inner) if !inner.is_empty() => leaves(inner, path, out),
+                    Value::Object(_) => {}
+                    other => out.push((path.clone(), other.clone())),
+                }
+                path.pop();
+            }
+        }
+
+        fn at<'a>(map: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+            let (first, rest) = path.split_first()?;
+            let value = map.get(first)?;
+            if rest.is_empty() {
+                Some(value)
+            } else {
+                at(value.as_object()?, rest)
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn validation_never_panics_and_accepts_only_objects_with_allowed_names(patch in json_value()) {
+                match validated_patch(&patch) {
+                    Ok(cleaned) => {
+                        prop_assert!(patch.is_object());
+                        prop_assert!(cleaned.keys().all(|k| !k.starts_with('$')));
+                        let mut found = Vec::new();
+                        leaves(&cleaned, &mut Vec::new(), &mut found);
+                        for (path, _) in found {
+                            prop_assert!(path.len() <= MAX_DEPTH);
+                            prop_assert!(path.iter().all(|n| !n.is_empty() && !n.contains(['.', '$', '#', ' '])));
+                        }
+                    }
+                    Err(TwinError::NotAnObject) => prop_assert!(!patch.is_object()),
+                    Err(_) => prop_assert!(patch.is_object()),
+                }
+            }
+
+            #[test]
+            fn a_merge_sets_every_leaf_removes_every_null_and_is_idempotent(
+                target in json_value(), patch in json_value(),
+            ) {
+                let (Value::Object(target), Value::Object(patch)) = (target, patch) else {
+                    return Ok(());
+                };
+                let mut once = target.clone();
+                merge(&mut once, &patch);
+                let mut twice = once.clone();
+                merge(&mut twice, &patch);
+                prop_assert_eq!(&twice, &once);
+                let mut found = Vec::new();
+                leaves(&patch, &mut Vec::new(), &mut found);
+                for (path, value) in found {
+                    if value.is_null() {
+                        prop_assert_eq!(at(&once, &path), None);
+                    } else {
+                        prop_assert_eq!(at(&once, &path), Some(&value));
+                    }
+                }
+            }
+        }
+    }
 }

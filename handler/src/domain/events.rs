@@ -274,4 +274,76 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        //! Event fields from any text: times and connection sequence numbers parse without a
+        //! panic and compare as the values they write. A fixed seed keeps every run the same.
+        use super::super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed};
+
+        fn config() -> Config {
+            Config {
+                cases: 256,
+                failure_persistence: None,
+                rng_seed: RngSeed::Fixed(0x5eed_0014),
+                ..Config::default()
+            }
+        }
+
+        /// Nanoseconds within the years 1 to 9999, the range RFC 3339 can write.
+        fn nanos() -> impl Strategy<Value = i128> {
+            -62_135_596_800_000_000_000i128..253_402_300_799_999_999_999i128
+        }
+
+        fn written(nanos: i128) -> String {
+            OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                .unwrap()
+                .format(&Rfc3339)
+                .unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn stamps_parse_any_text_without_a_panic(text in ".{0,40}", digits in "[0-9T:.Z+-]{0,35}") {
+                for text in [text, digits] {
+                    if let Some(stamp) = Stamp::parse(&text) {
+                        let _ = stamp.floor_minute();
+                        prop_assert_eq!(stamp.as_str(), text.trim());
+                    }
+                }
+            }
+
+            #[test]
+            fn stamps_read_back_the_instant_written_and_order_as_times(a in nanos(), b in nanos()) {
+                let (sa, sb) = (Stamp::parse(&written(a)).unwrap(), Stamp::parse(&written(b)).unwrap());
+                prop_assert_eq!(sa.nanos(), a);
+                prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
+                // .NET's offset-less UTC form reads as the same instant.
+                let bare = written(a);
+                let bare = bare.trim_end_matches('Z');
+                prop_assert_eq!(Stamp::parse(bare).unwrap(), sa.clone());
+                let floor = sa.floor_minute();
+                prop_assert!(floor <= sa && sa.nanos() - floor.nanos() < 60_000_000_000);
+            }
+
+            #[test]
+            fn connection_sequences_parse_any_text_and_compare_as_numbers(
+                text in ".{0,70}", a in any::<u128>(), b in any::<u128>(), zeros in 0usize..5,
+            ) {
+                let _ = ConnectionSequence::parse(&text);
+                let pad = "0".repeat(zeros);
+                let sa = ConnectionSequence::parse(&format!("{pad}{a:x}")).unwrap();
+                let sb = ConnectionSequence::parse(&format!("{b:X}")).unwrap();
+                prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
+                prop_assert!(sa.successor() > sa);
+                if let Some(next) = a.checked_add(1) {
+                    prop_assert_eq!(sa.successor(), ConnectionSequence::parse(&format!("{next:x}")).unwrap());
+                }
+                prop_assert!(ConnectionSequence::zero() <= sa);
+            }
+        }
+    }
 }

@@ -250,6 +250,16 @@ impl NewEnrollment {
     }
 }
 
+/// Whether two records ask for the same enrollment (their bookkeeping aside).
+fn same_enrollment(a: &DeviceRecord, b: &DeviceRecord) -> bool {
+    a.device_id == b.device_id
+        && a.customer == b.customer
+        && a.asset == b.asset
+        && a.initial_twin == b.initial_twin
+        && a.enabled == b.enabled
+        && a.iot_hub == b.iot_hub
+}
+
 /// Whether a change must reach DPS (the enrollment holds these; the rest is the registry's).
 fn dps_fields_differ(a: &DeviceRecord, b: &DeviceRecord) -> bool {
     a.enabled != b.enabled || a.initial_twin != b.initial_twin || a.iot_hub != b.iot_hub
@@ -297,17 +307,27 @@ impl Service {
                 DpsSync::PendingCreate => {
                     let mut taken = record.clone();
                     taken.created_at = existing.record.created_at.clone();
-                    let etag = self.store.replace(&existing, &taken).await?;
-                    return Ok((
-                        Stored {
-                            record: taken,
-                            etag,
-                        },
-                        true,
-                    ));
+                    match self.store.replace(&existing, &taken).await {
+                        Ok(etag) => {
+                            return Ok((
+                                Stored {
+                                    record: taken,
+                                    etag,
+                                },
+                                true,
+                            ))
+                        }
+                        // A concurrent create of the same id moved on (completed it or took it
+                        // over): look again. A POST has no If-Match, so it never answers 412.
+                        Err(crate::storage::StoreError::PreconditionFailed) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 // A delete was interrupted: finish it, then enroll afresh.
-                DpsSync::PendingDelete => self.finish_delete(&existing).await?,
+                DpsSync::PendingDelete => match self.finish_delete(&existing).await {
+                    Ok(()) | Err(ServiceError::PreconditionFailed(_)) => {}
+                    Err(e) => return Err(e),
+                },
                 _ => {
                     return Err(ServiceError::conflict(
                         "alreadyEnrolled",
@@ -363,7 +383,30 @@ impl Service {
             }
             Err(e) => return Err(ServiceError::dps(e)),
         }
-        let completed = self.complete(&stored).await?;
+        let completed = match self.complete(&stored).await {
+            Ok(completed) => completed,
+            // Someone else moved the pending record on while DPS was asked: a read that finished
+            // this very enrollment (then it is this request's result), or another create of the
+            // same registration id that took it over (then this one yields to it).
+            Err(ServiceError::PreconditionFailed(_)) => {
+                return match self.store.get(&record.registration_id).await? {
+                    Some(now)
+                        if now.record.sync == DpsSync::Complete
+                            && same_enrollment(&now.record, &stored.record) =>
+                    {
+                        Ok(now)
+                    }
+                    _ => Err(ServiceError::conflict(
+                        "conflict",
+                        format!(
+                            "another request enrolled {} at the same time; read the enrollment",
+                            record.registration_id
+                        ),
+                    )),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         self.note(completed.record.device_id.as_str(), "enrolled", Some(serde_json::json!({ "registrationId": completed.record.registration_id, "customerId": completed.record.customer.id })))
             .await;
         Ok(completed)
@@ -548,5 +591,77 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("deviceId"), "{error}");
+    }
+
+    mod properties {
+        //! The merge patch of `PATCH /api/enrollments/{id}` (tags, desired properties) on any
+        //! JSON: RFC 7386, and a patch applied twice changes nothing more. A fixed seed keeps
+        //! every run the same.
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed};
+
+        fn config() -> Config {
+            Config {
+                cases: 256,
+                failure_persistence: None,
+                rng_seed: RngSeed::Fixed(0x5eed_0015),
+                ..Config::default()
+            }
+        }
+
+        fn object() -> impl Strategy<Value = Map<String, Value>> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                "[a-z]{0,4}".prop_map(Value::String),
+            ];
+            let value = leaf.prop_recursive(6, 48, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-c]", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            });
+            prop::collection::btree_map("[a-c]", value, 0..4).prop_map(|m| m.into_iter().collect())
+        }
+
+        /// What RFC 7386's MergePatch(target, patch) answers, written from its pseudocode.
+        fn reference(target: Value, patch: &Value) -> Value {
+            let Value::Object(patch) = patch else {
+                return patch.clone();
+            };
+            let mut target = match target {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            for (name, value) in patch {
+                if value.is_null() {
+                    target.remove(name);
+                } else {
+                    let current = target.remove(name).unwrap_or(Value::Null);
+                    target.insert(name.clone(), reference(current, value));
+                }
+            }
+            Value::Object(target)
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn the_merge_is_rfc_7386_and_idempotent(target in object(), patch in object()) {
+                let mut once = target.clone();
+                merge(&mut once, patch.clone());
+                prop_assert_eq!(
+                    Value::Object(once.clone()),
+                    reference(Value::Object(target), &Value::Object(patch.clone()))
+                );
+                let mut twice = once.clone();
+                merge(&mut twice, patch);
+                prop_assert_eq!(twice, once);
+            }
+        }
     }
 }

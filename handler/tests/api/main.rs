@@ -4,6 +4,7 @@
 // In a test crate a panic, with the failing call's message, is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod bad_input;
 mod dependencies;
 mod devices;
 mod enrollments;
