@@ -291,7 +291,9 @@ impl Service {
                     self.events_cache.put(device_id, Stored { record, etag });
                     let notified = held.is_some();
                     if let Some(mut notification) = held {
-                        notification.next_attempt_ms = 0;
+                        // Due from now: passes send in order of this time, so a device's
+                        // changes go out in the order they were recorded.
+                        notification.next_attempt_ms = now_ms();
                         if let Err(error) = self.journal.reschedule(&notification).await {
                             tracing::warn!(notification.id = %notification.id, %error, "a status notification stays held until its hold ends");
                         }

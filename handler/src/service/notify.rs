@@ -189,7 +189,11 @@ impl Service {
             return Ok(DeliveryReport::default());
         };
         let mut report = DeliveryReport::default();
-        for mut notification in self.journal.due(now_ms(), PASS_LIMIT).await? {
+        // The outbox answers in id order; send in the order they came due (for a device's
+        // changes, the order they were recorded).
+        let mut due = self.journal.due(now_ms(), PASS_LIMIT).await?;
+        due.sort_by_key(|n| n.next_attempt_ms);
+        for mut notification in due {
             let now = now_ms();
             if !self
                 .journal
