@@ -48,6 +48,8 @@ pub const IOTHUB_NAMES: &str = "IOTHUB_NAMES";
 pub const NOTIFY_URL: &str = "NOTIFY_WEBHOOK_URL";
 /// The secret notifications are signed with.
 pub const NOTIFY_SECRET: &str = "NOTIFY_WEBHOOK_SECRET";
+/// Waits between notification attempts: `first,longest` in seconds.
+pub const NOTIFY_RETRY: &str = "NOTIFY_RETRY_INTERVALS";
 
 /// Every setting the handler reads.
 pub const SETTINGS: &[Setting] = &[
@@ -62,6 +64,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: IOTHUB_NAMES, required: false, description: "hub names as events carry them, with their host names: name=host|name=host (default: a linked host starting with name.)" },
     Setting { name: NOTIFY_URL, required: false, description: "webhook receiving status notifications (a Logic App HTTP trigger); none: no notifications" },
     Setting { name: NOTIFY_SECRET, required: false, description: "HMAC-SHA256 secret signing notifications (16+ characters; required with NOTIFY_WEBHOOK_URL)" },
+    Setting { name: NOTIFY_RETRY, required: false, description: "waits between attempts to deliver a notification the webhook refused: first,longest in seconds, doubling in between (default 1,300)" },
 ];
 
 /// Settings the Functions host reads for the event function's binding (function.json), not the
@@ -120,6 +123,8 @@ pub struct Config {
     pub hub_names: std::collections::BTreeMap<String, String>,
     /// The notification webhook.
     pub webhook: Option<crate::service::notify::Webhook>,
+    /// Waits between notification attempts.
+    pub notify_retry: crate::service::notify::RetryIntervals,
 }
 
 /// How the handler reaches the registry's storage account.
@@ -361,6 +366,11 @@ impl Config {
             }
             None => None,
         };
+        let notify_retry = match lookup(NOTIFY_RETRY).filter(|v| !v.trim().is_empty()) {
+            Some(text) => crate::service::notify::RetryIntervals::parse(&text)
+                .map_err(|reason| invalid(NOTIFY_RETRY, reason))?,
+            None => Default::default(),
+        };
         Ok(Self {
             port,
             dps,
@@ -373,6 +383,7 @@ impl Config {
             extra_ca,
             hub_names,
             webhook,
+            notify_retry,
         })
     }
 }

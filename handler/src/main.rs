@@ -46,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
         journal: registry.clone(),
         dps: Arc::new(DpsClient::new(config.dps.clone(), https.clone())),
         hubs: Arc::new(HubClients::new(&config.hubs, https.clone())),
-        notifier: Arc::new(Notifier::new(config.webhook.clone(), https)),
+        notifier: Arc::new(
+            Notifier::new(config.webhook.clone(), https).with_retry(config.notify_retry),
+        ),
         codes: CodeSettings {
             id_scope: config.id_scope.clone(),
             device_endpoint: config.device_endpoint.clone(),

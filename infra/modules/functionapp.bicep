@@ -106,6 +106,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           name: 'NOTIFY_WEBHOOK_SECRET'
           value: '@Microsoft.KeyVault(SecretUri=${secretUris.notifyWebhookSecret})'
         }
+        {
+          name: 'NOTIFY_RETRY_INTERVALS'
+          value: '1,300'
+        }
         // OnHubEvents' connection, identity-based: with the system-assigned identity only the
         // namespace is needed (MicrosoftDocs/azure-docs articles/azure-functions/
         // functions-bindings-event-hubs-trigger.md; __credential/__clientId are for user-assigned).

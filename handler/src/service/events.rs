@@ -4,6 +4,7 @@
 //! queues a notification. Merging is order- and repeat-independent (`domain::live`), so the
 //! host may deliver a batch twice or batches in any order.
 
+use super::notify::now_ms;
 use super::{Service, ServiceError};
 use crate::domain::bounded;
 use crate::domain::events::{Change, HubEvent, Stamp};
@@ -64,6 +65,9 @@ const DEVICE_CONCURRENCY: usize = 16;
 /// writers racing on one record, never for a write storage refuses (see
 /// [`Service::record_device_or_set_aside`]).
 const WRITE_ATTEMPTS: usize = 8;
+/// How long a status notification queued with a record write is held back until the write is
+/// known to have succeeded (longer than any write takes).
+const HOLD_MS: i64 = 60_000;
 
 /// What a batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -424,32 +428,48 @@ impl Service {
                 // (status changes are rare; one more read is cheap).
                 continue;
             }
-            let mut notified = false;
+            let mut held = None;
             if before != after && self.notifier.enabled() {
-                // Queued before the record is written: if the write fails, the redelivered
-                // batch makes the same change and queues the same id again, which is a no-op.
+                // Queued before the record is written, but held back until the write succeeds:
+                // a write that loses to a concurrent one (another partition's events for the same
+                // device) withdraws it, and the retry queues what the record really went
+                // through. A crash between the two leaves it held only for HOLD_MS, so a change
+                // is never left unannounced; the redelivered batch makes the same change and
+                // queues the same id again, which is a no-op.
                 let cause = events
                     .iter()
                     .map(|e| e.key.to_string())
                     .max()
                     .unwrap_or_default();
-                self.journal
-                    .enqueue(&status_notification(&record, &before, &after, &cause))
-                    .await?;
-                notified = true;
+                let mut notification = status_notification(&record, &before, &after, &cause);
+                notification.next_attempt_ms = now_ms().saturating_add(HOLD_MS);
+                self.journal.enqueue(&notification).await?;
+                held = Some(notification);
             }
             record.updated_at = crate::domain::now();
             if !record.fit_storage() {
                 tracing::warn!(device.id = %device_id, "a record is beyond Table Storage's limits even without its reported properties");
             }
             let entries = timeline(&stored.record, events);
-            match self
+            let written = self
                 .store
                 .replace_with_history(&stored, &record, &entries)
-                .await
-            {
+                .await;
+            if let (Some(notification), Err(StoreError::PreconditionFailed)) = (&held, &written) {
+                self.journal.delivered(&notification.id).await?;
+            }
+            match written {
                 Ok(etag) => {
                     self.events_cache.put(device_id, Stored { record, etag });
+                    let notified = held.is_some();
+                    if let Some(mut notification) = held {
+                        // Due from now: passes send in order of this time, so a device's
+                        // changes go out in the order they were recorded.
+                        notification.next_attempt_ms = now_ms();
+                        if let Err(error) = self.journal.reschedule(&notification).await {
+                            tracing::warn!(notification.id = %notification.id, %error, "a status notification stays held until its hold ends");
+                        }
+                    }
                     return Ok(Outcome::Changed { notified });
                 }
                 // Changed elsewhere (or the cached copy was stale, or the record is gone): read

@@ -16,10 +16,69 @@ use tokio::sync::Notify;
 pub const SIGNATURE_HEADER: &str = "X-Registry-Signature";
 /// Header carrying the notification id (also in the body), for de-duplication.
 pub const ID_HEADER: &str = "X-Registry-Notification-Id";
-/// Longest wait between attempts.
-const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 /// Notifications sent per pass.
 const PASS_LIMIT: usize = 100;
+/// How long one POST to the webhook may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a claimed notification is left to its claimant before another pass may take it
+/// (the claimant died between claiming and recording the outcome): longer than any send.
+const CLAIM_MS: i64 = 2 * 30 * 1000;
+
+/// The waits between delivery attempts: `first`, doubling up to `longest`
+/// (`NOTIFY_RETRY_INTERVALS`; 1 s and 5 minutes unless set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryIntervals {
+    /// The wait after the first failed attempt.
+    pub first: Duration,
+    /// The longest wait.
+    pub longest: Duration,
+}
+
+impl Default for RetryIntervals {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(1),
+            longest: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl RetryIntervals {
+    /// Parses `first,longest` in seconds (decimals allowed, as `0.05,2`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (first, longest) = text
+            .split_once(',')
+            .ok_or_else(|| format!("{text:?} is not first,longest (seconds)"))?;
+        let seconds = |part: &str| -> Result<Duration, String> {
+            let value: f64 = part
+                .trim()
+                .parse()
+                .map_err(|_| format!("{:?} is not a number of seconds", part.trim()))?;
+            if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+                return Err(format!(
+                    "{:?} must be more than 0 and at most 86400 seconds",
+                    part.trim()
+                ));
+            }
+            Ok(Duration::from_secs_f64(value))
+        };
+        let (first, longest) = (seconds(first)?, seconds(longest)?);
+        if first > longest {
+            return Err("the first interval is longer than the longest".into());
+        }
+        Ok(Self { first, longest })
+    }
+
+    /// The wait after `attempts` failed attempts, in milliseconds (at least 1).
+    fn backoff_ms(&self, attempts: u32) -> i64 {
+        let first = i64::try_from(self.first.as_millis()).unwrap_or(i64::MAX);
+        let longest = i64::try_from(self.longest.as_millis()).unwrap_or(i64::MAX);
+        first
+            .saturating_mul(1_i64 << attempts.saturating_sub(1).min(20))
+            .min(longest)
+            .max(1)
+    }
+}
 
 /// The webhook's signing secret; never printed.
 #[derive(Clone)]
@@ -65,10 +124,12 @@ pub struct Webhook {
     pub secret: WebhookSecret,
 }
 
-/// The delivery side: the webhook (if configured), an HTTP client, and a wake-up signal.
+/// The delivery side: the webhook (if configured), an HTTP client, the retry intervals and a
+/// wake-up signal.
 pub struct Notifier {
     webhook: Option<Webhook>,
     http: reqwest::Client,
+    retry: RetryIntervals,
     wake: Notify,
 }
 
@@ -78,8 +139,19 @@ impl Notifier {
         Self {
             webhook,
             http,
+            retry: RetryIntervals::default(),
             wake: Notify::new(),
         }
+    }
+
+    /// The same, retrying failed deliveries after `retry`.
+    pub fn with_retry(self, retry: RetryIntervals) -> Self {
+        Self { retry, ..self }
+    }
+
+    /// The retry intervals.
+    pub fn retry(&self) -> RetryIntervals {
+        self.retry
     }
 
     /// Whether notifications are wanted.
@@ -102,31 +174,40 @@ pub struct DeliveryReport {
     pub retried: usize,
 }
 
-fn now_ms() -> i64 {
+/// Now, in unix milliseconds.
+pub(super) fn now_ms() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
         .unwrap_or(i64::MAX)
 }
 
-/// 1 s, 2 s, 4 s, … up to five minutes.
-fn backoff_ms(attempts: u32) -> i64 {
-    1000_i64
-        .saturating_mul(1_i64 << attempts.saturating_sub(1).min(20))
-        .min(MAX_BACKOFF_MS)
-}
-
 impl Service {
-    /// Sends every due notification once; failures are rescheduled.
+    /// Sends every due notification once; failures are rescheduled. Each is claimed before it
+    /// is sent, so passes running at once (the background task, the timer, other instances)
+    /// never send the same one twice.
     pub async fn deliver_notifications(&self) -> Result<DeliveryReport, ServiceError> {
         let Some(webhook) = &self.notifier.webhook else {
             return Ok(DeliveryReport::default());
         };
         let mut report = DeliveryReport::default();
-        for mut notification in self.journal.due(now_ms(), PASS_LIMIT).await? {
+        // The outbox answers in id order; send in the order they came due (for a device's
+        // changes, the order they were recorded).
+        let mut due = self.journal.due(now_ms(), PASS_LIMIT).await?;
+        due.sort_by_key(|n| n.next_attempt_ms);
+        for mut notification in due {
+            let now = now_ms();
+            if !self
+                .journal
+                .claim(&notification.id, now, now.saturating_add(CLAIM_MS))
+                .await?
+            {
+                continue;
+            }
             let body = notification.document.to_string();
             let sent = self
                 .notifier
                 .http
                 .post(&webhook.url)
+                .timeout(SEND_TIMEOUT)
                 .header("Content-Type", "application/json")
                 .header(SIGNATURE_HEADER, webhook.secret.sign(body.as_bytes()))
                 .header(ID_HEADER, &notification.id)
@@ -140,7 +221,8 @@ impl Service {
                 tracing::info!(notification.id = %notification.id, device.id = %notification.document["deviceId"], "delivered a status notification");
             } else {
                 notification.attempts += 1;
-                notification.next_attempt_ms = now_ms() + backoff_ms(notification.attempts);
+                notification.next_attempt_ms =
+                    now_ms() + self.notifier.retry.backoff_ms(notification.attempts);
                 self.journal.reschedule(&notification).await?;
                 report.retried += 1;
                 let status = sent.map(|r| r.status().as_u16()).unwrap_or_default();
@@ -151,7 +233,8 @@ impl Service {
     }
 
     /// Delivers notifications until `shutdown` completes: when woken, and at least every
-    /// `period` (retries come due without a wake-up).
+    /// `period` or first retry interval, whichever is shorter (retries come due without a
+    /// wake-up).
     pub async fn run_notifier(
         self: Arc<Self>,
         period: Duration,
@@ -160,6 +243,7 @@ impl Service {
         if !self.notifier.enabled() {
             return shutdown.await;
         }
+        let period = period.min(self.notifier.retry.first);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -192,8 +276,22 @@ mod tests {
 
     #[test]
     fn retries_back_off_to_five_minutes() {
-        assert_eq!(backoff_ms(1), 1000);
-        assert_eq!(backoff_ms(3), 4000);
-        assert_eq!(backoff_ms(40), MAX_BACKOFF_MS);
+        let retry = RetryIntervals::default();
+        assert_eq!(retry.backoff_ms(1), 1000);
+        assert_eq!(retry.backoff_ms(3), 4000);
+        assert_eq!(retry.backoff_ms(40), 5 * 60 * 1000);
+    }
+
+    #[test]
+    fn retry_intervals_parse_seconds_and_refuse_nonsense() {
+        let quick = RetryIntervals::parse("0.05, 0.4").unwrap();
+        assert_eq!(quick.backoff_ms(1), 50);
+        assert_eq!(quick.backoff_ms(3), 200);
+        assert_eq!(quick.backoff_ms(9), 400);
+        for bad in [
+            "", "1", "a,2", "0,1", "-1,2", "NaN,1", "1,inf", "5,1", "1,1e9",
+        ] {
+            assert!(RetryIntervals::parse(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

@@ -347,11 +347,26 @@ impl Journal for MemoryJournal {
             .collect())
     }
 
+    async fn claim(&self, id: &str, now_ms: i64, until_ms: i64) -> Result<bool, StoreError> {
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match outbox.get_mut(id) {
+            Some(n) if n.next_attempt_ms <= now_ms => {
+                n.next_attempt_ms = until_ms;
+                true
+            }
+            _ => false,
+        })
+    }
+
     async fn reschedule(&self, notification: &Notification) -> Result<(), StoreError> {
-        self.outbox
+        if let Some(queued) = self
+            .outbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(notification.id.clone(), notification.clone());
+            .get_mut(&notification.id)
+        {
+            *queued = notification.clone();
+        }
         Ok(())
     }
 

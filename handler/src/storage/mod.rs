@@ -190,7 +190,14 @@ pub trait Journal: Send + Sync {
     /// Notifications due at `now_ms`, at most `limit`.
     async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<Notification>, StoreError>;
 
-    /// Stores a notification's new attempt count and next attempt.
+    /// Takes a due notification for one delivery attempt: moves its next attempt to `until_ms`
+    /// unless it is gone or no longer due at `now_ms`. True for exactly one of several callers
+    /// racing for it (another instance, or the timer beside the background task), so a
+    /// notification is sent once per attempt, not once per caller.
+    async fn claim(&self, id: &str, now_ms: i64, until_ms: i64) -> Result<bool, StoreError>;
+
+    /// Stores a notification's new attempt count and next attempt; one delivered meanwhile
+    /// stays delivered (it is not queued again).
     async fn reschedule(&self, notification: &Notification) -> Result<(), StoreError>;
 
     /// Removes a delivered notification.

@@ -839,17 +839,55 @@ impl Journal for TableRegistry {
         first_page(&self.outbox, azure_data_tables::Filter::new(filter), limit).await
     }
 
+    async fn claim(&self, id: &str, now_ms: i64, until_ms: i64) -> Result<bool, StoreError> {
+        self.ensure_tables().await?;
+        let client = self
+            .outbox
+            .partition_key_client(OUTBOX_PARTITION)
+            .entity_client(id);
+        let current = match client.get::<DataRow>().await {
+            Ok(response) => response,
+            Err(e) if status_of(&e) == Some(404) => return Ok(false),
+            Err(e) => return Err(failed(e)),
+        };
+        let mut notification: Notification = from_json(&current.entity)?;
+        if notification.next_attempt_ms > now_ms {
+            return Ok(false);
+        }
+        notification.next_attempt_ms = until_ms;
+        // Only the caller whose read is still current wins; the others see 412 (or 404 once it
+        // was delivered).
+        match client
+            .update(
+                &outbox_row(&notification)?,
+                IfMatchCondition::Etag(current.etag),
+            )
+            .map_err(failed)?
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(status_of(&e), Some(404 | 412)) => Ok(false),
+            Err(e) => Err(failed(e)),
+        }
+    }
+
     async fn reschedule(&self, notification: &Notification) -> Result<(), StoreError> {
         self.ensure_tables().await?;
         let row = outbox_row(notification)?;
-        self.outbox
+        // An update, not an upsert: a notification another pass delivered (and deleted) in the
+        // meantime must not be queued again.
+        match self
+            .outbox
             .partition_key_client(OUTBOX_PARTITION)
             .entity_client(&notification.id)
-            .insert_or_replace(&row)
+            .update(&row, IfMatchCondition::Any)
             .map_err(failed)?
             .await
-            .map(|_| ())
-            .map_err(failed)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(failed(e)),
+        }
     }
 
     async fn delivered(&self, id: &str) -> Result<(), StoreError> {

@@ -9,6 +9,7 @@ mod dependencies;
 mod devices;
 mod enrollments;
 mod events;
+mod faults;
 mod helpers;
 mod identity;
 mod import;
