@@ -60,14 +60,15 @@ start_azurite "$state/azurite.log"
 functions_app_args target/release/handler
 mkdir -p "$state/soak"
 target/release/emulator --state-dir "$state/soak" --in-memory --https-port 0 --mqtt-port 0 \
-  --registration-retry-after 1 --functions-port 0 "${FUNCTIONS_APP_ARGS[@]}" >"$state/soak/emulator.log" 2>&1 &
+  --registration-retry-after 1 --event-retention 1000 --functions-port 0 "${FUNCTIONS_APP_ARGS[@]}" \
+  >"$state/soak/emulator.log" 2>&1 &
 pid=$!
 wait_ready "$state/soak" "$pid"
 wait_host "$state/soak"
 handler_pid=$(pgrep -P "$pid" -x handler | head -1)
 echo "Soak: $soak_devices devices for $soak_minutes min (telemetry every second, a reported property every"
-echo "10 s, each device registering again every 2 min), the emulator (with the function app's events)"
-echo "and the handler sampled every 5 s:"
+echo "10 s, each device registering again every 2 min), the emulator (running the function app, 1,000"
+echo "events retained per partition, so retention does not pass for growth) and the handler sampled every 5 s:"
 target/release/fleet --endpoints "$state/soak/endpoints.json" soak --minutes "$soak_minutes" \
   --devices "$soak_devices" --process "emulator=$pid" --process "handler=$handler_pid" \
   --csv "$soak_csv" --svg "$soak_svg"

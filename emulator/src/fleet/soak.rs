@@ -347,6 +347,14 @@ pub fn render_svg(samples: &[MemorySample], title: &str) -> String {
     let y_top = nice_ceiling(max_mib * 1.1);
     let x = |minutes: f64| left + minutes / max_minutes * plot_w;
     let y = |mib: f64| top + plot_h - mib / y_top * plot_h;
+    // Enough decimals that the minute ticks differ.
+    let decimals = if max_minutes >= 5.0 {
+        0
+    } else if max_minutes >= 0.5 {
+        1
+    } else {
+        2
+    };
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -370,7 +378,7 @@ pub fn render_svg(samples: &[MemorySample], title: &str) -> String {
         );
         let _ = writeln!(
             svg,
-            r##"<line x1="{xx:.1}" y1="{top}" x2="{xx:.1}" y2="{yb:.1}" stroke="#eee"/><text x="{xx:.1}" y="{ty:.1}" text-anchor="middle">{minutes:.1}</text>"##,
+            r##"<line x1="{xx:.1}" y1="{top}" x2="{xx:.1}" y2="{yb:.1}" stroke="#eee"/><text x="{xx:.1}" y="{ty:.1}" text-anchor="middle">{minutes:.decimals$}</text>"##,
             xx = x(minutes),
             yb = top + plot_h,
             ty = top + plot_h + 16.0
