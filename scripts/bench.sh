@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: DPS registrations per second over HTTPS and MQTT for 1,000 distinct devices each
 # and the emulator's peak memory; hub connections and telemetry next to Mosquitto; the handler next
-# to Azurite (scripts/bench-handler.sh). Every reference is measured in the same run.
+# to Azurite (scripts/bench-handler.sh); provisioning storms and a soak (scripts/bench-storm.sh).
+# Every reference is measured in the same run.
 # Figures are recorded by hand in docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,3 +90,7 @@ scripts/bench-handler.sh
 # ----- The device: sizes, memory, portal-to-first-telemetry next to the Python device SDK -----
 echo
 scripts/bench-device.sh
+
+# ----- Storms (with and without jitter) and the soak, with its memory chart -----
+echo
+scripts/bench-storm.sh

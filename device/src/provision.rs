@@ -13,6 +13,7 @@ use iot_credentials::SasToken;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,45 @@ const MQTT_API_VERSION: &str = "2019-03-31";
 /// First wait after a 429 or 5xx; doubled each time, with jitter, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How a device waits before retrying a throttled (429) or failed (5xx) call: exponential
+/// backoff from `first`, doubled per retry up to `max`, never shorter than the server's
+/// `Retry-After`, and with `jitter` stretched by a random part of up to half, so that devices
+/// refused at the same moment do not all come back at the same moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The wait before the first retry.
+    pub first: Duration,
+    /// The longest wait the doubling reaches.
+    pub max: Duration,
+    /// Spread retries randomly (off: every device waits exactly the same, synchronized).
+    pub jitter: bool,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            first: FIRST_BACKOFF,
+            max: MAX_BACKOFF,
+            jitter: true,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before retry number `retry` (0 for the first), given the server's `Retry-After`.
+    pub fn wait(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let doubled = self
+            .first
+            .saturating_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX));
+        let floor = doubled.min(self.max).max(retry_after.unwrap_or_default());
+        if self.jitter {
+            floor + floor.mul_f64(random_fraction() / 2.0)
+        } else {
+            floor
+        }
+    }
+}
 /// The longest `Retry-After` taken as given: a larger value (up to u64::MAX seconds from a broken
 /// or hostile server) would overflow time arithmetic; the provisioning deadline ends the wait
 /// long before this anyway.
@@ -109,6 +149,10 @@ pub struct Provisioner {
     pub deadline: Duration,
     /// What the device says about itself.
     pub info: DeviceInfo,
+    /// How throttled and failed calls are retried.
+    pub backoff: Backoff,
+    /// Answers that asked the device to wait and retry (429 and 5xx), counted across clones.
+    pub retries: Arc<AtomicU64>,
 }
 
 /// DPS's registration state, as far as the device reads it.
@@ -171,12 +215,11 @@ pub fn https_client(extra_ca_pem: Option<&str>) -> Result<reqwest::Client, Strin
     builder.build().map_err(|e| e.to_string())
 }
 
-/// A wait between half and one and a half times `base` (jitter spreads many devices' retries).
-fn jittered(base: Duration) -> Duration {
-    let mut byte = [0u8; 2];
-    let _ = getrandom::fill(&mut byte);
-    let fraction = f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX);
-    base.mul_f64(0.5 + fraction)
+/// A random number in 0..=1.
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 2];
+    let _ = getrandom::fill(&mut bytes);
+    f64::from(u16::from_le_bytes(bytes)) / f64::from(u16::MAX)
 }
 
 /// The registration SAS token (resource `{scope}/registrations/{id}`, key name `registration`).
@@ -202,6 +245,8 @@ impl Provisioner {
             mqtt_port: 8883,
             deadline: Duration::from_secs(120),
             info: DeviceInfo::default(),
+            backoff: Backoff::default(),
+            retries: Arc::default(),
         })
     }
 
@@ -235,7 +280,7 @@ impl Provisioner {
         request: impl Fn() -> reqwest::RequestBuilder,
         started: Instant,
     ) -> Result<(u16, Value, Duration), ProvisionError> {
-        let mut backoff = FIRST_BACKOFF;
+        let mut retry = 0u32;
         loop {
             let token = registration_token(credentials, Duration::from_secs(3600));
             let response = request()
@@ -271,17 +316,18 @@ impl Provisioner {
                 401 | 403 => return Err(clock_or_credentials(server_date.as_deref())),
                 404 => return Err(ProvisionError::UnknownRegistration),
                 429 | 500..=599 => {
-                    let wait = retry_after.unwrap_or(Duration::ZERO).max(jittered(backoff));
+                    let wait = self.backoff.wait(retry, retry_after);
                     if started.elapsed() + wait >= self.deadline {
                         return Err(ProvisionError::Service(format!("HTTP {status}")));
                     }
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         status,
                         wait_ms = wait.as_millis() as u64,
                         "DPS asked to wait; retrying"
                     );
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    retry = retry.saturating_add(1);
                 }
                 _ => {
                     return Err(ProvisionError::Refused(
@@ -371,7 +417,7 @@ impl Provisioner {
             rumqttc::ConnectionError::ConnectionRefused(_) => ProvisionError::Unauthorized,
             other => ProvisionError::Unreachable(other.to_string()),
         };
-        let mut backoff = FIRST_BACKOFF;
+        let mut retry = 0u32;
         let mut rid = 0u32;
         let mut request = |client: &AsyncClient, topic: String, payload: Vec<u8>| {
             rid += 1;
@@ -456,12 +502,13 @@ impl Provisioner {
                 401 | 403 => return Err(ProvisionError::Unauthorized),
                 404 => return Err(ProvisionError::UnknownRegistration),
                 429 | 500..=599 => {
-                    let wait = retry_after.unwrap_or(Duration::ZERO).max(jittered(backoff));
+                    let wait = self.backoff.wait(retry, retry_after);
                     if started.elapsed() + wait >= self.deadline {
                         return Err(ProvisionError::Service(format!("status {status}")));
                     }
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    retry = retry.saturating_add(1);
                     pending = Some(
                         request(
                             &client,
@@ -554,11 +601,36 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_half_and_one_and_a_half_times() {
-        for _ in 0..100 {
-            let wait = jittered(Duration::from_secs(2));
-            assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(3));
-        }
+    fn backoff_doubles_to_its_cap_and_never_undercuts_retry_after() {
+        let fixed = Backoff {
+            jitter: false,
+            ..Backoff::default()
+        };
+        let waits: Vec<u64> = (0..9)
+            .map(|n| fixed.wait(n, None).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(
+            fixed.wait(0, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(fixed.wait(u32::MAX, None), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn jitter_spreads_waits_over_up_to_half_again_above_the_floor() {
+        let jittered = Backoff::default();
+        let waits: Vec<Duration> = (0..200)
+            .map(|_| jittered.wait(1, Some(Duration::from_secs(2))))
+            .collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= Duration::from_secs(2) && *w <= Duration::from_secs(3)));
+        // 200 draws from 65,536 values: all equal would mean no jitter at all.
+        assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
     }
 
     #[test]

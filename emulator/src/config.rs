@@ -150,6 +150,9 @@ pub struct EmulatorConfig {
     pub registration_retry_after: Duration,
     /// How long a custom allocation webhook may take before the registration fails.
     pub webhook_timeout: Duration,
+    /// DPS's registration rate limit (429 with Retry-After beyond it). Off by default: Azure's
+    /// 1,000 a minute per unit would throttle every benchmark and load test; storms turn it on.
+    pub registration_rate: Option<crate::dps::rate_limit::RegistrationRate>,
     /// Partitions of each hub's event stream.
     pub event_partitions: usize,
     /// Events kept per partition (older ones are dropped, as retention does in Event Hubs).
@@ -204,6 +207,7 @@ impl EmulatorConfig {
             hub_service_key: development_key(DEFAULT_HUB_SERVICE_KEY),
             registration_retry_after: Duration::from_secs(1),
             webhook_timeout: Duration::from_secs(10),
+            registration_rate: None,
             event_partitions: crate::events::log::DEFAULT_PARTITIONS,
             event_retention: crate::events::log::DEFAULT_RETENTION,
             event_hubs: EventHubsConfig {

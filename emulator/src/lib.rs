@@ -317,6 +317,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
                 .collect(),
             retry_after: config.registration_retry_after,
             webhook_timeout: config.webhook_timeout,
+            registration_rate: config.registration_rate,
         },
         store.clone(),
         hub_map,

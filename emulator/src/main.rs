@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use emulator::config::{EmulatorConfig, FunctionsConfig, HubConfig, Persistence};
+use emulator::dps::rate_limit::RegistrationRate;
 use emulator::events::routing::RouteConfig;
 use iot_credentials::SharedAccessKey;
 use std::net::IpAddr;
@@ -44,6 +45,13 @@ struct Args {
     /// Seconds DPS tells devices to wait before polling a registration.
     #[arg(long, default_value_t = 1)]
     registration_retry_after: u64,
+    /// DPS's registration rate limit: register calls admitted per minute, the excess answered
+    /// 429 with Retry-After (Azure allows 1,000 a minute per unit). 0, the default, is no limit.
+    #[arg(long, default_value_t = 0)]
+    registration_rate: u32,
+    /// Register calls admitted at once under the rate limit (default: one second's worth).
+    #[arg(long)]
+    registration_burst: Option<u32>,
     /// Run this custom-handler function app (host.json, function folders, local.settings.json)
     /// in the Functions host stand-in.
     #[arg(long)]
@@ -160,6 +168,15 @@ fn config(args: Args) -> anyhow::Result<EmulatorConfig> {
     }
     config.registration_retry_after = Duration::from_secs(args.registration_retry_after);
     config.event_retention = args.event_retention;
+    if args.registration_rate > 0 {
+        let mut rate = RegistrationRate::per_minute(args.registration_rate);
+        if let Some(burst) = args.registration_burst {
+            rate.burst = burst.max(1);
+        }
+        config.registration_rate = Some(rate);
+    } else if args.registration_burst.is_some() {
+        bail!("--registration-burst needs --registration-rate");
+    }
     if !args.routes.is_empty() {
         config.routes = args
             .routes

@@ -191,3 +191,53 @@ async fn unknown_protocol_versions_are_refused() {
         })
     );
 }
+
+#[tokio::test]
+async fn beyond_the_registration_rate_the_answer_topic_is_429_with_retry_after() {
+    let emu = TestEmulator::start_with(|config| {
+        config.registration_rate = Some(emulator::dps::rate_limit::RegistrationRate {
+            per_minute: 6,
+            burst: 1,
+        });
+    })
+    .await;
+    let first = emu.enroll("mqtt-rate-1", json!({})).await;
+    let second = emu.enroll("mqtt-rate-2", json!({})).await;
+    assert!(emu.register_mqtt(&first, None).await.is_ok());
+
+    let mut raw = RawConnection::open(&emu, emu.running.dps_mqtt_address()).await;
+    raw.send(&dps_connect(&second)).await;
+    assert!(matches!(
+        raw.next().await,
+        Some(Packet::ConnAck {
+            code: ConnectReturnCode::Accepted,
+            ..
+        })
+    ));
+    raw.send(&Packet::Subscribe {
+        pkid: 1,
+        filters: vec![("$dps/registrations/res/#".into(), QoS::AtLeastOnce)],
+    })
+    .await;
+    assert!(matches!(raw.next().await, Some(Packet::SubAck { .. })));
+    raw.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "$dps/registrations/PUT/iotdps-register/?$rid=7".into(),
+        pkid: 0,
+        payload: bytes::Bytes::from(json!({ "registrationId": "mqtt-rate-2" }).to_string()),
+    }))
+    .await;
+    let Some(Packet::Publish(answer)) = raw.next().await else {
+        panic!("no answer to the register request");
+    };
+    // Six a minute: the next registration is ten seconds away.
+    assert_eq!(
+        answer.topic,
+        "$dps/registrations/res/429/?$rid=7&retry-after=10"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(body["errorCode"], 429001);
+    assert_eq!(emu.running.dps().registration_counts().throttled, 1);
+}

@@ -443,3 +443,42 @@ async fn reprovisioning_follows_the_enrollments_policy() {
         }
     }
 }
+
+#[tokio::test]
+async fn beyond_the_registration_rate_dps_answers_429_with_retry_after_and_later_admits() {
+    let emu = TestEmulator::start_with(|config| {
+        config.registration_rate = Some(emulator::dps::rate_limit::RegistrationRate {
+            per_minute: 60,
+            burst: 1,
+        });
+    })
+    .await;
+    let first = emu.enroll("rate-1", json!({})).await;
+    let second = emu.enroll("rate-2", json!({})).await;
+    assert!(emu.register(&first).await.is_ok());
+    let path = format!(
+        "{}/registrations/rate-2/register?api-version=2021-06-01",
+        emu.id_scope()
+    );
+    let token = second.token().expose().to_owned();
+    let body = json!({ "registrationId": "rate-2" }).to_string();
+    let register = || {
+        emu.send(
+            Method::PUT,
+            &path,
+            Some(&token),
+            Some(("application/json", &body)),
+        )
+    };
+    let refused = register().await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.headers["retry-after"], "1", "one a second refills");
+    assert_eq!(refused.body["errorCode"], 429001);
+    assert_eq!(refused.headers["x-ms-error-code"], "429001");
+    let counts = emu.running.dps().registration_counts();
+    assert_eq!((counts.admitted, counts.throttled), (1, 1));
+    // After the wait DPS asked for, the registration is admitted.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let admitted = register().await;
+    assert_eq!(admitted.status, 202, "{:?}", admitted.body);
+}

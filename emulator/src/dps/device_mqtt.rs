@@ -190,11 +190,19 @@ impl Session<'_> {
                 )),
             },
         };
-        let (status, body, retry) = match outcome {
-            Ok((status, body)) => (status, body, status == 202),
-            Err(error) => (error.status().as_u16(), Bytes::from(error.body()), false),
-        };
-        self.respond(&rid, status, body, retry).await
+        match outcome {
+            Ok((status, body)) => self.respond(&rid, status, body, status == 202).await,
+            // The rate limit: 429 with how long to wait, as for the manual throttle above.
+            Err(error @ DpsError::Throttled(seconds)) => {
+                let body = Bytes::from(error.body());
+                self.respond_after(&rid, 429, body, seconds).await
+            }
+            Err(error) => {
+                let status = error.status().as_u16();
+                self.respond(&rid, status, Bytes::from(error.body()), false)
+                    .await
+            }
+        }
     }
 
     async fn register(&self, payload: &[u8]) -> Result<(u16, Bytes), DpsError> {

@@ -5,6 +5,7 @@
 //! - [`registrations`]: the service API for registration records.
 //! - [`provisioning`]: device registration: authentication, allocation, assignment, operations.
 //! - [`allocation`]: picking a hub (hashed, static, custom webhook).
+//! - [`rate_limit`]: the registration rate limit (429 with Retry-After beyond it).
 //! - [`service_http`], [`device_http`], [`device_mqtt`]: the wire protocols over the above.
 //! - [`error`], [`validate`]: errors in Azure's shape, Azure's naming rules.
 
@@ -15,6 +16,7 @@ pub mod enrollments;
 pub mod error;
 pub mod model;
 pub mod provisioning;
+pub mod rate_limit;
 pub mod registrations;
 pub mod service_http;
 pub mod validate;
@@ -23,6 +25,7 @@ use crate::hub::Hubs;
 use crate::state::CloudState;
 use crate::store::Store;
 use iot_credentials::SharedAccessKey;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,12 +55,26 @@ pub struct DpsSettings {
     pub retry_after: Duration,
     /// Custom allocation webhook timeout.
     pub webhook_timeout: Duration,
+    /// Register calls admitted per minute, None for no limit.
+    pub registration_rate: Option<rate_limit::RegistrationRate>,
+}
+
+/// What the registration rate limit has done since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistrationCounts {
+    /// Register calls admitted.
+    pub admitted: u64,
+    /// Register calls answered 429 by the rate limit.
+    pub throttled: u64,
 }
 
 /// The DPS instance: settings, durable records and registration operations in flight.
 pub struct Dps {
     /// Until when device requests are answered 429 (tests of clients' backoff).
     throttled_until: std::sync::Mutex<Option<std::time::Instant>>,
+    rate_limiter: Option<rate_limit::RateLimiter>,
+    admitted: AtomicU64,
+    rate_limited: AtomicU64,
     settings: DpsSettings,
     store: Arc<Store<CloudState>>,
     hubs: Hubs,
@@ -89,6 +106,27 @@ impl Dps {
         }
     }
 
+    /// Counts a register call against the rate limit: `Throttled` with the seconds to wait when
+    /// the limit is reached.
+    pub fn admit_registration(&self) -> Result<(), error::DpsError> {
+        if let Some(limiter) = &self.rate_limiter {
+            if let Err(seconds) = limiter.admit() {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Err(error::DpsError::Throttled(seconds));
+            }
+        }
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Register calls admitted and refused by the rate limit so far.
+    pub fn registration_counts(&self) -> RegistrationCounts {
+        RegistrationCounts {
+            admitted: self.admitted.load(Ordering::Relaxed),
+            throttled: self.rate_limited.load(Ordering::Relaxed),
+        }
+    }
+
     /// A DPS over `store`, assigning devices to `hubs`.
     pub fn new(settings: DpsSettings, store: Arc<Store<CloudState>>, hubs: Hubs) -> Self {
         let webhooks = reqwest::Client::builder()
@@ -97,6 +135,9 @@ impl Dps {
             .unwrap_or_default();
         Self {
             throttled_until: std::sync::Mutex::new(None),
+            rate_limiter: settings.registration_rate.map(rate_limit::RateLimiter::new),
+            admitted: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             settings,
             store,
             hubs,

@@ -215,6 +215,8 @@ impl Dps {
                 ));
             }
         }
+        // Counted once the request is known to be valid, as a billable registration would be.
+        self.admit_registration()?;
         let outcome = self
             .assign(registration_id, &admission, request.payload)
             .await?;

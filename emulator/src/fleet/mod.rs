@@ -1,6 +1,7 @@
 //! Clients of the emulator, used by the `fleet` tool (the demo and the load generator) and by
 //! the tests: TLS that trusts the emulator's CA, the DPS service API, and DPS device
-//! registration over HTTPS and MQTT.
+//! registration over HTTPS and MQTT; provisioning storms and soaks driven through the device
+//! crate's own provisioning client.
 
 pub mod device;
 pub mod hub;
@@ -8,6 +9,8 @@ pub mod hub_device;
 pub mod hub_load;
 pub mod load;
 pub mod service;
+pub mod soak;
+pub mod storm;
 
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;

@@ -7,6 +7,10 @@
 //! - `fleet bench-dps`: the DPS benchmark of `make bench` (HTTPS and MQTT, with references).
 //! - `fleet bench-hub`: the hub benchmark of `make bench` (connections, messages per second, memory
 //!   per connection), against the emulator or a reference broker.
+//! - `fleet storm`: N devices powered on at once, provisioned by the device crate's own client
+//!   (with jitter or without); time until all are connected, peak registration rate, 429s.
+//! - `fleet soak`: a fleet kept connected, reporting and re-provisioning while the servers'
+//!   memory is sampled into a CSV (and drawn as an SVG); `fleet plot-memory` redraws a CSV.
 //! - `fleet issue-certificate`: a server certificate from the emulator's CA (for the reference
 //!   broker).
 //!
@@ -18,6 +22,7 @@
 mod admin;
 mod demo;
 mod latency;
+mod storm;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -80,6 +85,71 @@ enum Command {
         /// Registry id prefix.
         #[arg(long, default_value = "sim")]
         prefix: String,
+    },
+    /// A provisioning storm: N freshly enrolled devices power on at the same moment, register
+    /// through DPS with the device client's backoff, connect to their hubs and report. Prints a
+    /// results row: label, devices, transport, time until all are connected, peak
+    /// registrations completed in one second, retries DPS asked for, devices that gave up.
+    Storm {
+        /// Devices.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// How devices reach DPS.
+        #[arg(long, value_enum, default_value = "https")]
+        transport: device::provision::DpsTransport,
+        /// Retries without jitter: every refused device waits exactly as long (synchronized).
+        #[arg(long)]
+        no_jitter: bool,
+        /// A device gives up after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        deadline: u64,
+        /// Label for the results row.
+        #[arg(long, default_value = "storm")]
+        label: String,
+    },
+    /// A soak: N devices kept connected for MINUTES, each sending telemetry, reporting a
+    /// property and now and then registering again, while the named processes' resident memory
+    /// is sampled into a CSV (seconds,process,rss_kib).
+    Soak {
+        /// How long, in minutes (fractions allowed).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Devices.
+        #[arg(long, default_value_t = 200)]
+        devices: usize,
+        /// Seconds between a device's telemetry messages.
+        #[arg(long, default_value_t = 1.0)]
+        telemetry_seconds: f64,
+        /// Seconds between a device's reported-property patches.
+        #[arg(long, default_value_t = 10.0)]
+        report_seconds: f64,
+        /// Seconds between a device's re-provisionings (turns spread over the fleet).
+        #[arg(long, default_value_t = 120.0)]
+        reprovision_seconds: f64,
+        /// Seconds between memory samples.
+        #[arg(long, default_value_t = 5.0)]
+        sample_seconds: f64,
+        /// A process to sample, NAME=PID (repeat: the emulator, the handler).
+        #[arg(long = "process", value_name = "NAME=PID")]
+        processes: Vec<String>,
+        /// Where to write the samples.
+        #[arg(long)]
+        csv: PathBuf,
+        /// Where to draw the memory-over-time chart (SVG).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+    /// Draws a soak's CSV as an SVG chart of memory over time.
+    PlotMemory {
+        /// The samples (from `fleet soak --csv`).
+        #[arg(long)]
+        csv: PathBuf,
+        /// Where to write the chart.
+        #[arg(long)]
+        svg: PathBuf,
+        /// The chart's title.
+        #[arg(long, default_value = "Resident memory during the soak")]
+        title: String,
     },
     /// Hub load: N connections each sending a burst of QoS 1 telemetry; reports messages per
     /// second and the server's memory per connection.
@@ -243,9 +313,56 @@ async fn main() -> anyhow::Result<()> {
         ca.write_server_certificate(&[*address], cert, key)?;
         return Ok(());
     }
+    if let Command::PlotMemory { csv, svg, title } = &args.command {
+        return storm::plot(csv, svg, title);
+    }
     let emulator = Emulator::load(&args.endpoints)?;
     match args.command {
-        Command::IssueCertificate { .. } => Ok(()),
+        Command::IssueCertificate { .. } | Command::PlotMemory { .. } => Ok(()),
+        Command::Storm {
+            devices,
+            transport,
+            no_jitter,
+            deadline,
+            label,
+        } => {
+            storm::run_storm(
+                &emulator,
+                devices,
+                transport,
+                !no_jitter,
+                std::time::Duration::from_secs(deadline),
+                &label,
+            )
+            .await
+        }
+        Command::Soak {
+            minutes,
+            devices,
+            telemetry_seconds,
+            report_seconds,
+            reprovision_seconds,
+            sample_seconds,
+            processes,
+            csv,
+            svg,
+        } => {
+            storm::run_soak(
+                &emulator,
+                storm::SoakArgs {
+                    minutes,
+                    devices,
+                    telemetry_seconds,
+                    report_seconds,
+                    reprovision_seconds,
+                    sample_seconds,
+                    processes: &processes,
+                    csv: &csv,
+                    svg: svg.as_deref(),
+                },
+            )
+            .await
+        }
         Command::BenchEventLatency { samples } => latency::run(&emulator, samples).await,
         Command::Codes { count, prefix } => {
             for n in 0..count {

@@ -1,0 +1,235 @@
+//! `fleet storm`, `fleet soak` and `fleet plot-memory`: the fleet's devices, provisioned by the
+//! device crate's own client, all powered on at once, or kept busy for a long time while the
+//! servers' memory is sampled.
+
+use super::Emulator;
+use anyhow::{bail, Context};
+use device::assignment::Credentials;
+use device::provision::{DpsTransport, Provisioner};
+use emulator::fleet::hub_device::Endpoint;
+use emulator::fleet::load::enroll;
+use emulator::fleet::soak::{self, SoakPlan};
+use emulator::fleet::storm;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Enrolls `count` devices and answers their credentials as the device crate holds them.
+async fn enrolled(
+    emulator: &Emulator,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Credentials>> {
+    let dps = &emulator.endpoints.dps;
+    let devices = enroll(&emulator.service, prefix, count, &dps.id_scope).await?;
+    Ok(devices
+        .into_iter()
+        .map(|d| Credentials {
+            id_scope: d.id_scope,
+            registration_id: d.registration_id,
+            key: d.key,
+            endpoint: dps.device_endpoint.clone(),
+        })
+        .collect())
+}
+
+/// Every hub's MQTT endpoint by the host name DPS assigns.
+fn hubs(emulator: &Emulator) -> anyhow::Result<HashMap<String, Endpoint>> {
+    emulator
+        .endpoints
+        .hubs
+        .iter()
+        .map(|hub| {
+            Ok((
+                hub.host_name.clone(),
+                emulator.hub_endpoint(&hub.host_name)?,
+            ))
+        })
+        .collect()
+}
+
+/// The device crate's provisioner, trusting the emulator's CA.
+fn provisioner(
+    emulator: &Emulator,
+    transport: DpsTransport,
+    jitter: bool,
+    deadline: Duration,
+) -> anyhow::Result<Provisioner> {
+    let ca = std::fs::read_to_string(&emulator.endpoints.ca_certificate_path)?;
+    let mut provisioner = Provisioner::new(Some(&ca)).map_err(anyhow::Error::msg)?;
+    provisioner.transport = transport;
+    provisioner.mqtt_port = emulator.endpoints.dps.mqtt_port;
+    provisioner.deadline = deadline;
+    provisioner.backoff.jitter = jitter;
+    Ok(provisioner)
+}
+
+/// `fleet storm`: prints one results row.
+pub async fn run_storm(
+    emulator: &Emulator,
+    devices: usize,
+    transport: DpsTransport,
+    jitter: bool,
+    deadline: Duration,
+    label: &str,
+) -> anyhow::Result<()> {
+    let prefix = format!("storm-{}", std::process::id());
+    eprintln!("Enrolling {devices} devices...");
+    let credentials = enrolled(emulator, &prefix, devices).await?;
+    let provisioner = provisioner(emulator, transport, jitter, deadline)?;
+    eprintln!(
+        "Powering on {devices} devices at once (jitter {})...",
+        if jitter { "on" } else { "off" }
+    );
+    let report = storm::power_on_all(&credentials, &provisioner, &hubs(emulator)?).await;
+    let all = report.all_connected_after.map_or_else(
+        || "never".to_owned(),
+        |d| format!("{:.1} s", d.as_secs_f64()),
+    );
+    println!(
+        "| {label} | {} | {transport:?} | {all} | {} | {} | {} |",
+        report.devices, report.peak_registrations_per_second, report.retries, report.gave_up
+    );
+    if let Some(error) = report.first_error {
+        bail!("{} devices gave up; the first: {error}", report.gave_up);
+    }
+    Ok(())
+}
+
+/// What `fleet soak` is told.
+pub struct SoakArgs<'a> {
+    pub minutes: f64,
+    pub devices: usize,
+    pub telemetry_seconds: f64,
+    pub report_seconds: f64,
+    pub reprovision_seconds: f64,
+    pub sample_seconds: f64,
+    pub processes: &'a [String],
+    pub csv: &'a Path,
+    pub svg: Option<&'a Path>,
+}
+
+/// `NAME=PID` pairs.
+fn processes(specs: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, pid) = spec
+                .split_once('=')
+                .with_context(|| format!("--process {spec:?}: use NAME=PID"))?;
+            let pid = pid
+                .parse()
+                .with_context(|| format!("--process {spec:?}: {pid:?} is not a process id"))?;
+            Ok((name.to_owned(), pid))
+        })
+        .collect()
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{name} must be a positive number of seconds, not {value}"))
+}
+
+/// `fleet soak`: keeps the fleet busy, samples memory to the CSV, draws the SVG.
+pub async fn run_soak(emulator: &Emulator, args: SoakArgs<'_>) -> anyhow::Result<()> {
+    let plan = SoakPlan {
+        duration: seconds("--minutes", args.minutes * 60.0)?,
+        telemetry_interval: seconds("--telemetry-seconds", args.telemetry_seconds)?,
+        report_interval: seconds("--report-seconds", args.report_seconds)?,
+        reprovision_interval: seconds("--reprovision-seconds", args.reprovision_seconds)?,
+        sample_interval: seconds("--sample-seconds", args.sample_seconds)?,
+        processes: processes(args.processes)?,
+    };
+    if plan.processes.is_empty() {
+        bail!("name at least one process to sample: --process emulator=PID");
+    }
+    let prefix = format!("soak-{}", std::process::id());
+    let credentials = enrolled(emulator, &prefix, args.devices).await?;
+    let provisioner = provisioner(
+        emulator,
+        DpsTransport::Https,
+        true,
+        Duration::from_secs(120),
+    )?;
+    let csv = std::fs::File::create(args.csv)
+        .with_context(|| format!("creating {}", args.csv.display()))?;
+    eprintln!(
+        "Soak: {} devices for {} min, memory of {} every {} s into {}",
+        args.devices,
+        args.minutes,
+        plan.processes
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.sample_seconds,
+        args.csv.display()
+    );
+    let report = soak::run(
+        &credentials,
+        &provisioner,
+        &hubs(emulator)?,
+        &plan,
+        std::io::BufWriter::new(csv),
+    )
+    .await?;
+    println!(
+        "{} devices, {:.1} min: {} messages, {} reported-property patches, {} re-provisionings, {} failures",
+        args.devices, args.minutes, report.messages, report.reports, report.reprovisions, report.failures
+    );
+    print_memory(&report.samples);
+    if let Some(svg) = args.svg {
+        write_svg(&report.samples, svg, args.devices, args.minutes)?;
+    }
+    if let Some(error) = report.first_error {
+        eprintln!("the first failure: {error}");
+    }
+    Ok(())
+}
+
+/// One line per process: first, last and peak resident memory and the late slope.
+fn print_memory(samples: &[soak::MemorySample]) {
+    println!("| process | samples | first | last | peak | growth, second half |");
+    println!("|---|---|---|---|---|---|");
+    for (name, slope) in soak::slopes(samples) {
+        let mine: Vec<u64> = samples
+            .iter()
+            .filter(|s| s.process == name)
+            .map(|s| s.rss_kib)
+            .collect();
+        println!(
+            "| {name} | {} | {} KiB | {} KiB | {} KiB | {slope:+.0} KiB/min |",
+            mine.len(),
+            mine.first().copied().unwrap_or_default(),
+            mine.last().copied().unwrap_or_default(),
+            mine.iter().max().copied().unwrap_or_default(),
+        );
+    }
+}
+
+fn write_svg(
+    samples: &[soak::MemorySample],
+    path: &Path,
+    devices: usize,
+    minutes: f64,
+) -> anyhow::Result<()> {
+    let title = format!(
+        "Resident memory during a {minutes} min soak, {devices} devices ({})",
+        time::OffsetDateTime::now_utc().date()
+    );
+    std::fs::write(path, soak::render_svg(samples, &title))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `fleet plot-memory`: the SVG from a soak's CSV.
+pub fn plot(csv: &Path, svg: &Path, title: &str) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    let samples = soak::read_csv(&text).map_err(anyhow::Error::msg)?;
+    std::fs::write(svg, soak::render_svg(&samples, title))
+        .with_context(|| format!("writing {}", svg.display()))?;
+    print_memory(&samples);
+    Ok(())
+}
