@@ -250,18 +250,36 @@ impl Provisioner {
         })
     }
 
-    /// Registers the device and answers its assignment.
+    /// Registers the device and answers its assignment. A DPS that cannot be reached (down,
+    /// restarting, refusing connections in a storm) is tried again with the same backoff until
+    /// the deadline, as the Azure IoT SDKs retry network errors; only then is it reported.
     pub async fn provision(&self, credentials: &Credentials) -> Result<Assignment, ProvisionError> {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.deadline, async {
-            match self.transport {
-                DpsTransport::Https => self.over_https(credentials, started).await,
-                DpsTransport::Mqtt => self.over_mqtt(credentials, started).await,
+        let mut retry = 0u32;
+        loop {
+            let attempt =
+                tokio::time::timeout(self.deadline.saturating_sub(started.elapsed()), async {
+                    match self.transport {
+                        DpsTransport::Https => self.over_https(credentials, started).await,
+                        DpsTransport::Mqtt => self.over_mqtt(credentials, started).await,
+                    }
+                })
+                .await
+                .map_err(|_| ProvisionError::Timeout(self.deadline))?;
+            match attempt {
+                Err(ProvisionError::Unreachable(reason)) => {
+                    let wait = self.backoff.wait(retry, None);
+                    if started.elapsed() + wait >= self.deadline {
+                        return Err(ProvisionError::Unreachable(reason));
+                    }
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%reason, wait_ms = wait.as_millis() as u64, "DPS cannot be reached; retrying");
+                    tokio::time::sleep(wait).await;
+                    retry = retry.saturating_add(1);
+                }
+                outcome => return decide(credentials, outcome?),
             }
-        })
-        .await
-        .map_err(|_| ProvisionError::Timeout(self.deadline))??;
-        decide(credentials, outcome)
+        }
     }
 
     fn url(&self, credentials: &Credentials, rest: &str) -> String {

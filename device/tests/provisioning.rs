@@ -6,10 +6,12 @@
 use device::assignment::Credentials;
 use device::provision::{DpsTransport, ProvisionError, Provisioner};
 use emulator::config::EmulatorConfig;
+use emulator::dps::model::RegistrationStatus;
 use emulator::fleet::service::DpsService;
 use emulator::RunningEmulator;
 use iot_credentials::{ServiceConnectionString, SharedAccessKey};
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 struct Dps {
@@ -125,15 +127,17 @@ async fn a_wrong_key_and_a_disabled_enrollment_are_told_apart() {
             .unwrap_err(),
         ProvisionError::Unauthorized
     );
+    // Nothing listens there: tried again until the deadline, then reported as unreachable.
     let mut nowhere = dps.enroll("nowhere", json!({})).await;
     nowhere.endpoint = "127.0.0.1:1".into();
-    assert!(matches!(
-        dps.provisioner(DpsTransport::Https)
-            .provision(&nowhere)
-            .await
-            .unwrap_err(),
-        ProvisionError::Unreachable(_)
-    ));
+    let mut patient = dps.provisioner(DpsTransport::Https);
+    patient.deadline = Duration::from_secs(2);
+    let error = patient.provision(&nowhere).await.unwrap_err();
+    assert!(matches!(error, ProvisionError::Unreachable(_)), "{error:?}");
+    assert!(
+        patient.retries.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "it tried again"
+    );
 }
 
 #[tokio::test]
@@ -207,4 +211,116 @@ async fn re_provisioning_follows_the_enrollment_to_another_hub() {
         .unwrap();
     assert_eq!(second.hub, hubs[1]);
     assert_eq!(second.substatus.as_deref(), Some("deviceDataMigrated"));
+}
+
+fn free_port(address: &str) -> u16 {
+    std::net::TcpListener::bind((address, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_storm_of_devices_waits_out_a_dps_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let mut config = EmulatorConfig::for_tests(state.path());
+    config.persistence = emulator::config::Persistence::Durable;
+    config.https_port = free_port("127.0.0.2");
+    config.mqtt_port = free_port("127.0.0.2");
+    let emulator = emulator::start(config.clone()).await.unwrap();
+    let connection =
+        ServiceConnectionString::parse(&emulator.endpoints().dps.service_connection_string)
+            .unwrap();
+    let service = DpsService::new(connection.clone(), emulator.ca_certificate_pem()).unwrap();
+    let dps = Dps {
+        emulator,
+        service,
+        _state: tempfile::tempdir().unwrap(),
+    };
+    let mut devices = Vec::new();
+    for n in 0..40 {
+        devices.push(dps.enroll(&format!("storm-{n}"), json!({})).await);
+    }
+    // Every device is told to wait (429, retry after 1 s), so all are mid-provisioning when DPS
+    // goes away; they come back to a DPS that refuses connections.
+    dps.emulator.dps().throttle_for(Duration::from_secs(1));
+    let https = dps.provisioner(DpsTransport::Https);
+    let mqtt = dps.provisioner(DpsTransport::Mqtt);
+    let retries = [https.retries.clone(), mqtt.retries.clone()];
+    let retried = || {
+        retries
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let mut storm = tokio::task::JoinSet::new();
+    for (n, credentials) in devices.into_iter().enumerate() {
+        let mut provisioner = if n % 2 == 0 {
+            https.clone()
+        } else {
+            mqtt.clone()
+        };
+        provisioner.deadline = Duration::from_secs(90);
+        storm.spawn(async move {
+            let assignment = provisioner.provision(&credentials).await;
+            (credentials.registration_id, assignment)
+        });
+    }
+    let ca = dps.emulator.ca_certificate_pem().to_owned();
+    wait_for("every device to be told to wait", || {
+        dps.emulator.dps().registration_counts().throttled >= 40
+    })
+    .await;
+    dps.emulator.shutdown().await.unwrap();
+    assert!(
+        storm.try_join_next().is_none(),
+        "no device finished before the restart"
+    );
+    // Down until the devices have met the closed door at least 40 times.
+    let before = retried();
+    wait_for("the devices to find DPS gone", || retried() >= before + 40).await;
+    let emulator = emulator::start(config).await.unwrap();
+    assert_eq!(
+        emulator.ca_certificate_pem(),
+        ca,
+        "the restarted DPS is the same service"
+    );
+    let service = DpsService::new(connection, emulator.ca_certificate_pem()).unwrap();
+    let hubs: Vec<String> = emulator
+        .endpoints()
+        .hubs
+        .iter()
+        .map(|h| h.host_name.clone())
+        .collect();
+    let outcomes = storm.join_all().await;
+    assert_eq!(outcomes.len(), 40);
+    for (id, outcome) in outcomes {
+        let assignment = outcome.unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(hubs.contains(&assignment.hub), "{id}: {}", assignment.hub);
+        // DPS agrees with what the device was told.
+        let state = service.registration(&id).await.unwrap();
+        assert_eq!(state.status, RegistrationStatus::Assigned, "{id}");
+        assert_eq!(
+            state.assigned_hub.as_deref(),
+            Some(assignment.hub.as_str()),
+            "{id}"
+        );
+        assert_eq!(
+            state.device_id.as_deref(),
+            Some(assignment.device_id.as_str()),
+            "{id}"
+        );
+    }
+}
+
+/// Polls `done` until it holds (at most ~60 s).
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..2400 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("waited 60 s for {what}");
 }

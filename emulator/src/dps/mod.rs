@@ -64,7 +64,7 @@ pub struct DpsSettings {
 pub struct RegistrationCounts {
     /// Register calls admitted.
     pub admitted: u64,
-    /// Register calls answered 429 by the rate limit.
+    /// Device requests answered 429, by the rate limit or while throttled ([`Dps::throttle_for`]).
     pub throttled: u64,
 }
 
@@ -99,9 +99,12 @@ impl Dps {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match until.map(|u| u.saturating_duration_since(std::time::Instant::now())) {
-            Some(left) if !left.is_zero() => Err(error::DpsError::Throttled(
-                left.as_secs_f64().ceil().max(1.0) as u64,
-            )),
+            Some(left) if !left.is_zero() => {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                Err(error::DpsError::Throttled(
+                    left.as_secs_f64().ceil().max(1.0) as u64,
+                ))
+            }
             _ => Ok(()),
         }
     }
