@@ -94,3 +94,13 @@ scripts/bench-device.sh
 # ----- Storms (with and without jitter) and the soak, with its memory chart -----
 echo
 scripts/bench-storm.sh
+
+# ----- A fleet-sized fault: storage killed during a 10,000-row import (make test runs 1,000) -----
+echo
+echo "Storage (a persistent Azurite) killed and restarted during a ${FAULT_IMPORT_ROWS:-10000}-row import, the failed rows"
+echo "imported again, then Reconcile; the records must equal a fault-free import's:"
+scripts/package.sh >/dev/null
+FAULT_IMPORT_ROWS=${FAULT_IMPORT_ROWS:-10000} FUNCTION_APP=$PWD/dist/function-app scripts/with-azurite.sh \
+  cargo test --locked --release -p handler --test api -- --exact \
+  faults::storage_killed_during_a_large_import_loses_nothing_once_the_import_is_rerun --nocapture 2>&1 \
+  | grep -E "took|test result|panicked"
