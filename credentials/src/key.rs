@@ -129,9 +129,27 @@ pub fn derive_device_key(group_key: &SharedAccessKey, registration_id: &str) -> 
     }
 }
 
+/// Whether two secrets (keys, passwords, tokens) are equal, in time that does not depend on
+/// where they differ, so a caller cannot guess one byte at a time. Lengths are not hidden.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_equal_only_when_every_byte_is() {
+        assert!(secrets_equal("key-1", "key-1"));
+        assert!(!secrets_equal("key-1", "key-2"));
+        assert!(!secrets_equal("key-1", "key-1 "));
+        assert!(!secrets_equal("", "k"));
+    }
 
     #[test]
     fn debug_and_display_never_show_the_key() {

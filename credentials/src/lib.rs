@@ -21,6 +21,6 @@ pub mod sas;
 pub use connection_string::{
     ConnectionStringError, DeviceConnectionString, ServiceConnectionString, StorageConnectionString,
 };
-pub use key::{derive_device_key, KeyError, SharedAccessKey};
+pub use key::{derive_device_key, secrets_equal, KeyError, SharedAccessKey};
 pub use provisioning_code::{CodeError, ProvisioningCode};
 pub use sas::{SasError, SasToken, SignedSas};

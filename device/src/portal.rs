@@ -8,6 +8,7 @@
 
 use crate::assignment::{Assignment, Credentials, StateDir};
 use crate::provision::{ProvisionError, Provisioner};
+use iot_credentials::secrets_equal;
 use iot_credentials::{ProvisioningCode, SharedAccessKey};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -94,15 +95,6 @@ fn random_token() -> String {
         return String::new();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compares secrets in time that does not depend on where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// Escapes text for HTML.
@@ -306,7 +298,7 @@ impl Portal {
     fn password_ok(&self, form: &Form) -> Result<(), String> {
         match &self.config.setup_password {
             None => Err("This device has no setup password configured, so it cannot be changed from the portal.".into()),
-            Some(expected) if form.get("password").is_some_and(|p| same(p, expected)) => Ok(()),
+            Some(expected) if form.get("password").is_some_and(|p| secrets_equal(p, expected)) => Ok(()),
             Some(_) => Err("The setup password is not right. It is printed on the device's label.".into()),
         }
     }
@@ -372,7 +364,7 @@ fn token_for(cookies: Option<&str>) -> (String, Option<String>) {
 /// Whether the form's token matches the cookie's.
 fn csrf_ok(cookies: Option<&str>, form: &Form) -> bool {
     match (cookie_token(cookies), form.get("csrf")) {
-        (Some(cookie), Some(field)) => same(&cookie, field),
+        (Some(cookie), Some(field)) => secrets_equal(&cookie, field),
         _ => false,
     }
 }

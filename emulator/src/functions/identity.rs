@@ -104,7 +104,7 @@ impl IdentityEndpoint {
             return refuse(StatusCode::NOT_FOUND, "GET /msi/token serves tokens");
         }
         let presented = header(request.headers(), "x-identity-header").unwrap_or_default();
-        if !constant_time_eq(presented.as_bytes(), self.secret.as_bytes()) {
+        if !iot_credentials::secrets_equal(presented, &self.secret) {
             tracing::warn!("a token request without the right X-IDENTITY-HEADER was refused");
             return refuse(
                 StatusCode::UNAUTHORIZED,
@@ -158,8 +158,4 @@ impl IdentityEndpoint {
         });
         format!("{}.{}.", encode(&header), encode(&claims))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

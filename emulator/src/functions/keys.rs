@@ -17,6 +17,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use iot_credentials::secrets_equal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -127,19 +128,11 @@ pub fn generate_key() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Compares secrets in constant time (for equal lengths).
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 fn matching(keys: &BTreeMap<String, String>, presented: &str) -> bool {
     // Every key is compared, so the time taken does not tell which one matched.
-    keys.values()
-        .fold(false, |found, value| same(value, presented) | found)
+    keys.values().fold(false, |found, value| {
+        secrets_equal(value, presented) | found
+    })
 }
 
 impl KeyStore {
@@ -245,7 +238,7 @@ impl KeyStore {
             return None;
         }
         let mut secrets = self.lock();
-        if same(&secrets.master_key, presented) {
+        if secrets_equal(&secrets.master_key, presented) {
             return Some(Grant::Admin);
         }
         if matching(&secrets.system_keys, presented) {
