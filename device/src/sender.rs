@@ -272,9 +272,6 @@ async fn session(
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut awaiting_id: VecDeque<u64> = VecDeque::new();
     let mut by_packet: HashMap<u16, u64> = HashMap::new();
-    let mut connected = false;
-    let mut rid = 0u64;
-    let mut twin_request: Option<String> = None;
     let mut flushing: Option<tokio::time::Instant> = None;
     let mut reprovision_after_answer = false;
     // Twin requests, reports and method answers waiting for room in the client's request
@@ -284,6 +281,38 @@ async fn session(
     // Set when the token is due for renewal: no new telemetry goes out, and the connection
     // ends once the hub has acknowledged what is in flight, so nothing is sent twice.
     let mut renewing: Option<tokio::time::Instant> = None;
+
+    // rumqttc makes the whole connection (TCP, TLS, CONNECT, CONNACK) inside one `poll()` and
+    // holds it in that future until CONNACK, so a poll that another select! branch cancels
+    // drops the half-made connection. Made inside the loop below, a connection slower than its
+    // quickest branch (the 500 ms state check, the telemetry interval) was never finished: on a
+    // slow link the device connected and dropped the connection again and again. So the
+    // connection is made first, and only shutdown interrupts it.
+    let connack = tokio::select! {
+        event = events.poll() => event,
+        _ = stopped(shutdown) => return End::Shutdown,
+    };
+    match connack {
+        Ok(Event::Incoming(Packet::ConnAck(_))) => {}
+        Ok(other) => return End::Failed(format!("the hub answered {other:?} before CONNACK")),
+        Err(error) => return End::Failed(error.to_string()),
+    }
+    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(hub = %hub, device.id = %device_id, "connected to the hub");
+    let filters = [
+        "$iothub/twin/res/#".to_owned(),
+        "$iothub/twin/PATCH/properties/desired/#".to_owned(),
+        "$iothub/methods/POST/#".to_owned(),
+        format!("devices/{device_id}/messages/devicebound/#"),
+    ];
+    for filter in filters {
+        let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
+    }
+    // Request ids of this connection: twin reads and reports.
+    let mut rid = 1u64;
+    let id = format!("get-{rid}");
+    control.push_back((format!("$iothub/twin/GET/?$rid={id}"), Vec::new()));
+    let mut twin_request = Some(id);
 
     loop {
         while let Some((topic, payload)) = control.pop_front() {
@@ -310,7 +339,7 @@ async fn session(
             }
         }
         // Fill the window from the outbox, oldest first.
-        if connected && renewing.is_none() {
+        if renewing.is_none() {
             let room = config.window.saturating_sub(in_flight.len());
             if room > 0 {
                 let next = shared
@@ -356,24 +385,6 @@ async fn session(
                     Err(error) => return End::Failed(error.to_string()),
                 };
                 match event {
-                    Event::Incoming(Packet::ConnAck(_)) => {
-                        connected = true;
-                        shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(hub = %hub, device.id = %device_id, "connected to the hub");
-                        let filters = [
-                            "$iothub/twin/res/#".to_owned(),
-                            "$iothub/twin/PATCH/properties/desired/#".to_owned(),
-                            "$iothub/methods/POST/#".to_owned(),
-                            format!("devices/{device_id}/messages/devicebound/#"),
-                        ];
-                        for filter in filters {
-                            let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
-                        }
-                        rid += 1;
-                        let id = format!("get-{rid}");
-                        control.push_back((format!("$iothub/twin/GET/?$rid={id}"), Vec::new()));
-                        twin_request = Some(id);
-                    }
                     Event::Outgoing(Outgoing::Publish(0)) if reprovision_after_answer => {
                         reprovision_after_answer = false;
                         let provisioner = config.provisioner.clone();
@@ -483,9 +494,6 @@ async fn session(
             }
             _ = tokio::time::sleep_until(renewing.unwrap_or(renew_at)), if renewing.is_some() => {}
             _ = stopped(shutdown), if flushing.is_none() => {
-                if !connected {
-                    return End::Shutdown;
-                }
                 flushing = Some(tokio::time::Instant::now() + FLUSH_LIMIT);
                 // Shutting down drains the whole outbox; a renewal would stop that.
                 renewing = None;

@@ -1,6 +1,7 @@
 //! The telemetry sender against the emulator's hubs: telemetry with its properties, the twin
 //! (reported status, desired changes acknowledged), direct methods, cloud-to-device messages,
-//! token renewal, re-provisioning to another hub, and an emulator restart with nothing lost.
+//! token renewal, re-provisioning to another hub, an emulator restart with nothing lost, and a
+//! link so slow that connecting outlasts the sender's own timers.
 // In a test crate a panic, with the failing call's message, is the failure report.
 #![allow(clippy::unwrap_used)]
 
@@ -17,7 +18,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -467,4 +468,54 @@ async fn an_emulator_restart_during_telemetry_loses_no_accepted_message() {
         missing.len()
     );
     eprintln!("{accepted} messages accepted, all delivered; {duplicates} delivered more than once");
+}
+
+/// A link to the hub whose first answer comes `delay` late (a slow cellular handshake): each
+/// connection waits before it is passed on. Answers its port and how many connections it took.
+async fn slow_link(host: &str, port: u16, delay: Duration) -> (u16, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
+    let local = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (count, host) = (accepted.clone(), host.to_owned());
+    tokio::spawn(async move {
+        while let Ok((mut device, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            let host = host.clone();
+            tokio::spawn(async move {
+                // The device's TLS hello waits in the socket meanwhile.
+                tokio::time::sleep(delay).await;
+                if let Ok(mut hub) = tokio::net::TcpStream::connect((host.as_str(), port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut device, &mut hub).await;
+                }
+            });
+        }
+    });
+    (local, accepted)
+}
+
+#[tokio::test]
+async fn a_link_slower_than_the_senders_timers_still_connects_once() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let cloud = start_cloud(EmulatorConfig::for_tests(state_dir.path())).await;
+    let state = StateDir::new(state_dir.path().join("device"));
+    let assignment = cloud.provisioned_device("slow-link", None, &state).await;
+    let mut config = cloud.config(&state);
+    // Readings every 20 ms and the state check every 500 ms both come before the hub answers.
+    config.interval = Duration::from_millis(20);
+    let hub_port = config.hub_ports[&assignment.hub];
+    let (port, connections) =
+        slow_link(&assignment.hub, hub_port, Duration::from_millis(800)).await;
+    config.hub_ports.insert(assignment.hub.clone(), port);
+    let sender = spawn_sender(config);
+    eventually("telemetry over the slow link", || async {
+        (cloud.telemetry(&assignment.hub, "slow-link").await.len() >= 5).then_some(())
+    })
+    .await;
+    let stats = sender.stop().await;
+    assert_eq!(stats.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        1,
+        "the sender finished the connection it started instead of dropping it half-made"
+    );
 }

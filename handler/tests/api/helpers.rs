@@ -22,6 +22,8 @@ const FUNCTION_APP: &str = "FUNCTION_APP";
 
 pub struct TestApp {
     pub emulator: RunningEmulator,
+    /// What the emulator was started with (a restart starts it again with the same).
+    config: EmulatorConfig,
     _state: TempDir,
     pub base_url: String,
     pub function_key: String,
@@ -116,6 +118,15 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
 
 /// Like [`spawn_app_with`] with more hubs than the two of every test app: `(name, address)`.
 pub async fn spawn_app_on(extra_hubs: &[(&str, &str)], overrides: &[(&str, &str)]) -> TestApp {
+    let (config, state, table_prefix) = app_config(extra_hubs, overrides);
+    launch(config, state, table_prefix).await
+}
+
+/// The emulator's configuration for a test app, its state folder and its tables' prefix.
+fn app_config(
+    extra_hubs: &[(&str, &str)],
+    overrides: &[(&str, &str)],
+) -> (EmulatorConfig, TempDir, String) {
     let state = tempfile::tempdir().unwrap();
     let mut config = EmulatorConfig::for_tests(state.path());
     config
@@ -161,7 +172,49 @@ pub async fn spawn_app_on(extra_hubs: &[(&str, &str)], overrides: &[(&str, &str)
         settings: app_settings,
         ..FunctionsConfig::new(function_app())
     });
-    let emulator = emulator::start(config)
+    (config, state, table_prefix)
+}
+
+/// Like [`spawn_app`], with the emulator's state on disk (enrollments, identities, twins, event
+/// streams and the host's checkpoints) and every port fixed, so that
+/// [`TestApp::restart_emulator`] can stop it and start it again where it was.
+pub async fn spawn_restartable_app() -> TestApp {
+    let (mut config, state, table_prefix) = app_config(&[], &[]);
+    config.persistence = emulator::config::Persistence::Durable;
+    let mut addresses = vec![config.dps_address];
+    addresses.extend(config.hubs.iter().map(|h| h.address));
+    config.https_port = port_free_on(&addresses);
+    config.mqtt_port = loop {
+        let port = port_free_on(&addresses);
+        if port != config.https_port {
+            break port;
+        }
+    };
+    if let Some(functions) = config.functions.as_mut() {
+        functions.port = port_free_on(&[std::net::Ipv4Addr::LOCALHOST.into()]);
+    }
+    launch(config, state, table_prefix).await
+}
+
+/// A port nothing listens on at any of `addresses` (the emulator binds DPS and each hub on one
+/// port, each on its own address).
+fn port_free_on(addresses: &[std::net::IpAddr]) -> u16 {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind((addresses[0], 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        if addresses[1..]
+            .iter()
+            .all(|address| std::net::TcpListener::bind((*address, port)).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("no port is free on all of {addresses:?}");
+}
+
+/// Starts the emulator and waits for its function app.
+async fn launch(config: EmulatorConfig, state: TempDir, table_prefix: String) -> TestApp {
+    let emulator = emulator::start(config.clone())
         .await
         .expect("the emulator and the function app start");
     let host = emulator.functions().expect("the Functions host runs");
@@ -184,6 +237,7 @@ pub async fn spawn_app_on(extra_hubs: &[(&str, &str)], overrides: &[(&str, &str)
             .unwrap(),
         device_http,
         emulator,
+        config,
         _state: state,
         table_prefix,
     }
@@ -206,6 +260,27 @@ where
 }
 
 impl TestApp {
+    /// Stops the emulator (DPS, hubs, the Functions host and its handler) and starts it again
+    /// over its state, on the same ports; only for a [`spawn_restartable_app`].
+    pub async fn restart_emulator(self) -> TestApp {
+        assert!(
+            matches!(
+                self.config.persistence,
+                emulator::config::Persistence::Durable
+            ),
+            "only a restartable app keeps its state across a restart"
+        );
+        let TestApp {
+            emulator,
+            config,
+            _state: state,
+            table_prefix,
+            ..
+        } = self;
+        emulator.shutdown().await.unwrap();
+        launch(config, state, table_prefix).await
+    }
+
     /// The handler itself, behind the stand-in (where the host sends non-HTTP invocations).
     pub fn handler_url(&self) -> String {
         format!(

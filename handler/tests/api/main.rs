@@ -7,6 +7,7 @@
 mod bad_input;
 mod dependencies;
 mod devices;
+mod emulator_restart;
 mod enrollments;
 mod events;
 mod faults;

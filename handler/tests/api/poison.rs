@@ -7,7 +7,7 @@ use handler::storage::{Journal, Registry};
 use serde_json::{json, Value};
 
 /// The registry's own tables, as the handler of `app` sees them.
-fn registry(app: &TestApp) -> handler::storage::tables::TableRegistry {
+pub(crate) fn registry(app: &TestApp) -> handler::storage::tables::TableRegistry {
     let storage = iot_credentials::StorageConnectionString::development(&azurite_endpoint());
     handler::storage::tables::TableRegistry::new(
         &storage,
