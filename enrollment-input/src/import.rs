@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 
-/// Rows one request may carry.
+/// Rows one import request may carry.
 pub const MAX_ROWS: usize = 10_000;
+/// Bytes one import request's body may hold.
+pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// One row as parsed: where it came from and the enrollment it asks for, or why it is unusable.
 #[derive(Debug, Clone)]
@@ -105,10 +107,19 @@ fn parse_enabled(text: &str) -> Result<Option<bool>, String> {
     }
 }
 
-/// Parses a CSV export with a header row. Needs `registrationId` and `customerId` columns;
-/// `tag.<name>` and `desired.<name>` columns fill the initial twin; unknown columns become asset
-/// attributes.
+/// Parses a CSV export with a header row, as one import request: at most [`MAX_ROWS`] rows.
+/// Needs `registrationId` and `customerId` columns; `tag.<name>` and `desired.<name>` columns
+/// fill the initial twin; unknown columns become asset attributes.
 pub fn parse_csv(body: &[u8]) -> Result<Vec<ImportRow>, Invalid> {
+    csv_rows(body, MAX_ROWS)
+}
+
+/// Parses a whole CSV file, of any number of rows, as [`parse_csv`] reads a request.
+pub fn parse_csv_file(body: &[u8]) -> Result<Vec<ImportRow>, Invalid> {
+    csv_rows(body, usize::MAX)
+}
+
+fn csv_rows(body: &[u8], max_rows: usize) -> Result<Vec<ImportRow>, Invalid> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -128,7 +139,7 @@ pub fn parse_csv(body: &[u8]) -> Result<Vec<ImportRow>, Invalid> {
     let mut rows = Vec::new();
     for (index, record) in reader.records().enumerate() {
         let row = index + 1;
-        if row > MAX_ROWS {
+        if row > max_rows {
             return Err(Invalid(format!(
                 "an import holds at most {MAX_ROWS} rows; split the file"
             )));
@@ -198,16 +209,28 @@ pub fn parse_csv(body: &[u8]) -> Result<Vec<ImportRow>, Invalid> {
     Ok(rows)
 }
 
-/// Parses a JSON array of enrollments (the shape `POST /api/enrollments` takes).
+/// Parses a JSON array of enrollments (the shape `POST /api/enrollments` takes), as one import
+/// request: at most [`MAX_ROWS`] items.
 pub fn parse_json(body: &[u8]) -> Result<Vec<ImportRow>, Invalid> {
-    let items: Vec<Value> = serde_json::from_slice(body)
-        .map_err(|e| Invalid(format!("the body is not a JSON array of enrollments: {e}")))?;
+    let items = json_items(body)?;
     if items.len() > MAX_ROWS {
         return Err(Invalid(format!(
             "an import holds at most {MAX_ROWS} rows; split it"
         )));
     }
-    Ok(items
+    Ok(json_rows(items))
+}
+
+/// The items of a JSON array of enrollments, of any length (a file to split into requests).
+pub fn json_items(body: &[u8]) -> Result<Vec<Value>, Invalid> {
+    serde_json::from_slice(body)
+        .map_err(|e| Invalid(format!("the body is not a JSON array of enrollments: {e}")))
+}
+
+/// One row per item: its position, its registration id if it names one, its enrollment or why
+/// it is not one.
+pub fn json_rows(items: Vec<Value>) -> Vec<ImportRow> {
+    items
         .into_iter()
         .enumerate()
         .map(|(index, item)| ImportRow {
@@ -218,7 +241,7 @@ pub fn parse_json(body: &[u8]) -> Result<Vec<ImportRow>, Invalid> {
                 .map(str::to_owned),
             input: serde_json::from_value::<NewEnrollment>(item).map_err(|e| e.to_string()),
         })
-        .collect())
+        .collect()
 }
 
 /// Finds ids a file repeats: the second row with a registration id (compared as DPS does,
