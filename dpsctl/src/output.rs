@@ -36,6 +36,11 @@ impl Rows {
         for row in &self.rows {
             table.add_row(row.clone());
         }
+        // No margin before the first column (grep and cut see the first cell at the start of
+        // the line); two spaces between columns.
+        for column in table.column_iter_mut() {
+            column.set_padding((0, 2));
+        }
         for text in table.lines() {
             line(out, text.trim_end())?;
         }
