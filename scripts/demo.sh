@@ -16,7 +16,7 @@ scripts/package.sh
 
 state=$(mktemp -d)
 cleanup() {
-  for p in ${sender_pid:-} ${portal_pid:-} ${pid:-}; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for p in ${stay_pid:-} ${sender_pid:-} ${portal_pid:-} ${pid:-}; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [[ -n "${AZURITE_PID:-}" ]]; then kill "$AZURITE_PID" 2>/dev/null || true; wait "$AZURITE_PID" 2>/dev/null || true; fi
   rm -rf "$state"
 }
@@ -93,4 +93,5 @@ TEXT
 # Ctrl-C ends the wait; the EXIT trap then stops everything this script started.
 trap 'echo; echo "Stopping..."; exit 0' INT TERM
 sleep infinity &
-wait $! || true
+stay_pid=$!
+wait "$stay_pid" || true

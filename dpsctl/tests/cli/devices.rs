@@ -71,7 +71,8 @@ async fn show_desired_and_command_follow_and_drive_a_connected_device() {
         .expect(0);
     let text = &shown.stdout;
     assert!(
-        text.lines().any(|l| l.starts_with("Hub:") && l.contains(&hub)),
+        text.lines()
+            .any(|l| l.starts_with("Hub:") && l.contains(&hub)),
         "{text}"
     );
     assert!(
