@@ -51,9 +51,11 @@ $(CONFORMANCE)/node_modules/.installed: $(CONFORMANCE)/package-lock.json
 	cd $(CONFORMANCE) && npm ci --no-audit --no-fund
 	touch $@
 
-## demo: start a local emulator, enroll and provision devices, explain each step, stop
+## demo: start a local emulator, enroll and provision devices, explain each step, stop;
+## `make demo KEEP=1` (or a yes when asked on a terminal) stays up afterwards with the portal,
+## the dashboard and dpsctl to try, until Ctrl-C
 demo:
-	scripts/demo.sh
+	KEEP="$(KEEP)" scripts/demo.sh
 
 ## up / down: the local stack in the background (Azurite, emulator, function app on 7071);
 ## `up` writes .local/endpoints.json

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Makes sure the Debian packages the tests drive are installed: Chromium and ChromeDriver (the
-# portal's browser tests) and strace (the package test watches which files the packaged handler
-# opens). Installs what is missing when this runs as root (as CI does); otherwise says what to
+# portal's browser tests), strace (the package test watches which files the packaged handler
+# opens) and tmux (dpsctl's import is watched in a real terminal). Installs what is missing
+# when this runs as root (as CI does); otherwise says what to
 # install.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v strace >/dev/null || missing+=(strace)
+command -v tmux >/dev/null || missing+=(tmux)
 if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0
 fi

@@ -45,8 +45,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Largest JSON body of single-item routes.
 pub const JSON_LIMIT: u64 = 64 * 1024;
-/// Largest import body (10,000 rows of a wide CRM export).
-pub const IMPORT_LIMIT: u64 = 16 * 1024 * 1024;
+/// Largest import body (10,000 rows of a wide CRM export); dpsctl splits files to fit it.
+pub const IMPORT_LIMIT: u64 = enrollment_input::import::MAX_BODY_BYTES;
 /// Largest page a list answers.
 const MAX_PAGE_SIZE: usize = 1000;
 const DEFAULT_PAGE_SIZE: usize = 100;

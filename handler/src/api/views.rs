@@ -96,11 +96,7 @@ pub fn import(results: &[RowResult]) -> Value {
             "invalid": count(Outcome::Invalid),
             "failed": count(Outcome::Failed),
         },
-        "results": results.iter().map(|r| json!({
-            "row": r.row,
-            "registrationId": r.registration_id,
-            "result": r.outcome.as_str(),
-            "message": r.message,
-        })).collect::<Vec<_>>(),
+        // `{row, registrationId, result, message}`, as enrollment-input defines it for dpsctl too.
+        "results": results,
     })
 }

@@ -3,7 +3,8 @@
 
 pub mod bounded;
 pub mod events;
-pub mod ids;
+/// Identifiers (shared with dpsctl through the enrollment-input crate).
+pub use enrollment_input::ids;
 pub mod journal;
 pub mod live;
 pub mod record;

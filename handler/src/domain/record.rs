@@ -5,8 +5,6 @@ use super::bounded;
 use super::ids::{CustomerId, DeviceId, HubName, RegistrationId};
 use super::live::Live;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -23,43 +21,8 @@ pub fn age_seconds(stamp: &str) -> Option<i64> {
     Some((OffsetDateTime::now_utc() - then).whole_seconds())
 }
 
-/// The customer the device was sold to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Customer {
-    /// The CRM's customer id.
-    pub id: CustomerId,
-    /// Display name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-/// What the device is, as the CRM knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct Asset {
-    /// Serial number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial_number: Option<String>,
-    /// Model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Anything else the CRM sends, as strings.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<String, String>,
-}
-
-/// The twin a device starts with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct InitialTwin {
-    /// Twin tags.
-    #[serde(default)]
-    pub tags: Map<String, Value>,
-    /// Desired properties.
-    #[serde(default)]
-    pub desired_properties: Map<String, Value>,
-}
+// The enrolled parts of a record are what the client sent, checked: the shared types.
+pub use enrollment_input::{Asset, Customer, InitialTwin};
 
 /// Whether DPS agrees with the record. A pending state is an intent written before DPS was
 /// changed; it is completed (or undone) by the next request that touches the record.
@@ -352,6 +315,8 @@ impl Filter {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::{Map, Value};
+    use std::collections::BTreeMap;
 
     /// A complete, enrolled record for tests.
     pub(crate) fn sample(id: &str) -> DeviceRecord {

@@ -3,58 +3,14 @@
 
 use super::{check_if_match, Service, ServiceError};
 use crate::cloud::CloudError;
-use crate::domain::{
-    now, Asset, Customer, CustomerId, DeviceId, DeviceRecord, DpsSync, HubName, InitialTwin,
-    RegistrationId,
-};
+use crate::domain::{now, Asset, DeviceRecord, DpsSync, HubName, RegistrationId};
 use crate::storage::Stored;
 use iot_credentials::ProvisioningCode;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 
-/// Limits that keep a record inside one Table Storage property (64 KiB of UTF-16) and an
-/// enrollment inside DPS's.
-const MAX_TWIN_BYTES: usize = 16 * 1024;
-const MAX_ASSET_BYTES: usize = 8 * 1024;
-const MAX_TEXT: usize = 256;
-const MAX_ATTRIBUTES: usize = 64;
-
-/// The customer as the client sends it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CustomerInput {
-    /// CRM customer id.
-    pub id: String,
-    /// Display name.
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-/// `POST /api/enrollments`: one device to enroll.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NewEnrollment {
-    /// DPS registration id.
-    pub registration_id: String,
-    /// IoT Hub device id (default: the registration id).
-    #[serde(default)]
-    pub device_id: Option<String>,
-    /// Owner.
-    pub customer: CustomerInput,
-    /// Serial number, model, other CRM fields.
-    #[serde(default)]
-    pub asset: Asset,
-    /// Twin tags and desired properties to start with.
-    #[serde(default)]
-    pub initial_twin: InitialTwin,
-    /// Whether the device may register (default true).
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// A hub to pin the device to (default: DPS's hashed allocation).
-    #[serde(default)]
-    pub iot_hub: Option<String>,
-}
+use enrollment_input::request::{check_asset, check_twin, customer_of};
+pub use enrollment_input::{CustomerInput, NewEnrollment};
 
 /// Twin changes in a PATCH: JSON merge patches of tags and desired properties.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -100,95 +56,18 @@ fn invalid(message: impl Into<String>) -> ServiceError {
     ServiceError::Invalid(message.into())
 }
 
-fn text_field(name: &str, value: Option<String>) -> Result<Option<String>, ServiceError> {
-    match value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
-        Some(v) if v.chars().count() > MAX_TEXT => Err(invalid(format!(
-            "{name} is longer than {MAX_TEXT} characters"
-        ))),
-        Some(v) if v.chars().any(char::is_control) => {
-            Err(invalid(format!("{name} contains control characters")))
-        }
-        other => Ok(other),
-    }
-}
-
-fn customer_of(input: CustomerInput) -> Result<Customer, ServiceError> {
-    Ok(Customer {
-        id: CustomerId::parse(input.id.trim()).map_err(|e| invalid(e.0))?,
-        name: text_field("customer.name", input.name)?,
-    })
-}
-
-fn check_asset(asset: Asset) -> Result<Asset, ServiceError> {
-    if asset.attributes.len() > MAX_ATTRIBUTES {
-        return Err(invalid(format!(
-            "asset.attributes has more than {MAX_ATTRIBUTES} entries"
-        )));
-    }
-    let mut attributes = BTreeMap::new();
-    for (name, value) in asset.attributes {
-        let name = name.trim().to_owned();
-        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-            return Err(invalid(format!(
-                "asset attribute name {name:?} must be 1 to 64 printable characters"
-            )));
-        }
-        if value.chars().count() > 1024 {
-            return Err(invalid(format!(
-                "asset attribute {name:?} is longer than 1024 characters"
-            )));
-        }
-        attributes.insert(name, value);
-    }
-    let asset = Asset {
-        serial_number: text_field("asset.serialNumber", asset.serial_number)?,
-        model: text_field("asset.model", asset.model)?,
-        attributes,
-    };
-    let size = serde_json::to_string(&asset).map_or(0, |s| s.len());
-    if size > MAX_ASSET_BYTES {
-        return Err(invalid(format!(
-            "asset is {size} bytes as JSON; the limit is {MAX_ASSET_BYTES}"
-        )));
-    }
-    Ok(asset)
-}
-
-fn check_twin(twin: &InitialTwin) -> Result<(), ServiceError> {
-    let size = serde_json::to_string(twin).map_or(0, |s| s.len());
-    if size > MAX_TWIN_BYTES {
-        return Err(invalid(format!(
-            "initialTwin is {size} bytes as JSON; the limit is {MAX_TWIN_BYTES}"
-        )));
-    }
-    for (name, map) in [
-        ("tags", &twin.tags),
-        ("desiredProperties", &twin.desired_properties),
-    ] {
-        // IoT Hub reserves names starting with `$` and refuses some characters in property names.
-        if let Some(bad) = map
-            .keys()
-            .find(|k| k.is_empty() || k.starts_with('$') || k.contains(['.', ' ']))
-        {
-            return Err(invalid(format!(
-                "initialTwin.{name} has an invalid name {bad:?} (no '$' start, '.' or spaces)"
-            )));
-        }
-    }
-    Ok(())
-}
-
+/// The hub a request names, which must be one this middleware is linked to.
 fn hub_of(service: &Service, hub: Option<String>) -> Result<Option<HubName>, ServiceError> {
-    let Some(hub) = hub.map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()) else {
-        return Ok(None);
-    };
-    let hub = HubName::parse(&hub).map_err(|e| invalid(e.0))?;
-    if !service.hubs.knows(hub.as_str()) {
-        return Err(invalid(format!(
+    linked(service, enrollment_input::request::hub_of(hub)?)
+}
+
+fn linked(service: &Service, hub: Option<HubName>) -> Result<Option<HubName>, ServiceError> {
+    match hub {
+        Some(hub) if !service.hubs.knows(hub.as_str()) => Err(invalid(format!(
             "iotHub {hub} is not a hub linked to this middleware"
-        )));
+        ))),
+        hub => Ok(hub),
     }
-    Ok(Some(hub))
 }
 
 /// RFC 7386 JSON merge patch of one object into another.
@@ -216,38 +95,26 @@ fn merge(target: &mut Map<String, Value>, patch: Map<String, Value>) {
     }
 }
 
-impl NewEnrollment {
-    /// Validates the request into a record awaiting DPS.
-    pub fn into_record(self, service: &Service) -> Result<DeviceRecord, ServiceError> {
-        let registration_id =
-            RegistrationId::parse(self.registration_id.trim()).map_err(|e| invalid(e.0))?;
-        let device_id = match self
-            .device_id
-            .map(|d| d.trim().to_owned())
-            .filter(|d| !d.is_empty())
-        {
-            Some(d) => DeviceId::parse(&d).map_err(|e| invalid(e.0))?,
-            None => DeviceId::parse(registration_id.as_str()).map_err(|e| invalid(e.0))?,
-        };
-        check_twin(&self.initial_twin)?;
-        let stamp = now();
-        Ok(DeviceRecord {
-            registration_id,
-            device_id,
-            customer: customer_of(self.customer)?,
-            asset: check_asset(self.asset)?,
-            initial_twin: self.initial_twin,
-            enabled: self.enabled.unwrap_or(true),
-            iot_hub: hub_of(service, self.iot_hub)?,
-            sync: DpsSync::PendingCreate,
-            registration: None,
-            // Nothing can have registered yet: reads need not ask DPS for a while.
-            registration_checked_at: Some(stamp.clone()),
-            live: crate::domain::live::Live::default(),
-            created_at: stamp.clone(),
-            updated_at: stamp,
-        })
-    }
+/// Validates a request into a record awaiting DPS.
+pub fn record_of(request: NewEnrollment, service: &Service) -> Result<DeviceRecord, ServiceError> {
+    let checked = request.check()?;
+    let stamp = now();
+    Ok(DeviceRecord {
+        registration_id: checked.registration_id,
+        device_id: checked.device_id,
+        customer: checked.customer,
+        asset: checked.asset,
+        initial_twin: checked.initial_twin,
+        enabled: checked.enabled,
+        iot_hub: linked(service, checked.iot_hub)?,
+        sync: DpsSync::PendingCreate,
+        registration: None,
+        // Nothing can have registered yet: reads need not ask DPS for a while.
+        registration_checked_at: Some(stamp.clone()),
+        live: crate::domain::live::Live::default(),
+        created_at: stamp.clone(),
+        updated_at: stamp,
+    })
 }
 
 /// Whether two records ask for the same enrollment (their bookkeeping aside).
@@ -360,7 +227,7 @@ impl Service {
 
     /// `POST /api/enrollments`.
     pub async fn enroll(&self, request: NewEnrollment) -> Result<Stored, ServiceError> {
-        let record = request.into_record(self)?;
+        let record = record_of(request, self)?;
         let (stored, taken_over) = self.reserve(&record).await?;
         match self.dps.create(&stored.record).await {
             Ok(()) => {}

@@ -99,6 +99,12 @@ pub enum ServiceError {
     },
 }
 
+impl From<enrollment_input::Invalid> for ServiceError {
+    fn from(error: enrollment_input::Invalid) -> Self {
+        Self::Invalid(error.0)
+    }
+}
+
 impl ServiceError {
     fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::Conflict {

@@ -62,7 +62,9 @@ fn repository_root() -> PathBuf {
 /// The function app the tests run: the package in `FUNCTION_APP` (`make test` builds it and sets
 /// this, so the tests run what would be deployed), or else a package-shaped app that
 /// scripts/package.sh lays out around the handler cargo built for this run (so a plain
-/// `cargo test` tests the code as it is now, never an older package).
+/// `cargo test` tests the code as it is now, never an older package). This harness is shared by
+/// test crates that cargo builds no handler for (dpsctl's): they set `crate::HANDLER_BINARY` to
+/// `None` and need `FUNCTION_APP`.
 fn function_app() -> &'static Path {
     static APP: OnceLock<PathBuf> = OnceLock::new();
     APP.get_or_init(|| {
@@ -75,10 +77,13 @@ fn function_app() -> &'static Path {
             );
             return dir;
         }
+        let handler = crate::HANDLER_BINARY.unwrap_or_else(|| {
+            panic!("{FUNCTION_APP} is not set: run `make package` and set {FUNCTION_APP}=$PWD/dist/function-app (make test does both)")
+        });
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("function-app");
         let status = Command::new(repository_root().join("scripts/package.sh"))
             .arg("layout")
-            .arg(env!("CARGO_BIN_EXE_handler"))
+            .arg(handler)
             .arg(&dir)
             .status()
             .expect("scripts/package.sh runs");

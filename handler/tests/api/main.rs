@@ -4,6 +4,10 @@
 // In a test crate a panic, with the failing call's message, is the failure report.
 #![allow(clippy::unwrap_used)]
 
+/// The handler cargo built for this run, which helpers.rs lays a function app out around when
+/// `FUNCTION_APP` names no package.
+const HANDLER_BINARY: Option<&str> = Some(env!("CARGO_BIN_EXE_handler"));
+
 mod bad_input;
 mod dependencies;
 mod devices;

@@ -155,11 +155,36 @@ fn credentials(code: &ProvisioningCode) -> DeviceCredentials {
     }
 }
 
+/// Runs `dpsctl code <id>` as an administrator would, against this function app (its URL and key
+/// in dpsctl's environment variables, never on its command line), and answers what it printed.
+async fn dpsctl_code(
+    dpsctl: &std::path::Path,
+    functions: &emulator::endpoints::FunctionsEndpoints,
+    id: &str,
+) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(dpsctl)
+        .args(["code", id])
+        .env("DPSCTL_API_URL", &functions.base_url)
+        .env("DPSCTL_KEY", &functions.function_key)
+        .env_remove("DPSCTL_ENDPOINTS")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {}", dpsctl.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "dpsctl code failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Runs the demo against the emulator and the function app its Functions host stand-in runs.
 pub async fn run(
     emulator: &Emulator,
     webhook: Option<(u16, String)>,
     portal_url: Option<&str>,
+    dpsctl: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let receiver = match webhook {
         Some((port, secret)) => Some(start_receiver(port, secret).await?),
@@ -212,8 +237,17 @@ pub async fn run(
 
     println!("3. The customer receives one provisioning code (GET .../provisioning-code, also as a QR code):");
     let code = api.code(&id).await?;
-    println!("   {}", elided(&code));
-    println!("   It carries the ID scope, registration id, device key and DPS endpoint, with check digits.");
+    match dpsctl {
+        Some(dpsctl) => {
+            println!("   The administrator prints it with dpsctl, the admin command line: $ dpsctl code {id}");
+            for line in dpsctl_code(dpsctl, &functions, &id).await?.lines() {
+                println!("   {line}");
+            }
+        }
+        None => println!("   {}", elided(&code)),
+    }
+    println!("   It carries the ID scope, registration id, device key and DPS endpoint, with check digits;");
+    println!("   a phone scans the QR code into the portal's form.");
 
     let portal = portal_url
         .context("the demo needs the device's portal (--portal-url; make demo starts it)")?;
@@ -237,7 +271,9 @@ pub async fn run(
     println!(
         "   status {}, hub {}, connection {} since {}, owner {}",
         record["status"],
-        record["hub"],
+        record["hub"]
+            .as_str()
+            .map_or_else(|| "?".to_owned(), |h| emulator.hub_name(h)),
         record["connection"]["state"],
         record["connection"]["since"],
         record["customer"]["name"]

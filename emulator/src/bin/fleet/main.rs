@@ -70,6 +70,10 @@ enum Command {
         /// The device's setup portal (device-portal), where the code is entered.
         #[arg(long)]
         portal_url: Option<String>,
+        /// The dpsctl binary: step 3 shows the code as an administrator gets it, with
+        /// `dpsctl code` (its QR code drawn in the terminal).
+        #[arg(long)]
+        dpsctl: Option<std::path::PathBuf>,
     },
     /// Provision N devices through DPS, connect each to its hub, send telemetry at a rate.
     Simulate {
@@ -387,11 +391,13 @@ async fn main() -> anyhow::Result<()> {
             webhook_port,
             webhook_secret,
             portal_url,
+            dpsctl,
         } => {
             demo::run(
                 &emulator,
                 webhook_port.zip(webhook_secret),
                 portal_url.as_deref(),
+                dpsctl.as_deref(),
             )
             .await
         }
