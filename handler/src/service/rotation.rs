@@ -378,43 +378,98 @@ impl Service {
             _ => return,
         };
         let id = record.registration_id.clone();
-        if !self.rotations_in_flight.claim(&id) {
+        if !self.rotations_in_flight.claim(&id, delivery) {
+            // A task is moving it already; it looks again when done.
             return;
         }
         let service = self.clone();
         tokio::spawn(async move {
-            let outcome = async {
-                match service.store.get(&id).await? {
-                    Some(stored) => service.advance_rotation(stored, delivery).await.map(drop),
-                    None => Ok(()),
+            let mut delivery = delivery;
+            loop {
+                let outcome = async {
+                    match service.store.get(&id).await? {
+                        Some(stored) => service.advance_rotation(stored, delivery).await.map(drop),
+                        None => Ok(()),
+                    }
                 }
-            }
-            .await;
-            service.rotations_in_flight.release(&id);
-            if let Err(error) = outcome {
-                tracing::warn!(registration.id = %id, %error, "a key rotation could not move on now; the repair pass tries again");
+                .await;
+                if let Err(error) = outcome {
+                    tracing::warn!(registration.id = %id, %error, "a key rotation could not move on now; the repair pass tries again");
+                }
+                // Events that arrived meanwhile asked for another look.
+                match service.rotations_in_flight.release(&id) {
+                    Some(again) => delivery = again,
+                    None => return,
+                }
             }
         });
     }
 }
 
 /// Records whose rotation a background task is moving, so that events arriving together start
-/// one task per device, not one per batch.
+/// one task per device rather than one per batch; an event arriving while the task runs has it
+/// look once more when it is done (so no event's prompt is lost to the one before it).
 #[derive(Default)]
-pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
+pub struct InFlight(std::sync::Mutex<std::collections::HashMap<String, Option<Delivery>>>);
 
 impl InFlight {
-    fn claim(&self, id: &RegistrationId) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.key())
+    /// True if the caller is to run the task; otherwise the running task is asked to look again.
+    fn claim(&self, id: &RegistrationId, delivery: Delivery) -> bool {
+        let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match running.get_mut(&id.key()) {
+            Some(again) => {
+                // Handing the key over when asked to wins over only finishing DPS steps.
+                *again = Some(match (*again, delivery) {
+                    (Some(Delivery::OnConnect), _) | (_, Delivery::OnConnect) => {
+                        Delivery::OnConnect
+                    }
+                    (Some(Delivery::Now), _) | (_, Delivery::Now) => Delivery::Now,
+                    _ => Delivery::No,
+                });
+                false
+            }
+            None => {
+                running.insert(id.key(), None);
+                true
+            }
+        }
     }
 
-    fn release(&self, id: &RegistrationId) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id.key());
+    /// Ends the task's turn: `Some` (how to deliver) if it is to look again.
+    fn release(&self, id: &RegistrationId) -> Option<Delivery> {
+        let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match running.get_mut(&id.key()) {
+            Some(again @ Some(_)) => again.take(),
+            _ => {
+                running.remove(&id.key());
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prompt_that_arrives_while_a_rotation_task_runs_has_it_look_again() {
+        let running = InFlight::default();
+        let id = RegistrationId::parse("Dev-1").unwrap();
+        assert!(running.claim(&id, Delivery::No));
+        assert_eq!(running.release(&id), None, "nothing came in meanwhile");
+        assert!(running.claim(&id, Delivery::No));
+        assert!(!running.claim(
+            &RegistrationId::parse("dev-1").unwrap(),
+            Delivery::OnConnect
+        ));
+        assert!(!running.claim(&id, Delivery::No));
+        assert_eq!(
+            running.release(&id),
+            Some(Delivery::OnConnect),
+            "the strongest ask wins"
+        );
+        assert_eq!(running.release(&id), None);
+        assert!(running.claim(&id, Delivery::No), "free again");
     }
 }
