@@ -64,7 +64,9 @@ fn rotation_pending(id: &RegistrationId) -> ServiceError {
 
 impl Service {
     /// `POST /api/enrollments/{registrationId}/rotate-key`: starts a rotation and takes it as
-    /// far as it goes now (to `delivered` when the device is online, `staged` when it is not).
+    /// far as it goes now (to `delivered` when the device is online, `staged` when it is not). A
+    /// dependency failing after the rotation is recorded does not fail the request: the rotation
+    /// stays at the step it reached, with the reason, for the repair pass.
     pub async fn rotate_key(&self, id: &str) -> Result<Stored, ServiceError> {
         let id = RegistrationId::parse(id).map_err(|e| ServiceError::NotFound(e.0))?;
         let stored = self
@@ -104,12 +106,16 @@ impl Service {
         // The intent first: from here on a repair pass finishes the rotation.
         let rotation = KeyRotation::start(stored.record.key_slot.other());
         let mut current = stored;
-        let started = loop {
+        let mut started = None;
+        for _ in 0..WRITE_ATTEMPTS {
             let mut record = current.record.clone();
             record.key_rotation = Some(rotation.clone());
             record.updated_at = now();
             match self.store.replace(&current, &record).await {
-                Ok(etag) => break Stored { record, etag },
+                Ok(etag) => {
+                    started = Some(Stored { record, etag });
+                    break;
+                }
                 // Events wrote meanwhile: look again (another rotation may have started).
                 Err(StoreError::PreconditionFailed) => {
                     current = self
@@ -121,9 +127,29 @@ impl Service {
                 }
                 Err(e) => return Err(e.into()),
             }
-        };
+        }
+        let started = started.ok_or_else(|| {
+            ServiceError::conflict(
+                "conflict",
+                format!("the record of {id} keeps changing; retry"),
+            )
+        })?;
         tracing::info!(registration.id = %id, rotation.id = %rotation.id, slot = rotation.slot.as_str(), "started a key rotation");
-        self.advance_rotation(started, Delivery::Now).await
+        match self.advance_rotation(started.clone(), Delivery::Now).await {
+            Ok(stored) => Ok(stored),
+            // The rotation is accepted (its intent is stored, and the repair pass takes it on
+            // from the step it reached); the answer says where it stopped and why.
+            Err(error) => {
+                tracing::warn!(registration.id = %id, rotation.id = %rotation.id, %error, "a key rotation could not move on now; the repair pass takes it on");
+                let current = self.store.get(&id).await?.unwrap_or(started);
+                self.update_rotation(&current, &rotation.id, |record| {
+                    if let Some(pending) = record.key_rotation.as_mut() {
+                        pending.last_error = Some(error.to_string());
+                    }
+                })
+                .await
+            }
+        }
     }
 
     /// Takes a record's rotation as far as it goes now. Answers the record as it then is; a

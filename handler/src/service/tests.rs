@@ -871,12 +871,17 @@ async fn a_failure_at_any_rotation_step_leaves_the_step_and_the_repair_pass_fini
     assigned(&w, "dev-1", true).await;
     let before = w.dps.enrollment("dev-1").unwrap().keys();
 
-    // DPS fails while staging: the intent stays, the keys are as they were.
+    // DPS fails while staging: the rotation is accepted and stays there, with the reason; the
+    // keys are as they were.
     w.dps.faults.fail("replace_key", 1);
-    let error = w.service.rotate_key("dev-1").await.unwrap_err();
-    assert!(unavailable(&error, Upstream::Dps), "{error:?}");
+    let answered = w.service.rotate_key("dev-1").await.unwrap();
+    assert_eq!(pending(&answered).step, RotationStep::Staging);
+    assert_eq!(
+        pending(&answered).last_error.as_deref(),
+        Some("DPS is unavailable")
+    );
     let stuck = record(&w, "dev-1").await.unwrap();
-    assert_eq!(pending(&stuck).step, RotationStep::Staging);
+    assert_eq!(stuck, answered);
     assert!(stuck.record.has_unfinished_work());
     assert_eq!(w.dps.enrollment("dev-1").unwrap().keys(), before);
     // The key read before delivery fails: staged, not delivered.
