@@ -1,6 +1,7 @@
-//! What a provisioned device knows: its DPS credentials and where DPS put it. Kept in one file in
-//! the device's state directory, written atomically (a new file renamed over the old) and
-//! readable by the device's own user only, because it holds the device key.
+//! What a provisioned device knows: its DPS credentials and where DPS put it, and a new key a key
+//! rotation handed over until the device has re-provisioned with it. Kept in one file in the
+//! device's state directory, written atomically (a new file renamed over the old) and readable by
+//! the device's own user only, because it holds the device keys.
 
 use iot_credentials::SharedAccessKey;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,16 @@ impl From<iot_credentials::ProvisioningCode> for Credentials {
     }
 }
 
+/// A key a rotation handed to the device (the `RotateKey` method), kept until the device has
+/// re-provisioned with it; until then the device goes on with the key it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingKey {
+    /// The rotation's id, reported back when it is done.
+    pub rotation_id: String,
+    /// The new key (never printed).
+    pub key: SharedAccessKey,
+}
+
 /// The result of provisioning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
@@ -48,6 +59,22 @@ pub struct Assignment {
     pub substatus: Option<String>,
     /// When the device was assigned (RFC 3339).
     pub assigned_at: String,
+    /// A rotated key waiting for the device to re-provision with it.
+    pub pending_key: Option<PendingKey>,
+    /// The last key rotation this device finished (reported to its twin on every connection).
+    pub last_rotation: Option<String>,
+}
+
+impl Assignment {
+    /// The same device and key, newly assigned: what re-provisioning answered, keeping what the
+    /// device knows about key rotations.
+    pub fn reassigned(&self, next: Assignment) -> Assignment {
+        Assignment {
+            pending_key: self.pending_key.clone(),
+            last_rotation: self.last_rotation.clone(),
+            ..next
+        }
+    }
 }
 
 /// The file's shape.
@@ -63,6 +90,17 @@ struct Stored {
     #[serde(default)]
     substatus: Option<String>,
     assigned_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending_rotation: Option<StoredPendingKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_rotation: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredPendingKey {
+    id: String,
+    key: String,
 }
 
 /// Why the state could not be read or written.
@@ -120,6 +158,14 @@ impl StateDir {
             serde_json::from_str(&text).map_err(|_| StateError::Damaged(self.file()))?;
         let key = SharedAccessKey::from_base64(&stored.device_key)
             .map_err(|_| StateError::Damaged(self.file()))?;
+        let pending_key = match stored.pending_rotation {
+            Some(pending) => Some(PendingKey {
+                rotation_id: pending.id,
+                key: SharedAccessKey::from_base64(&pending.key)
+                    .map_err(|_| StateError::Damaged(self.file()))?,
+            }),
+            None => None,
+        };
         Ok(Some(Assignment {
             credentials: Credentials {
                 id_scope: stored.id_scope,
@@ -131,6 +177,8 @@ impl StateDir {
             device_id: stored.device_id,
             substatus: stored.substatus,
             assigned_at: stored.assigned_at,
+            pending_key,
+            last_rotation: stored.last_rotation,
         }))
     }
 
@@ -147,6 +195,11 @@ impl StateDir {
             device_id: assignment.device_id.clone(),
             substatus: assignment.substatus.clone(),
             assigned_at: assignment.assigned_at.clone(),
+            pending_rotation: assignment.pending_key.as_ref().map(|p| StoredPendingKey {
+                id: p.rotation_id.clone(),
+                key: p.key.expose_base64().to_owned(),
+            }),
+            last_rotation: assignment.last_rotation.clone(),
         };
         let text =
             serde_json::to_vec_pretty(&stored).map_err(|e| self.io(std::io::Error::other(e)))?;
@@ -212,6 +265,8 @@ mod tests {
             device_id: "dev-1".into(),
             substatus: Some("initialAssignment".into()),
             assigned_at: "2026-11-26T10:00:00Z".into(),
+            pending_key: None,
+            last_rotation: None,
         }
     }
 
@@ -234,6 +289,34 @@ mod tests {
         }
         state.forget().unwrap();
         assert_eq!(state.load().unwrap(), None);
+    }
+
+    #[test]
+    fn a_pending_rotated_key_survives_a_round_trip_and_re_provisioning_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let mut assignment = sample();
+        assignment.pending_key = Some(PendingKey {
+            rotation_id: "r-1".into(),
+            key: SharedAccessKey::generate(64),
+        });
+        assignment.last_rotation = Some("r-0".into());
+        state.save(&assignment).unwrap();
+        assert_eq!(state.load().unwrap(), Some(assignment.clone()));
+        let mut moved = sample();
+        moved.hub = "hub-2.example".into();
+        let next = assignment.reassigned(moved);
+        assert_eq!(next.hub, "hub-2.example");
+        assert_eq!(next.pending_key, assignment.pending_key);
+        assert_eq!(next.last_rotation.as_deref(), Some("r-0"));
+        // A key that is not base64 is damage, not a key.
+        let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        let damaged = text.replace(
+            assignment.pending_key.as_ref().unwrap().key.expose_base64(),
+            "not base64!",
+        );
+        fs::write(dir.path().join(FILE_NAME), damaged).unwrap();
+        assert!(matches!(state.load(), Err(StateError::Damaged(_))));
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! - [`outbox`]: the durable, bounded queue telemetry waits in until the hub acknowledges it.
 //! - [`telemetry`]: where telemetry comes from (a JSON-lines file or a simulated sensor).
 //! - [`sender`]: the long-running connection to the hub: telemetry, twin, methods, messages.
+//! - [`rotation`]: taking up a rotated key: stored, re-provisioned with, reported.
 //! - [`portal`]: the setup web page the device serves to its owner.
 
 pub mod assignment;
 pub mod outbox;
 pub mod portal;
 pub mod provision;
+pub mod rotation;
 pub mod sender;
 pub mod telemetry;

@@ -584,6 +584,8 @@ fn decide(credentials: &Credentials, operation: Operation) -> Result<Assignment,
             assigned_at: time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
+            pending_key: None,
+            last_rotation: None,
         }),
         "disabled" => Err(ProvisionError::Disabled),
         "failed" => Err(ProvisionError::Failed(

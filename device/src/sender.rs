@@ -8,14 +8,18 @@
 //!   request channel is full; they are never dropped.
 //! - On connect: reads the twin, applies the desired properties (`telemetryIntervalSeconds`),
 //!   reports provisioning status and device information; acknowledges each desired change.
-//! - Answers direct methods: `Reprovision` (runs DPS again with the stored credentials) and
-//!   `GetDiagnostics`; receives cloud-to-device messages (acknowledged by the client).
+//! - Answers direct methods: `Reprovision` (runs DPS again with the stored credentials),
+//!   `RotateKey` (stores a rotated key, re-provisions with it, moves to it: [`crate::rotation`])
+//!   and `GetDiagnostics`; receives cloud-to-device messages (acknowledged by the client).
+//! - A rotated key stored but not yet used (the sender stopped, or DPS could not be reached) is
+//!   taken up when a session starts, and retried with backoff while it fails.
 //! - Telemetry goes through the on-disk [`Outbox`]: accepted first, sent at QoS 1, removed when
 //!   the hub acknowledges it. Offline, it accumulates; online, it drains in order.
 
 use crate::assignment::{Assignment, StateDir};
 use crate::outbox::{Message, Outbox};
 use crate::provision::{tls_config, DeviceInfo, Provisioner};
+use crate::rotation;
 use crate::telemetry::Source;
 use iot_credentials::sas::{encode_component, unix_now};
 use iot_credentials::SasToken;
@@ -111,6 +115,31 @@ struct Shared {
     produced: Notify,
     stats: Arc<Stats>,
     started: Instant,
+    /// Whether a task is re-provisioning with a rotated key.
+    rotating: std::sync::atomic::AtomicBool,
+    /// The wait before the next try of a rotation that failed (milliseconds).
+    rotation_backoff_ms: AtomicU64,
+}
+
+/// Re-provisions with the stored rotated key in the background (one task at a time); the
+/// outcome comes back on `done`.
+fn start_rotation(
+    config: &SenderConfig,
+    shared: &Arc<Shared>,
+    done: &mpsc::UnboundedSender<Result<rotation::Finished, String>>,
+) {
+    if shared.rotating.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let provisioner = config.provisioner.clone();
+    let state = config.state.clone();
+    let shared = shared.clone();
+    let done = done.clone();
+    tokio::spawn(async move {
+        let outcome = rotation::finish(&state, &provisioner).await;
+        shared.rotating.store(false, Ordering::Release);
+        let _ = done.send(outcome);
+    });
 }
 
 /// Completes when the shutdown flag turns true (or its sender is gone). Answers nothing, so no
@@ -187,6 +216,8 @@ pub async fn run(
         produced: Notify::new(),
         stats: stats.clone(),
         started: Instant::now(),
+        rotating: std::sync::atomic::AtomicBool::new(false),
+        rotation_backoff_ms: AtomicU64::new(FIRST_BACKOFF.as_millis() as u64),
     });
     let producer = tokio::spawn(produce(shared.clone(), source, shutdown.clone()));
     let mut backoff = FIRST_BACKOFF;
@@ -265,9 +296,18 @@ async fn session(
             .token_lifetime
             .mul_f64(0.8)
             .max(Duration::from_millis(500));
-    let fingerprint = config.state.fingerprint();
+    let mut fingerprint = config.state.fingerprint();
     let mut watch_state = tokio::time::interval(Duration::from_millis(500));
     let (method_done, mut method_results) = mpsc::unbounded_channel::<Result<Assignment, String>>();
+    let (rotation_done, mut rotation_results) =
+        mpsc::unbounded_channel::<Result<rotation::Finished, String>>();
+    // A rotated key stored before (by an earlier session, or before a restart) is taken up now,
+    // beside connecting with the current key.
+    if assignment.pending_key.is_some() {
+        start_rotation(config, shared, &rotation_done);
+    }
+    let mut rotation_retry: Option<tokio::time::Instant> = None;
+    let mut rotate_after_answer = false;
 
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut awaiting_id: VecDeque<u64> = VecDeque::new();
@@ -385,6 +425,10 @@ async fn session(
                     Err(error) => return End::Failed(error.to_string()),
                 };
                 match event {
+                    Event::Outgoing(Outgoing::Publish(0)) if rotate_after_answer => {
+                        rotate_after_answer = false;
+                        start_rotation(config, shared, &rotation_done);
+                    }
                     Event::Outgoing(Outgoing::Publish(0)) if reprovision_after_answer => {
                         reprovision_after_answer = false;
                         let provisioner = config.provisioner.clone();
@@ -393,7 +437,12 @@ async fn session(
                         let done = method_done.clone();
                         tokio::spawn(async move {
                             let outcome = match provisioner.provision(&current.credentials).await {
-                                Ok(next) => state.save(&next).map(|()| next).map_err(|e| e.to_string()),
+                                Ok(next) => {
+                                    // What the device learned meanwhile (a rotated key) stays.
+                                    let latest = state.load().ok().flatten().unwrap_or(current);
+                                    let next = latest.reassigned(next);
+                                    state.save(&next).map(|()| next).map_err(|e| e.to_string())
+                                }
                                 Err(e) => Err(e.to_string()),
                             };
                             let _ = done.send(outcome);
@@ -443,6 +492,31 @@ async fn session(
                                     let payload = diagnostics(assignment, shared);
                                     control.push_back((format!("$iothub/methods/res/200/?$rid={method_rid}"), payload.to_string().into_bytes()));
                                 }
+                                rotation::METHOD => {
+                                    let request: Value = serde_json::from_slice(&publish.payload).unwrap_or_default();
+                                    let (status, payload) = match rotation::accept(&config.state, &request) {
+                                        Ok(rotation::Accepted::Stored(id)) => {
+                                            // The file changed under this session on purpose.
+                                            fingerprint = config.state.fingerprint();
+                                            tracing::info!(rotation.id = %id, "stored a rotated key; re-provisioning with it next");
+                                            // DPS starts once the answer is on the wire (see above).
+                                            rotate_after_answer = true;
+                                            (200, json!({ "accepted": true, "rotationId": id }))
+                                        }
+                                        Ok(rotation::Accepted::AlreadyDone(id)) => {
+                                            if let Some(report) = rotation::completed_report(assignment) {
+                                                rid += 1;
+                                                control.push_back((format!("$iothub/twin/PATCH/properties/reported/?$rid=r{rid}"), json!({ "keyRotation": report }).to_string().into_bytes()));
+                                            }
+                                            (200, json!({ "accepted": true, "rotationId": id, "alreadyDone": true }))
+                                        }
+                                        Err(error) => {
+                                            tracing::warn!(%error, "a key rotation was refused");
+                                            (error.status(), json!({ "message": error.to_string() }))
+                                        }
+                                    };
+                                    control.push_back((format!("$iothub/methods/res/{status}/?$rid={method_rid}"), payload.to_string().into_bytes()));
+                                }
                                 "Reprovision" => {
                                     // Answered at once: moving hubs removes the device from this
                                     // one, and with it the connection a later answer would need.
@@ -452,7 +526,7 @@ async fn session(
                                     reprovision_after_answer = true;
                                 }
                                 other => {
-                                    let payload = json!({ "message": format!("this device has no method {other:?}; it offers Reprovision and GetDiagnostics") });
+                                    let payload = json!({ "message": format!("this device has no method {other:?}; it offers Reprovision, RotateKey and GetDiagnostics") });
                                     control.push_back((format!("$iothub/methods/res/404/?$rid={method_rid}"), payload.to_string().into_bytes()));
                                 }
                             }
@@ -479,6 +553,32 @@ async fn session(
                     control.push_back((format!("$iothub/twin/PATCH/properties/reported/?$rid=r{rid}"), report.to_string().into_bytes()));
                 }
             },
+            Some(outcome) = rotation_results.recv() => match outcome {
+                Ok(rotation::Finished::Done(next)) => {
+                    shared.rotation_backoff_ms.store(FIRST_BACKOFF.as_millis() as u64, Ordering::Relaxed);
+                    tracing::info!(hub = %next.hub, "moving to the rotated key");
+                    let _ = client.try_disconnect();
+                    return End::Reassigned;
+                }
+                Ok(rotation::Finished::Refused(id, error)) => {
+                    fingerprint = config.state.fingerprint();
+                    rid += 1;
+                    let report = json!({ "keyRotation": rotation::refused_report(&id, &error, &now()) });
+                    control.push_back((format!("$iothub/twin/PATCH/properties/reported/?$rid=r{rid}"), report.to_string().into_bytes()));
+                }
+                Ok(rotation::Finished::Nothing) => {}
+                Err(reason) => {
+                    let wait = Duration::from_millis(shared.rotation_backoff_ms.load(Ordering::Relaxed));
+                    shared.rotation_backoff_ms.store((wait * 2).min(MAX_BACKOFF).as_millis() as u64, Ordering::Relaxed);
+                    let wait = jittered(wait);
+                    tracing::warn!(%reason, retry_in_ms = wait.as_millis() as u64, "re-provisioning with the rotated key failed; the current key stays in use, trying again later");
+                    rotation_retry = Some(tokio::time::Instant::now() + wait);
+                }
+            },
+            _ = tokio::time::sleep_until(rotation_retry.unwrap_or_else(tokio::time::Instant::now)), if rotation_retry.is_some() => {
+                rotation_retry = None;
+                start_rotation(config, shared, &rotation_done);
+            }
             _ = shared.produced.notified() => {}
             _ = watch_state.tick() => {
                 if config.state.fingerprint() != fingerprint {
@@ -555,6 +655,11 @@ fn connect_report(
         "status": { "state": "online", "since": now() },
         "telemetry": { "queued": queued, "dropped": dropped, "intervalMs": shared.interval_ms.load(Ordering::Relaxed) },
     });
+    if let Some(rotation) = rotation::completed_report(assignment) {
+        // Every connection says it again: the backend retires the old key on seeing it, and a
+        // report lost in a disconnection is sent by the next connection.
+        report["keyRotation"] = rotation;
+    }
     if let (Some(report), Value::Object(ack)) = (report.as_object_mut(), desired_ack) {
         report.extend(ack);
     }

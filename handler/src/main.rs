@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         },
         hub_names: config.hub_names.clone(),
         events_cache: Default::default(),
+        rotations_in_flight: Default::default(),
     });
     // The host forwards on loopback; nothing else should reach the handler.
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));

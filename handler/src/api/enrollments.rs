@@ -30,8 +30,34 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(remove(service.clone()))
         .unify()
-        .or(provisioning_code(service))
+        .or(provisioning_code(service.clone()))
         .unify()
+        .or(rotate_key(service))
+        .unify()
+        .boxed()
+}
+
+/// `POST /api/enrollments/{registrationId}/rotate-key`: 202, since the rotation finishes when
+/// the device has re-provisioned with the new key (the record's `keyRotation` shows the step).
+fn rotate_key(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "enrollments" / Segment / "rotate-key")
+        .and(warp::post())
+        .and(with(service))
+        .then(|id: Segment, service: Arc<Service>| async move {
+            respond(
+                async {
+                    let stored = service.rotate_key(&id.0).await?;
+                    let step = stored.record.key_rotation.as_ref().map_or("completed", |r| r.step.as_str());
+                    tracing::info!(registration.id = %stored.record.registration_id, step, "asked for a key rotation");
+                    Ok(json_reply(
+                        StatusCode::ACCEPTED,
+                        &views::enrollment(&stored),
+                        Some(&stored.etag),
+                    ))
+                }
+                .await,
+            )
+        })
         .boxed()
 }
 

@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/enrollments/{registrationId}"),
     ("POST", "/api/enrollments/import"),
     ("GET", "/api/enrollments/{registrationId}/provisioning-code"),
+    ("POST", "/api/enrollments/{registrationId}/rotate-key"),
     ("GET", "/api/devices/{deviceId}"),
     ("GET", "/api/devices"),
     ("PATCH", "/api/devices/{deviceId}/desired"),

@@ -28,6 +28,7 @@ fn service() -> (Arc<Service>, Arc<FakeDps>) {
         )),
         hub_names: Default::default(),
         events_cache: Default::default(),
+        rotations_in_flight: Default::default(),
     };
     (Arc::new(service), dps)
 }

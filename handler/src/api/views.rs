@@ -6,6 +6,27 @@ use crate::service::import::{Outcome, RowResult};
 use crate::storage::{Page, Stored};
 use serde_json::{json, Value};
 
+/// Where the device's key stands: the slot it holds, a rotation in progress, the last one done.
+fn key_rotation(record: &DeviceRecord) -> Value {
+    json!({
+        "slot": record.key_slot.as_str(),
+        "pending": record.key_rotation.as_ref().map(|r| json!({
+            "id": r.id,
+            "step": r.step.as_str(),
+            "slot": r.slot.as_str(),
+            "requestedAt": r.requested_at,
+            "updatedAt": r.updated_at,
+            "deliveries": r.deliveries,
+            "lastError": r.last_error,
+        })),
+        "last": record.last_key_rotation.as_ref().map(|r| json!({
+            "id": r.id,
+            "slot": r.slot.as_str(),
+            "completedAt": r.completed_at,
+        })),
+    })
+}
+
 fn pending_change(record: &DeviceRecord) -> Value {
     match record.sync {
         DpsSync::Complete => Value::Null,
@@ -29,6 +50,7 @@ pub fn enrollment(stored: &Stored) -> Value {
         "status": r.status().as_str(),
         "pendingChange": pending_change(r),
         "registration": r.registration,
+        "key": key_rotation(r),
         "createdAt": r.created_at,
         "updatedAt": r.updated_at,
         "etag": stored.etag,
@@ -53,6 +75,7 @@ pub fn device(stored: &Stored) -> Value {
         })),
         "lastSeen": r.live.last_seen,
         "reported": reported(r),
+        "key": key_rotation(r),
         "updatedAt": r.updated_at,
         "etag": stored.etag,
     })

@@ -1,7 +1,15 @@
 //! The DPS service API (api-version 2021-10-01): individual enrollments with symmetric-key
 //! attestation, and the registration states devices leave behind.
+//!
+//! Changes to an existing enrollment are read-modify-write: the enrollment's `etag` (GET) and its
+//! keys (`attestationmechanism`, the only call that answers them) are read, and the PUT carries
+//! the etag as `If-Match`, so a concurrent change (another instance rotating the keys, say) is
+//! refused with 412 and read again rather than overwritten with stale keys (If-Match: "The ETag
+//! of the enrollment record", Azure/azure-rest-api-specs
+//! specification/deviceprovisioningservices/data-plane/DeviceProvisioningServices/service/routes.tsp).
 
 use super::{common_error, send, CloudError};
+use crate::domain::rotation::KeySlot;
 use crate::domain::{DeviceRecord, Registration};
 use async_trait::async_trait;
 use iot_credentials::sas::{encode_component, unix_now};
@@ -13,6 +21,35 @@ use serde_json::{json, Value};
 const API_VERSION: &str = "2021-10-01";
 /// Azure's cap on items in one bulk enrollment call.
 pub const BULK_LIMIT: usize = 10;
+/// Read-modify-write rounds of an enrollment change before another writer is let win.
+const WRITE_ATTEMPTS: usize = 4;
+
+/// An enrollment's two symmetric keys. `Debug` shows neither (the keys' own `Debug` is redacted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentKeys {
+    /// `primaryKey`.
+    pub primary: SharedAccessKey,
+    /// `secondaryKey`.
+    pub secondary: SharedAccessKey,
+}
+
+impl EnrollmentKeys {
+    /// The key in `slot`.
+    pub fn slot(&self, slot: KeySlot) -> &SharedAccessKey {
+        match slot {
+            KeySlot::Primary => &self.primary,
+            KeySlot::Secondary => &self.secondary,
+        }
+    }
+
+    /// Puts `key` into `slot`.
+    pub fn set(&mut self, slot: KeySlot, key: SharedAccessKey) {
+        match slot {
+            KeySlot::Primary => self.primary = key,
+            KeySlot::Secondary => self.secondary = key,
+        }
+    }
+}
 
 /// What bulk creation answered for one enrollment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +74,20 @@ pub trait Provisioning: Send + Sync {
     /// Makes the enrollment say what the record says, keeping its keys (creates it if missing).
     async fn update(&self, record: &DeviceRecord) -> Result<(), CloudError>;
 
+    /// Puts `key` into the enrollment's `slot`, keeping the other key and making the rest say
+    /// what the record says; `NotFound` if there is no enrollment.
+    async fn replace_key(
+        &self,
+        record: &DeviceRecord,
+        slot: KeySlot,
+        key: &SharedAccessKey,
+    ) -> Result<(), CloudError>;
+
     /// Removes the enrollment; a missing one is not an error.
     async fn delete(&self, registration_id: &str) -> Result<(), CloudError>;
 
-    /// The device's primary key (DPS answers keys only on this call, never on GET).
-    async fn primary_key(&self, registration_id: &str) -> Result<SharedAccessKey, CloudError>;
+    /// The enrollment's keys (DPS answers keys only on `attestationmechanism`, never on GET).
+    async fn keys(&self, registration_id: &str) -> Result<EnrollmentKeys, CloudError>;
 
     /// The device's registration state; `None` if it never registered.
     async fn registration(&self, registration_id: &str)
@@ -56,13 +102,10 @@ pub trait Provisioning: Send + Sync {
 
 /// The enrollment DPS should hold for a record. Keys are left out (DPS generates them) unless
 /// given, so an update can carry the current ones.
-pub fn enrollment_body(
-    record: &DeviceRecord,
-    keys: Option<(&SharedAccessKey, &SharedAccessKey)>,
-) -> Value {
+pub fn enrollment_body(record: &DeviceRecord, keys: Option<&EnrollmentKeys>) -> Value {
     let symmetric = match keys {
-        Some((primary, secondary)) => {
-            json!({ "primaryKey": primary.expose_base64(), "secondaryKey": secondary.expose_base64() })
+        Some(keys) => {
+            json!({ "primaryKey": keys.primary.expose_base64(), "secondaryKey": keys.secondary.expose_base64() })
         }
         None => json!({}),
     };
@@ -127,6 +170,16 @@ impl DpsClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<super::Answer, CloudError> {
+        self.call_if(method, path, body, None).await
+    }
+
+    async fn call_if(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<super::Answer, CloudError> {
         let url = format!(
             "https://{}/{path}?api-version={API_VERSION}",
             self.connection.host_name()
@@ -137,16 +190,80 @@ impl DpsClient {
             .http
             .request(method, url)
             .header("Authorization", token.expose());
+        if let Some(etag) = if_match {
+            request = request.header("If-Match", etag);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
         send(request, "DPS").await
     }
 
-    async fn keys(
+    /// The enrollment's etag; `None` if there is no enrollment.
+    async fn etag(&self, registration_id: &str) -> Result<Option<String>, CloudError> {
+        let answer = self
+            .call(Method::GET, &enrollment_path(registration_id), None)
+            .await?;
+        match answer.status {
+            200 => {
+                let enrollment: Value = serde_json::from_str(&answer.text).map_err(|_| {
+                    CloudError::BadGateway("DPS answered an unreadable enrollment".into())
+                })?;
+                enrollment["etag"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        CloudError::BadGateway("DPS answered an enrollment without an etag".into())
+                    })
+            }
+            404 => Ok(None),
+            _ => Err(common_error("DPS", &answer)),
+        }
+    }
+
+    /// Writes the record's enrollment with the keys `change` makes of the current ones, guarded
+    /// by the etag read with them; a missing enrollment is created (keys generated) if
+    /// `create_missing`, else `NotFound`.
+    async fn write(
         &self,
-        registration_id: &str,
-    ) -> Result<(SharedAccessKey, SharedAccessKey), CloudError> {
+        record: &DeviceRecord,
+        create_missing: bool,
+        change: impl Fn(&mut EnrollmentKeys),
+    ) -> Result<(), CloudError> {
+        let id = record.registration_id.as_str();
+        for _ in 0..WRITE_ATTEMPTS {
+            // The etag first: if the keys change after it was read, the PUT is refused.
+            let etag = self.etag(id).await?;
+            let keys = match &etag {
+                Some(_) => {
+                    let mut keys = self.read_keys(id).await?;
+                    change(&mut keys);
+                    Some(keys)
+                }
+                None if create_missing => None,
+                None => return Err(CloudError::NotFound(format!("DPS has no enrollment {id}"))),
+            };
+            let body = enrollment_body(record, keys.as_ref());
+            let answer = self
+                .call_if(
+                    Method::PUT,
+                    &enrollment_path(id),
+                    Some(&body),
+                    etag.as_deref(),
+                )
+                .await?;
+            match answer.status {
+                200 | 201 => return Ok(()),
+                // Changed since it was read: read it again.
+                412 => continue,
+                _ => return Err(common_error("DPS", &answer)),
+            }
+        }
+        Err(CloudError::PreconditionFailed)
+    }
+
+    async fn read_keys(&self, registration_id: &str) -> Result<EnrollmentKeys, CloudError> {
         let path = format!(
             "enrollments/{}/attestationmechanism",
             encode_component(registration_id)
@@ -166,7 +283,10 @@ impl DpsClient {
                     CloudError::BadGateway("DPS answered an unusable symmetric key".into())
                 })
         };
-        Ok((parse(keys.primary_key)?, parse(keys.secondary_key)?))
+        Ok(EnrollmentKeys {
+            primary: parse(keys.primary_key)?,
+            secondary: parse(keys.secondary_key)?,
+        })
     }
 
     async fn bulk(&self, records: &[&DeviceRecord]) -> Result<Vec<BulkOutcome>, CloudError> {
@@ -241,23 +361,17 @@ impl Provisioning for DpsClient {
     }
 
     async fn update(&self, record: &DeviceRecord) -> Result<(), CloudError> {
-        let keys = match self.keys(record.registration_id.as_str()).await {
-            Ok(keys) => Some(keys),
-            Err(CloudError::NotFound(_)) => None,
-            Err(e) => return Err(e),
-        };
-        let body = enrollment_body(record, keys.as_ref().map(|(p, s)| (p, s)));
-        let answer = self
-            .call(
-                Method::PUT,
-                &enrollment_path(record.registration_id.as_str()),
-                Some(&body),
-            )
-            .await?;
-        match answer.status {
-            200 | 201 => Ok(()),
-            _ => Err(common_error("DPS", &answer)),
-        }
+        self.write(record, true, |_| {}).await
+    }
+
+    async fn replace_key(
+        &self,
+        record: &DeviceRecord,
+        slot: KeySlot,
+        key: &SharedAccessKey,
+    ) -> Result<(), CloudError> {
+        self.write(record, false, |keys| keys.set(slot, key.clone()))
+            .await
     }
 
     async fn delete(&self, registration_id: &str) -> Result<(), CloudError> {
@@ -270,8 +384,8 @@ impl Provisioning for DpsClient {
         }
     }
 
-    async fn primary_key(&self, registration_id: &str) -> Result<SharedAccessKey, CloudError> {
-        self.keys(registration_id).await.map(|(primary, _)| primary)
+    async fn keys(&self, registration_id: &str) -> Result<EnrollmentKeys, CloudError> {
+        self.read_keys(registration_id).await
     }
 
     async fn registration(

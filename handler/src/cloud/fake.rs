@@ -1,8 +1,9 @@
 //! In-memory DPS and hubs for unit tests, with failures injected per operation.
 
-use super::dps::{BulkOutcome, Provisioning};
+use super::dps::{BulkOutcome, EnrollmentKeys, Provisioning};
 use super::hub::{DeviceHubs, MethodAnswer, MethodCall};
 use super::CloudError;
+use crate::domain::rotation::KeySlot;
 use crate::domain::{now, DeviceRecord, Registration};
 use async_trait::async_trait;
 use iot_credentials::SharedAccessKey;
@@ -48,6 +49,18 @@ pub struct FakeEnrollment {
     pub record: DeviceRecord,
     /// Its primary key.
     pub key: SharedAccessKey,
+    /// Its secondary key.
+    pub secondary: SharedAccessKey,
+}
+
+impl FakeEnrollment {
+    /// Both keys.
+    pub fn keys(&self) -> EnrollmentKeys {
+        EnrollmentKeys {
+            primary: self.key.clone(),
+            secondary: self.secondary.clone(),
+        }
+    }
 }
 
 /// A DPS in memory.
@@ -102,14 +115,16 @@ impl FakeDps {
     fn put(&self, record: &DeviceRecord) {
         let key = record.registration_id.key();
         let mut enrollments = self.enrollments.lock().unwrap();
-        let secret = enrollments
-            .get(&key)
-            .map_or_else(|| SharedAccessKey::generate(32), |e| e.key.clone());
+        let (primary, secondary) = enrollments.get(&key).map_or_else(
+            || (SharedAccessKey::generate(32), SharedAccessKey::generate(32)),
+            |e| (e.key.clone(), e.secondary.clone()),
+        );
         enrollments.insert(
             key,
             FakeEnrollment {
                 record: record.clone(),
-                key: secret,
+                key: primary,
+                secondary,
             },
         );
     }
@@ -153,6 +168,25 @@ impl Provisioning for FakeDps {
         Ok(())
     }
 
+    async fn replace_key(
+        &self,
+        record: &DeviceRecord,
+        slot: KeySlot,
+        key: &SharedAccessKey,
+    ) -> Result<(), CloudError> {
+        self.faults.check("replace_key")?;
+        let mut enrollments = self.enrollments.lock().unwrap();
+        let enrollment = enrollments
+            .get_mut(&record.registration_id.key())
+            .ok_or_else(|| CloudError::NotFound(record.registration_id.to_string()))?;
+        enrollment.record = record.clone();
+        match slot {
+            KeySlot::Primary => enrollment.key = key.clone(),
+            KeySlot::Secondary => enrollment.secondary = key.clone(),
+        }
+        Ok(())
+    }
+
     async fn delete(&self, registration_id: &str) -> Result<(), CloudError> {
         self.faults.check("delete")?;
         self.enrollments
@@ -162,10 +196,10 @@ impl Provisioning for FakeDps {
         Ok(())
     }
 
-    async fn primary_key(&self, registration_id: &str) -> Result<SharedAccessKey, CloudError> {
-        self.faults.check("primary_key")?;
+    async fn keys(&self, registration_id: &str) -> Result<EnrollmentKeys, CloudError> {
+        self.faults.check("keys")?;
         self.enrollment(registration_id)
-            .map(|e| e.key)
+            .map(|e| e.keys())
             .ok_or_else(|| CloudError::NotFound(registration_id.into()))
     }
 
@@ -211,6 +245,10 @@ pub struct FakeHubs {
     pub devices: Mutex<HashMap<(String, String), Map<String, Value>>>,
     /// Devices that answer methods: (hub, device id).
     pub online: Mutex<Vec<(String, String)>>,
+    /// Device identities' keys as last set: (hub, device id) → (primary, secondary).
+    pub keys: Mutex<HashMap<(String, String), (SharedAccessKey, SharedAccessKey)>>,
+    /// Methods called, in order: (hub, device id, call).
+    pub calls: Mutex<Vec<(String, String, MethodCall)>>,
     /// Injected failures.
     pub faults: Faults,
 }
@@ -283,6 +321,24 @@ impl DeviceHubs for FakeHubs {
         Ok(())
     }
 
+    async fn set_device_keys(
+        &self,
+        hub: &str,
+        device_id: &str,
+        primary: &SharedAccessKey,
+        secondary: &SharedAccessKey,
+    ) -> Result<(), CloudError> {
+        self.faults.check("set_device_keys")?;
+        if !self.has_device(hub, device_id) {
+            return Err(CloudError::NotFound(device_id.into()));
+        }
+        self.keys.lock().unwrap().insert(
+            (hub.into(), device_id.into()),
+            (primary.clone(), secondary.clone()),
+        );
+        Ok(())
+    }
+
     async fn update_desired(
         &self,
         hub: &str,
@@ -308,6 +364,10 @@ impl DeviceHubs for FakeHubs {
         call: &MethodCall,
     ) -> Result<MethodAnswer, CloudError> {
         self.faults.check("invoke")?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push((hub.into(), device_id.into(), call.clone()));
         if !self
             .online
             .lock()

@@ -1,10 +1,10 @@
-//! The IoT Hub service API (api-version 2021-04-12) of every linked hub: device identities,
-//! twins' desired properties and direct methods.
+//! The IoT Hub service API (api-version 2021-04-12) of every linked hub: device identities (and
+//! their keys, which a key rotation replaces), twins' desired properties and direct methods.
 
 use super::{common_error, send, CloudError};
 use async_trait::async_trait;
 use iot_credentials::sas::{encode_component, unix_now};
-use iot_credentials::ServiceConnectionString;
+use iot_credentials::{ServiceConnectionString, SharedAccessKey};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -20,8 +20,9 @@ pub struct MethodAnswer {
     pub payload: Value,
 }
 
-/// A direct-method call.
-#[derive(Debug, Clone, PartialEq)]
+/// A direct-method call. `Debug` shows the payload's size, not the payload: a payload may carry
+/// a secret (the key a rotation hands to the device).
+#[derive(Clone, PartialEq)]
 pub struct MethodCall {
     /// Method name.
     pub name: String,
@@ -31,6 +32,17 @@ pub struct MethodCall {
     pub response_timeout: u32,
     /// Seconds to wait for a disconnected device to connect (0 to 300).
     pub connect_timeout: u32,
+}
+
+impl std::fmt::Debug for MethodCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MethodCall")
+            .field("name", &self.name)
+            .field("payload_bytes", &self.payload.to_string().len())
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 /// What a hub's registry says about a device.
@@ -55,6 +67,16 @@ pub trait DeviceHubs: Send + Sync {
 
     /// Removes a device identity; a missing one is not an error.
     async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), CloudError>;
+
+    /// Sets the device identity's two symmetric keys (the rest of the identity is kept);
+    /// `NotFound` if the hub has no such device.
+    async fn set_device_keys(
+        &self,
+        hub: &str,
+        device_id: &str,
+        primary: &SharedAccessKey,
+        secondary: &SharedAccessKey,
+    ) -> Result<(), CloudError>;
 
     /// Merges `desired` into the twin's desired properties (`null` removes); `if_match` is a twin
     /// etag. Answers the twin.
@@ -189,6 +211,53 @@ impl DeviceHubs for HubClients {
             200 | 204 | 404 => Ok(()),
             _ => Err(common_error("IoT Hub", &answer)),
         }
+    }
+
+    async fn set_device_keys(
+        &self,
+        hub: &str,
+        device_id: &str,
+        primary: &SharedAccessKey,
+        secondary: &SharedAccessKey,
+    ) -> Result<(), CloudError> {
+        // PUT replaces the whole identity and takes its etag as If-Match when updating ("should
+        // not be set when creating a device, but may be set when updating": Devices - Create Or
+        // Update Identity, learn.microsoft.com/rest/api/iothub/service/devices/
+        // create-or-update-identity), so the identity is read and written back with new keys; a
+        // concurrent change is refused and read again rather than overwritten.
+        let path = format!("devices/{}", encode_component(device_id));
+        for _ in 0..4 {
+            let answer = self.call(hub, Method::GET, &path, None, None).await?;
+            let mut identity: Value = match answer.status {
+                200 => serde_json::from_str(&answer.text).map_err(|_| {
+                    CloudError::BadGateway("IoT Hub answered an unreadable device".into())
+                })?,
+                _ => return Err(common_error("IoT Hub", &answer)),
+            };
+            let etag = identity["etag"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    CloudError::BadGateway("IoT Hub answered a device without an etag".into())
+                })?;
+            identity["authentication"] = json!({
+                "type": "sas",
+                "symmetricKey": {
+                    "primaryKey": primary.expose_base64(),
+                    "secondaryKey": secondary.expose_base64(),
+                },
+            });
+            let answer = self
+                .call(hub, Method::PUT, &path, Some(&identity), Some(&etag))
+                .await?;
+            match answer.status {
+                200 | 201 => return Ok(()),
+                // Changed since it was read (a connection's state, a re-provisioning): again.
+                412 => continue,
+                _ => return Err(common_error("IoT Hub", &answer)),
+            }
+        }
+        Err(CloudError::PreconditionFailed)
     }
 
     async fn update_desired(

@@ -218,13 +218,14 @@ pub struct HubEvent {
 }
 
 /// The reported properties the registry keeps: provisioning status, firmware, the last status
-/// report and the desired-properties version the device has applied. The rest of the twin stays
-/// in the hub.
+/// report, the desired-properties version the device has applied, and the device's answer to a
+/// key rotation (`super::rotation`). The rest of the twin stays in the hub.
 pub const KEPT_REPORTED: &[&str] = &[
     "provisioning",
     "firmware",
     "status",
     "acknowledgedDesiredVersion",
+    super::rotation::REPORTED_PROPERTY,
 ];
 
 /// Reads `properties.reported` of a twin (or twin change) body: the kept keys and `$version`.

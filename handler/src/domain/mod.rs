@@ -1,5 +1,6 @@
 //! The registry's domain: validated identifiers, the device record, what IoT Hub's events
-//! tell about it, and the bounds on what it keeps of device data (`bounded`).
+//! tell about it, the bounds on what it keeps of device data (`bounded`), and key rotations
+//! (`rotation`).
 
 pub mod bounded;
 pub mod events;
@@ -8,6 +9,7 @@ pub use enrollment_input::ids;
 pub mod journal;
 pub mod live;
 pub mod record;
+pub mod rotation;
 
 pub use ids::{CustomerId, DeviceId, HubName, InvalidId, RegistrationId};
 pub use record::{

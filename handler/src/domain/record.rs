@@ -4,6 +4,7 @@
 use super::bounded;
 use super::ids::{CustomerId, DeviceId, HubName, RegistrationId};
 use super::live::Live;
+use super::rotation::{CompletedRotation, KeyRotation, KeySlot};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -145,6 +146,15 @@ pub struct DeviceRecord {
     /// What IoT Hub's events told: hub identities, connection, reported properties, last seen.
     #[serde(default, skip_serializing_if = "Live::is_empty")]
     pub live: Live,
+    /// The enrollment key slot the device holds (primary until a rotation moves it).
+    #[serde(default, skip_serializing_if = "KeySlot::is_primary")]
+    pub key_slot: KeySlot,
+    /// A key rotation in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<KeyRotation>,
+    /// The last key rotation that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key_rotation: Option<CompletedRotation>,
     /// When enrolled.
     pub created_at: String,
     /// When last changed.
@@ -228,10 +238,15 @@ impl DeviceRecord {
         if let Some(hub) = self.assigned_hub() {
             entries.push((IndexKind::Hub, hub.to_ascii_lowercase()));
         }
-        if self.sync != DpsSync::Complete {
+        if self.has_unfinished_work() {
             entries.push((IndexKind::Sync, "pending".to_owned()));
         }
         entries
+    }
+
+    /// Whether a DPS change or a key rotation is unfinished: what a repair pass looks for.
+    pub fn has_unfinished_work(&self) -> bool {
+        self.sync != DpsSync::Complete || self.key_rotation.is_some()
     }
 }
 
@@ -244,7 +259,7 @@ pub enum IndexKind {
     Hub,
     /// By status.
     Status,
-    /// Records whose DPS change is unfinished: what a repair pass reads.
+    /// Records whose DPS change or key rotation is unfinished: what a repair pass reads.
     Sync,
 }
 
@@ -269,7 +284,7 @@ pub struct Filter {
     pub hub: Option<HubName>,
     /// Status.
     pub status: Option<Status>,
-    /// Only records whose DPS change is unfinished.
+    /// Only records whose DPS change or key rotation is unfinished.
     pub sync_pending: bool,
 }
 
@@ -293,7 +308,7 @@ impl Filter {
                     .is_some_and(|a| a.eq_ignore_ascii_case(h.as_str()))
             })
             && self.status.is_none_or(|s| s == record.status())
-            && (!self.sync_pending || record.sync != DpsSync::Complete)
+            && (!self.sync_pending || record.has_unfinished_work())
     }
 
     /// The index to scan (the first filter given), if any.
@@ -344,6 +359,9 @@ pub(crate) mod tests {
             registration: None,
             registration_checked_at: None,
             live: Live::default(),
+            key_slot: KeySlot::Primary,
+            key_rotation: None,
+            last_key_rotation: None,
             created_at: now(),
             updated_at: now(),
         }

@@ -112,6 +112,9 @@ pub fn record_of(request: NewEnrollment, service: &Service) -> Result<DeviceReco
         // Nothing can have registered yet: reads need not ask DPS for a while.
         registration_checked_at: Some(stamp.clone()),
         live: crate::domain::live::Live::default(),
+        key_slot: Default::default(),
+        key_rotation: None,
+        last_key_rotation: None,
         created_at: stamp.clone(),
         updated_at: stamp,
     })
@@ -405,11 +408,24 @@ impl Service {
                 ),
             ));
         }
+        if record.key_rotation.is_some() {
+            // The key the code would carry is about to be retired.
+            return Err(ServiceError::conflict(
+                "rotationPending",
+                format!(
+                    "{}'s key is being rotated; the code is issued again once the rotation completes",
+                    record.registration_id
+                ),
+            ));
+        }
+        // The slot the device holds: primary until a rotation moved it.
         let key = self
             .dps
-            .primary_key(record.registration_id.as_str())
+            .keys(record.registration_id.as_str())
             .await
-            .map_err(ServiceError::dps)?;
+            .map_err(ServiceError::dps)?
+            .slot(record.key_slot)
+            .clone();
         Ok(CodeAnswer {
             code: ProvisioningCode {
                 id_scope: self.codes.id_scope.clone(),

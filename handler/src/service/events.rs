@@ -51,7 +51,8 @@ impl RecordCache {
         entries.insert(device_id.to_owned(), (stored, Instant::now()));
     }
 
-    fn forget(&self, device_id: &str) {
+    /// Drops a device's copy (its record was written elsewhere).
+    pub(super) fn forget(&self, device_id: &str) {
         self.entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -460,6 +461,13 @@ impl Service {
             }
             match written {
                 Ok(etag) => {
+                    // A key rotation waits on events: the device connecting (to hand it the
+                    // key) or reporting the rotation done (to retire the old key).
+                    let connected_now = record.connection().is_some_and(|c| c.connected)
+                        && events
+                            .iter()
+                            .any(|e| matches!(e.change, Change::Connected(_)));
+                    self.follow_up_rotation(&record, connected_now);
                     self.events_cache.put(device_id, Stored { record, etag });
                     let notified = held.is_some();
                     if let Some(mut notification) = held {

@@ -8,6 +8,7 @@
 //! - [`events`]: recording IoT Hub's events in the records and each device's history.
 //! - [`notify`]: status notifications to a webhook, from an outbox.
 //! - [`reconcile`]: the periodic comparison with DPS and the hubs.
+//! - [`rotation`]: rotating a device's symmetric key with the device rolling over to it.
 //!
 //! Every change that touches DPS follows one order: the record is written first with the intent
 //! (`sync: pendingCreate|pendingUpdate|pendingDelete`), then DPS is changed, then the intent is
@@ -21,6 +22,7 @@ pub mod import;
 pub mod notify;
 pub mod reconcile;
 pub mod repair;
+pub mod rotation;
 
 use crate::cloud::dps::Provisioning;
 use crate::cloud::hub::DeviceHubs;
@@ -202,6 +204,8 @@ pub struct Service {
     pub hub_names: std::collections::BTreeMap<String, String>,
     /// Records recently seen by the event functions.
     pub events_cache: Arc<events::RecordCache>,
+    /// Key rotations a background task is moving on.
+    pub rotations_in_flight: Arc<rotation::InFlight>,
 }
 
 impl Service {

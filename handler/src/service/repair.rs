@@ -1,6 +1,9 @@
 //! Finishing DPS changes that a failure interrupted. A record whose `sync` is not `complete`
-//! holds the intent; DPS calls are idempotent here, so finishing twice is harmless.
+//! holds the intent; DPS calls are idempotent here, so finishing twice is harmless. The repair
+//! pass also moves key rotations on (`super::rotation`): it hands a waiting key to a device that
+//! has come back, and finishes interrupted DPS steps.
 
+use super::rotation::Delivery;
 use super::{Service, ServiceError};
 use crate::cloud::CloudError;
 use crate::domain::{DpsSync, Filter};
@@ -127,7 +130,8 @@ impl Service {
         ))
     }
 
-    /// Finishes every pending DPS change (what a timer runs); bounded by `limit` records.
+    /// Finishes every pending DPS change and moves every key rotation on (what a timer runs);
+    /// bounded by `limit` records.
     pub async fn repair_pending(&self, limit: usize) -> Result<RepairReport, ServiceError> {
         let mut report = RepairReport::default();
         let mut continuation = None;
@@ -140,11 +144,25 @@ impl Service {
             for stored in page.items {
                 seen += 1;
                 let id = stored.record.registration_id.clone();
-                match self.settle(stored).await {
-                    Ok(_) => report.repaired += 1,
+                let changing = stored.record.sync != DpsSync::Complete;
+                let outcome = match self.settle(stored).await {
+                    Ok(Some(settled)) if settled.record.key_rotation.is_some() => {
+                        let step = |s: &Stored| s.record.key_rotation.as_ref().map(|r| r.step);
+                        let before = step(&settled);
+                        self.advance_rotation(settled, Delivery::Now)
+                            .await
+                            // A rotation still waiting on an offline device is not a repair.
+                            .map(|after| changing || step(&after) != before)
+                    }
+                    Ok(_) => Ok(true),
+                    Err(error) => Err(error),
+                };
+                match outcome {
+                    Ok(true) => report.repaired += 1,
+                    Ok(false) => {}
                     Err(error) => {
                         report.failed += 1;
-                        tracing::warn!(registration.id = %id, %error, "an interrupted DPS change could not be finished yet");
+                        tracing::warn!(registration.id = %id, %error, "an interrupted DPS change or key rotation could not be finished yet");
                     }
                 }
             }

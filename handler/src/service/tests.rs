@@ -43,6 +43,7 @@ fn world() -> World {
         )),
         hub_names: Default::default(),
         events_cache: Default::default(),
+        rotations_in_flight: Default::default(),
     };
     World {
         service,
@@ -540,7 +541,7 @@ async fn a_failed_key_read_answers_unavailable_and_changes_neither_record_nor_ke
     w.service.enroll(request("dev-1")).await.unwrap();
     let before = record(&w, "dev-1").await.unwrap();
     let key = w.dps.enrollment("dev-1").unwrap().key;
-    w.dps.faults.fail("primary_key", 1);
+    w.dps.faults.fail("keys", 1);
     let error = w.service.provisioning_code("dev-1").await.err().unwrap();
     assert!(unavailable(&error, Upstream::Dps), "{error:?}");
     assert_eq!(record(&w, "dev-1").await.unwrap(), before);
@@ -643,4 +644,288 @@ async fn a_valid_change_to_a_record_full_of_reports_cuts_the_reports_rather_than
     assert_eq!(changed.record.asset.attributes.len(), 7);
     assert!(!changed.record.live.truncated().is_empty(), "the cut shows");
     assert!(serde_json::to_string(&changed.record).unwrap().len() <= 30 * 1024);
+}
+
+/// A registered device (its registration known to the record), online on HUB or not.
+async fn assigned(w: &World, id: &str, online: bool) -> crate::storage::Stored {
+    w.service.enroll(request(id)).await.unwrap();
+    w.dps.register(id, HUB);
+    w.hubs.add_device(HUB, id, online);
+    w.service.device(id, true).await.unwrap()
+}
+
+/// What the device reports once it re-provisioned with the rotation's key.
+async fn report_rotation_done(w: &World, id: &str, rotation_id: &str) -> crate::storage::Stored {
+    let stored = record(w, id).await.unwrap();
+    let mut reported = stored.record.clone();
+    reported.live.reported.insert(
+        crate::domain::rotation::REPORTED_PROPERTY.into(),
+        crate::domain::live::ReportedValue {
+            value: json!({ "id": rotation_id, "status": "completed" }),
+            version: 7,
+            at: crate::domain::events::Stamp::now(),
+            hub: HUB.into(),
+            truncated_from: None,
+        },
+    );
+    let etag = w.store.replace(&stored, &reported).await.unwrap();
+    crate::storage::Stored {
+        record: reported,
+        etag,
+    }
+}
+
+fn pending(stored: &crate::storage::Stored) -> crate::domain::rotation::KeyRotation {
+    stored
+        .record
+        .key_rotation
+        .clone()
+        .expect("a rotation is pending")
+}
+
+#[tokio::test]
+async fn a_rotation_hands_the_device_a_key_in_the_free_slot_and_retires_the_old_one_once_reported()
+{
+    use crate::domain::rotation::{KeySlot, RotationStep};
+    let w = world();
+    assigned(&w, "dev-1", true).await;
+    let before = w.dps.enrollment("dev-1").unwrap().keys();
+
+    let started = w.service.rotate_key("dev-1").await.unwrap();
+    let rotation = pending(&started);
+    assert_eq!(rotation.step, RotationStep::Delivered);
+    assert_eq!(rotation.slot, KeySlot::Secondary);
+    let staged = w.dps.enrollment("dev-1").unwrap().keys();
+    assert_eq!(
+        staged.primary, before.primary,
+        "the device's key keeps working"
+    );
+    assert_ne!(
+        staged.secondary, before.secondary,
+        "a new key in the free slot"
+    );
+    let calls = w.hubs.calls.lock().unwrap().clone();
+    let (hub, device, call) = calls.last().unwrap();
+    assert_eq!((hub.as_str(), device.as_str()), (HUB, "dev-1"));
+    assert_eq!(call.name, "RotateKey");
+    assert_eq!(call.payload["rotationId"], rotation.id.as_str());
+    assert_eq!(call.payload["key"], staged.secondary.expose_base64());
+    assert!(
+        !format!("{call:?}").contains(staged.secondary.expose_base64()),
+        "a method call's Debug shows no payload"
+    );
+    let stored_text = serde_json::to_string(&started.record).unwrap();
+    assert!(!stored_text.contains(staged.secondary.expose_base64()));
+    assert!(!stored_text.contains(before.primary.expose_base64()));
+
+    // The device re-provisioned with the new key and says so.
+    let reported = report_rotation_done(&w, "dev-1", &rotation.id).await;
+    let done = w
+        .service
+        .advance_rotation(reported, super::rotation::Delivery::No)
+        .await
+        .unwrap();
+    assert!(done.record.key_rotation.is_none());
+    assert_eq!(done.record.key_slot, KeySlot::Secondary);
+    assert_eq!(
+        done.record.last_key_rotation.as_ref().unwrap().id,
+        rotation.id
+    );
+    let after = w.dps.enrollment("dev-1").unwrap().keys();
+    assert_eq!(
+        after.secondary, staged.secondary,
+        "the device's new key stays"
+    );
+    assert_ne!(after.primary, before.primary, "the old key is retired");
+    assert_eq!(
+        w.hubs.keys.lock().unwrap()[&(HUB.to_owned(), "dev-1".to_owned())],
+        (after.primary.clone(), after.secondary.clone()),
+        "the hub identity holds the enrollment's keys, not the old one"
+    );
+    // Codes now carry the key the device holds.
+    let code = w.service.provisioning_code("dev-1").await.unwrap();
+    assert_eq!(code.code.device_key, after.secondary);
+    let (history, _) = w.service.history("dev-1", 50, None).await.unwrap();
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+    for kind in ["keyRotationStarted", "keyDelivered", "keyRotationCompleted"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    // The next rotation goes the other way.
+    let next = w.service.rotate_key("dev-1").await.unwrap();
+    assert_eq!(pending(&next).slot, KeySlot::Primary);
+}
+
+#[tokio::test]
+async fn an_offline_device_keeps_its_rotation_staged_until_it_is_back() {
+    use crate::domain::rotation::RotationStep;
+    let w = world();
+    assigned(&w, "dev-1", false).await;
+    let before = w.dps.enrollment("dev-1").unwrap().keys();
+    let started = w.service.rotate_key("dev-1").await.unwrap();
+    let rotation = pending(&started);
+    assert_eq!(rotation.step, RotationStep::Staged);
+    assert_eq!(
+        rotation.last_error.as_deref(),
+        Some("the device is not connected")
+    );
+    assert_eq!(w.dps.enrollment("dev-1").unwrap().key, before.primary);
+
+    let again = w.service.rotate_key("dev-1").await.unwrap_err();
+    assert!(
+        matches!(
+            again,
+            ServiceError::Conflict {
+                code: "rotationPending",
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    let code = w.service.provisioning_code("dev-1").await.err().unwrap();
+    assert!(
+        matches!(
+            code,
+            ServiceError::Conflict {
+                code: "rotationPending",
+                ..
+            }
+        ),
+        "{code:?}"
+    );
+    // Still offline: the repair pass tries, and the rotation waits.
+    let report = w.service.repair_pending(100).await.unwrap();
+    assert_eq!(report.repaired, 0);
+    assert_eq!(
+        pending(&record(&w, "dev-1").await.unwrap()).step,
+        RotationStep::Staged
+    );
+    // Back online: the repair pass hands the key over.
+    w.hubs
+        .online
+        .lock()
+        .unwrap()
+        .push((HUB.into(), "dev-1".into()));
+    let report = w.service.repair_pending(100).await.unwrap();
+    assert_eq!(report.repaired, 1);
+    let delivered = pending(&record(&w, "dev-1").await.unwrap());
+    assert_eq!(delivered.step, RotationStep::Delivered);
+    assert_eq!(
+        delivered.id, rotation.id,
+        "the same rotation, not a new one"
+    );
+    assert_eq!(
+        delivered.deliveries, 3,
+        "the request, the offline pass, this pass"
+    );
+}
+
+#[tokio::test]
+async fn rotations_are_refused_for_unknown_unregistered_or_disabled_enrollments() {
+    let w = world();
+    let unknown = w.service.rotate_key("nobody").await.unwrap_err();
+    assert!(matches!(unknown, ServiceError::NotFound(_)), "{unknown:?}");
+    w.service.enroll(request("dev-1")).await.unwrap();
+    let unregistered = w.service.rotate_key("dev-1").await.unwrap_err();
+    assert!(
+        matches!(
+            unregistered,
+            ServiceError::Conflict {
+                code: "deviceNotAssigned",
+                ..
+            }
+        ),
+        "{unregistered:?}"
+    );
+    assigned(&w, "dev-2", true).await;
+    let patch: EnrollmentPatch = serde_json::from_value(json!({ "enabled": false })).unwrap();
+    w.service.change("dev-2", patch, None).await.unwrap();
+    let keys = w.dps.enrollment("dev-2").unwrap().keys();
+    let disabled = w.service.rotate_key("dev-2").await.unwrap_err();
+    assert!(
+        matches!(
+            disabled,
+            ServiceError::Conflict {
+                code: "enrollmentDisabled",
+                ..
+            }
+        ),
+        "{disabled:?}"
+    );
+    assert_eq!(
+        w.dps.enrollment("dev-2").unwrap().keys(),
+        keys,
+        "nothing changed"
+    );
+    assert!(record(&w, "dev-2")
+        .await
+        .unwrap()
+        .record
+        .key_rotation
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_failure_at_any_rotation_step_leaves_the_step_and_the_repair_pass_finishes_it() {
+    use crate::domain::rotation::RotationStep;
+    let w = world();
+    assigned(&w, "dev-1", true).await;
+    let before = w.dps.enrollment("dev-1").unwrap().keys();
+
+    // DPS fails while staging: the rotation is accepted and stays there, with the reason; the
+    // keys are as they were.
+    w.dps.faults.fail("replace_key", 1);
+    let answered = w.service.rotate_key("dev-1").await.unwrap();
+    assert_eq!(pending(&answered).step, RotationStep::Staging);
+    assert_eq!(
+        pending(&answered).last_error.as_deref(),
+        Some("DPS is unavailable")
+    );
+    let stuck = record(&w, "dev-1").await.unwrap();
+    assert_eq!(stuck, answered);
+    assert!(stuck.record.has_unfinished_work());
+    assert_eq!(w.dps.enrollment("dev-1").unwrap().keys(), before);
+    // The key read before delivery fails: staged, not delivered.
+    w.dps.faults.fail("keys", 1);
+    assert_eq!(w.service.repair_pending(100).await.unwrap().failed, 1);
+    assert_eq!(
+        pending(&record(&w, "dev-1").await.unwrap()).step,
+        RotationStep::Staged
+    );
+    assert_eq!(w.service.repair_pending(100).await.unwrap().repaired, 1);
+    let rotation = pending(&record(&w, "dev-1").await.unwrap());
+    assert_eq!(rotation.step, RotationStep::Delivered);
+
+    // The report arrives; retiring fails at DPS, then at the hub, and is finished by repair.
+    report_rotation_done(&w, "dev-1", &rotation.id).await;
+    w.dps.faults.fail("replace_key", 1);
+    assert_eq!(w.service.repair_pending(100).await.unwrap().failed, 1);
+    assert_eq!(
+        pending(&record(&w, "dev-1").await.unwrap()).step,
+        RotationStep::Retiring
+    );
+    assert_eq!(
+        w.dps.enrollment("dev-1").unwrap().key,
+        before.primary,
+        "not yet retired"
+    );
+    w.hubs.faults.fail("set_device_keys", 1);
+    assert_eq!(w.service.repair_pending(100).await.unwrap().failed, 1);
+    assert_eq!(
+        pending(&record(&w, "dev-1").await.unwrap()).step,
+        RotationStep::Retiring
+    );
+    assert_eq!(w.service.repair_pending(100).await.unwrap().repaired, 1);
+    let done = record(&w, "dev-1").await.unwrap();
+    assert!(done.record.key_rotation.is_none());
+    assert!(!done.record.has_unfinished_work());
+    let after = w.dps.enrollment("dev-1").unwrap().keys();
+    assert_ne!(after.primary, before.primary);
+    assert_eq!(
+        w.hubs.keys.lock().unwrap()[&(HUB.to_owned(), "dev-1".to_owned())],
+        (after.primary.clone(), after.secondary.clone())
+    );
+    assert_eq!(
+        w.service.repair_pending(100).await.unwrap(),
+        Default::default()
+    );
 }

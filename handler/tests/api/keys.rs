@@ -55,6 +55,7 @@ async fn a_reader_key_reads_but_cannot_take_keys_change_anything_or_drive_device
             .body("registrationId,customerId,customerName,serialNumber,model\nreader-003,contoso,Contoso,SN-3,T-100\n"),
         with_reader(Method::PATCH, "/devices/reader-001/desired").json(&json!({ "interval": 5 })),
         with_reader(Method::POST, "/devices/reader-001/commands/Reprovision").json(&json!({})),
+        with_reader(Method::POST, "/enrollments/reader-001/rotate-key"),
     ];
     for request in refused {
         let description = format!(

@@ -21,5 +21,6 @@ mod import;
 mod keys;
 mod mission;
 mod poison;
+mod rotation;
 #[path = "../../../device/tests/support/webdriver.rs"]
 mod webdriver;

@@ -22,17 +22,7 @@ use std::time::Duration;
 async fn a_device_goes_from_crm_enrollment_to_telemetry() {
     // The runtime of a plain #[tokio::test] is this thread: everything in process logs here,
     // and the handler's lines come through the stand-in's supervisor.
-    let logs = LogCapture::default();
-    // Dependencies that log through the `log` crate (rumqttc, rustls) are heard too. Another
-    // test may have installed the bridge already; either way it forwards to this capture.
-    let _ = tracing_log::LogTracer::init();
-    let _capture = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(logs.clone())
-            .finish(),
-    );
+    let (logs, _capture) = LogCapture::install();
     let app = spawn_app_with(&[("RUST_LOG", "trace")]).await;
     let ca = app.emulator.ca_certificate_pem().to_owned();
     let endpoints = app.emulator.endpoints().clone();
@@ -203,12 +193,51 @@ async fn a_device_goes_from_crm_enrollment_to_telemetry() {
     assert!(leaks.is_empty(), "secrets in the logs: {leaks:#?}");
 }
 
-/// Log output kept in memory, for the whole test.
+/// Log output kept in memory, for the whole test (the key rotation tests search it too).
 #[derive(Clone, Default)]
-struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+pub(crate) struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+/// Keeps a capture in place; dropping it ends the capture.
+pub(crate) struct Capturing {
+    _default: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
+}
 
 impl LogCapture {
-    fn text(&self) -> String {
+    /// Captures every line this thread logs, at trace level, until the guard is dropped.
+    pub(crate) fn install() -> (Self, Capturing) {
+        let logs = LogCapture::default();
+        // Dependencies that log through the `log` crate (rumqttc, rustls) are heard too. Another
+        // test may have installed the bridge already; either way it forwards to this capture.
+        let _ = tracing_log::LogTracer::init();
+        let default = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(logs.clone())
+                .finish(),
+        );
+        // With a single dispatcher registered, tracing-core decides each new callsite's
+        // interest by the default of the thread that reaches it first (tracing-core
+        // src/callsite.rs, `Rebuilder::JustOne`): a sender running on another test's thread,
+        // with no subscriber, would switch this capture's callsites off for good. A second
+        // registered dispatcher makes it ask every dispatcher instead.
+        let second = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(std::io::sink)
+                .finish(),
+        );
+        (
+            logs,
+            Capturing {
+                _default: default,
+                _second: second,
+            },
+        )
+    }
+
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
@@ -235,7 +264,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
 /// The log lines that hold a secret, named: each known secret in the forms it travels in
 /// (base64, URL-safe base64 without padding, percent-encoded), and anything shaped like a SAS
 /// signature or an unredacted connection-string key, whoever created it.
-fn find_secrets(text: &str, secrets: &[(String, String)]) -> Vec<(String, String)> {
+pub(crate) fn find_secrets(text: &str, secrets: &[(String, String)]) -> Vec<(String, String)> {
     let mut leaks = Vec::new();
     for line in text.lines() {
         for (name, secret) in secrets {

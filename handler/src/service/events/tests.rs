@@ -42,6 +42,7 @@ fn world() -> World {
         ]
         .into(),
         events_cache: Default::default(),
+        rotations_in_flight: Default::default(),
     };
     World {
         service,
