@@ -130,6 +130,16 @@ dpsctl command therm-001 reboot --payload '{\"delaySeconds\":5}' --timeout 60")]
     /// Let a disabled device register again (PATCH /api/enrollments/{id} with enabled true).
     #[command(after_help = "Example:\n  dpsctl enable therm-001")]
     Enable(EnrollmentArg),
+    /// Rotate a device's symmetric key with rollover (POST /api/enrollments/{id}/rotate-key).
+    #[command(
+        after_help = "The new key goes into the enrollment's free slot and reaches the device over its \
+hub connection; the old key is refused only once the device has re-provisioned with the new one. \
+A device that is offline gets the key when it connects; `dpsctl show` follows the steps.\n\n\
+Examples:\n  \
+dpsctl rotate-key therm-001\n  \
+dpsctl rotate-key therm-001 --output json"
+    )]
+    RotateKey(RotateKeyArgs),
     /// Remove an enrollment, its DPS registration and its hub identity (DELETE /api/enrollments/{id}).
     #[command(
         after_help = "On a terminal dpsctl asks first; elsewhere (scripts, pipes) it refuses without --yes.\n\n\
@@ -144,6 +154,16 @@ dpsctl completions bash > ~/.local/share/bash-completion/completions/dpsctl\n  \
 dpsctl completions zsh > ~/.zfunc/_dpsctl\n  \
 dpsctl completions fish > ~/.config/fish/completions/dpsctl.fish")]
     Completions(CompletionsArgs),
+}
+
+/// `dpsctl rotate-key`.
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// The enrollment's registration id.
+    pub registration_id: String,
+    /// How to print the answer.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 /// `dpsctl enroll`.

@@ -93,6 +93,7 @@ async fn dispatch(ctx: &mut Context<'_>, command: Command) -> Result<()> {
         Command::Command(args) => devices::command(ctx, args).await,
         Command::Disable(args) => enrollments::set_enabled(ctx, args, false).await,
         Command::Enable(args) => enrollments::set_enabled(ctx, args, true).await,
+        Command::RotateKey(args) => enrollments::rotate_key(ctx, args).await,
         Command::Delete(args) => enrollments::delete(ctx, args).await,
         Command::Completions(_) => Ok(()),
     }

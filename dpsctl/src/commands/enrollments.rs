@@ -1,8 +1,8 @@
-//! `enroll`, `enable`, `disable` and `delete`: one enrollment at a time.
+//! `enroll`, `enable`, `disable`, `rotate-key` and `delete`: one enrollment at a time.
 
 use super::{json_pairs, pair};
 use crate::api::{segment, Body};
-use crate::cli::{DeleteArgs, EnrollArgs, EnrollmentArg, Output};
+use crate::cli::{DeleteArgs, EnrollArgs, EnrollmentArg, Output, RotateKeyArgs};
 use crate::error::{Error, Result};
 use crate::output::{json, line};
 use crate::{records, Context};
@@ -93,6 +93,38 @@ pub async fn set_enabled(ctx: &mut Context<'_>, args: EnrollmentArg, enabled: bo
                 .unwrap_or(&args.registration_id)
         ),
     )
+}
+
+/// `dpsctl rotate-key`: starts the rotation and says how far it got (the answer carries the
+/// step, never a key).
+pub async fn rotate_key(ctx: &mut Context<'_>, args: RotateKeyArgs) -> Result<()> {
+    let path = format!("/enrollments/{}/rotate-key", segment(&args.registration_id));
+    let answer = ctx.api.send(Method::POST, &path, Body::Empty, None).await?;
+    if args.output == Output::Json {
+        return json(ctx.out, &answer.body);
+    }
+    let pending = &answer.body["key"]["pending"];
+    let step = pending["step"].as_str().unwrap_or("finished");
+    let meaning = match step {
+        "delivered" => "the device took the new key; the old one is retired once it re-provisions with it",
+        "staged" => "the device is offline: it gets the new key when it connects, and keeps its old key until then",
+        "finished" => "the device uses the new key and the old one is refused",
+        _ => "in progress; `dpsctl show` follows it",
+    };
+    line(
+        ctx.out,
+        &format!(
+            "rotating the key of {}: {step} ({meaning})",
+            args.registration_id
+        ),
+    )?;
+    if let Some(error) = pending["lastError"].as_str() {
+        line(
+            ctx.out,
+            &format!("last error: {error} (the repair pass tries again)"),
+        )?;
+    }
+    Ok(())
 }
 
 /// `dpsctl delete`: asks on a terminal, refuses without `--yes` elsewhere.

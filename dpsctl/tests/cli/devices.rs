@@ -178,3 +178,37 @@ async fn show_desired_and_command_follow_and_drive_a_connected_device() {
         bad.stderr
     );
 }
+
+#[tokio::test]
+async fn rotate_key_says_how_far_the_rotation_got_and_refuses_a_second_one() {
+    let app = spawn_app().await;
+    app.enroll("rotate-1", "contoso").await;
+    // Registered but not connected: the device gets the key when it connects.
+    app.register("rotate-1").await;
+    let old_key = app
+        .code("rotate-1")
+        .await
+        .device_key
+        .expose_base64()
+        .to_owned();
+    let run = dpsctl(&app, &["rotate-key", "rotate-1"]).await.expect(0);
+    assert!(
+        run.stdout
+            .starts_with("rotating the key of rotate-1: staged (the device is offline"),
+        "{}",
+        run.stdout
+    );
+    let record = app.get("/enrollments/rotate-1").await.body;
+    assert_eq!(record["key"]["pending"]["step"], "staged", "{record}");
+    let again = dpsctl(&app, &["rotate-key", "rotate-1", "--output", "json"])
+        .await
+        .expect(1);
+    assert!(
+        again.stderr.contains("409") && again.stderr.contains("rotationPending"),
+        "{}",
+        again.stderr
+    );
+    for text in [&run.stdout, &run.stderr, &again.stdout, &again.stderr] {
+        assert!(!text.contains(&old_key), "no key in dpsctl's output");
+    }
+}
