@@ -33,7 +33,8 @@ api-test: package
 	$(CARGO) build --locked --quiet -p emulator --bin emulator
 	FUNCTION_APP=$(CURDIR)/dist/function-app scripts/api-test.sh
 
-# The deploy script against fake az and func (standard-library Python, no network).
+# The deploy script against fake az and func (standard-library Python, no network), and
+# `make demo` run as a newcomer would: without a terminal, and with KEEP=1 until interrupted.
 scripts-test:
 	python3 scripts/tests/run.py
 
