@@ -2,7 +2,8 @@
 # The handler's part of `make bench`: start-up time, memory, enrollment create and device read
 # rates at 16 clients next to Azurite's raw insert and point-read rates, events recorded per
 # second next to Azurite's raw batch-insert rate (all in the same run), and the time from an
-# event entering a hub to its record being readable.
+# event entering a hub to its record being readable, and a 10,000-row CSV import through the admin
+# API next to DPS's bulk creates alone (the ceiling of that path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -29,3 +30,5 @@ target/release/handler-bench --endpoints "$state/endpoints.json" --storage "$AZU
   --handler target/release/handler --devices "${BENCH_HANDLER_DEVICES:-1000}" --clients 16
 echo
 target/release/fleet --endpoints "$state/endpoints.json" bench-event-latency --samples "${BENCH_LATENCY_SAMPLES:-200}"
+echo
+target/release/fleet --endpoints "$state/endpoints.json" bench-import --rows "${BENCH_IMPORT_ROWS:-10000}" --batch 2000

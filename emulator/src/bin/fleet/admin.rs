@@ -47,6 +47,25 @@ impl AdminApi {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// `POST /api/enrollments/import` with a CSV export; answers the summary and the rows.
+    pub async fn import_csv(&self, csv: String) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}/enrollments/import", self.base))
+            .header("x-functions-key", &self.key)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .context("calling POST /enrollments/import")?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("POST /enrollments/import answered {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
     pub async fn enroll(&self, body: Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, "/enrollments", Some(body))
             .await

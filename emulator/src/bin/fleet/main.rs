@@ -11,6 +11,8 @@
 //!   (with jitter or without); time until all are connected, peak registration rate, 429s.
 //! - `fleet soak`: a fleet kept connected, reporting and re-provisioning while the servers'
 //!   memory is sampled into a CSV (and drawn as an SVG); `fleet plot-memory` redraws a CSV.
+//! - `fleet bench-import`: a CRM export imported through the admin API next to DPS's bulk
+//!   creates alone, the ceiling of that path.
 //! - `fleet issue-certificate`: a server certificate from the emulator's CA (for the reference
 //!   broker).
 //!
@@ -21,6 +23,7 @@
 
 mod admin;
 mod demo;
+mod import;
 mod latency;
 mod storm;
 
@@ -184,6 +187,16 @@ enum Command {
         /// Reports to time.
         #[arg(long, default_value_t = 200)]
         samples: usize,
+    },
+    /// Import ROWS rows of a CSV export through the admin API, BATCH rows a request, and the same
+    /// number of DPS bulk creates alone (the ceiling of that path), and compare the rates.
+    BenchImport {
+        /// Rows to import.
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
+        /// Rows a request (each request must finish within the host's 230 s).
+        #[arg(long, default_value_t = 2_000)]
+        batch: usize,
     },
     /// Enroll N devices directly in DPS and print their provisioning codes, one per line (for
     /// benchmarks and scripts that skip the middleware).
@@ -368,6 +381,7 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::BenchEventLatency { samples } => latency::run(&emulator, samples).await,
+        Command::BenchImport { rows, batch } => import::run(&emulator, rows, batch).await,
         Command::Codes { count, prefix } => {
             for n in 0..count {
                 let id = format!("{prefix}-{n}-{}", std::process::id());
