@@ -1,5 +1,6 @@
 //! The registry's domain: validated identifiers, the device record, what IoT Hub's events
-//! tell about it, and the bounds on what it keeps of device data (`bounded`).
+//! tell about it, the bounds on what it keeps of device data (`bounded`), and the record's
+//! summary the fleet dashboard reads (`summary`).
 
 pub mod bounded;
 pub mod events;
@@ -7,6 +8,7 @@ pub mod ids;
 pub mod journal;
 pub mod live;
 pub mod record;
+pub mod summary;
 
 pub use ids::{CustomerId, DeviceId, HubName, InvalidId, RegistrationId};
 pub use record::{

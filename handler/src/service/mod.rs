@@ -8,12 +8,14 @@
 //! - [`events`]: recording IoT Hub's events in the records and each device's history.
 //! - [`notify`]: status notifications to a webhook, from an outbox.
 //! - [`reconcile`]: the periodic comparison with DPS and the hubs.
+//! - [`dashboard`]: the fleet dashboard's figures, from one scan of the records' summaries.
 //!
 //! Every change that touches DPS follows one order: the record is written first with the intent
 //! (`sync: pendingCreate|pendingUpdate|pendingDelete`), then DPS is changed, then the intent is
 //! cleared. A failure anywhere leaves an intent behind, never a DPS enrollment the registry does
 //! not know about, and [`repair`] finishes it the next time the record is touched.
 
+pub mod dashboard;
 pub mod devices;
 pub mod enrollments;
 pub mod events;
