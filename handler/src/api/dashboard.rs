@@ -41,7 +41,7 @@ header{background:#14365d;color:#fff;padding:1rem 1.5rem}header h1{margin:0;font
 header p{margin:.3rem 0 0;color:#c9d6e6}main{max-width:76rem;margin:0 auto;padding:1rem 1.5rem}\
 section{background:#fff;border:1px solid #d8dee6;border-radius:.5rem;padding:1rem 1.2rem;margin:0 0 1rem}\
 h2{font-size:1.15rem;margin:0 0 .6rem}h3{font-size:1rem;margin:1rem 0 .4rem}\
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(22rem,1fr));gap:1rem}.grid section{margin:0}\
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(30rem,1fr));gap:1rem;margin:0 0 1rem}.grid section{margin:0}\
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem .5rem;vertical-align:middle}\
 th{font-size:.8rem;color:#5a6572;font-weight:600;border-bottom:1px solid #d8dee6}\
 tbody tr+tr td{border-top:1px solid #eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums;font-weight:600;width:4.5rem}\
@@ -191,6 +191,19 @@ impl Links<'_> {
     }
 }
 
+/// A time as a person reads it: `2026-12-02 05:08:17 UTC`.
+fn readable(stamp: &Stamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(stamp.nanos())
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| stamp.to_string())
+}
+
 /// How long ago `then` was, in words.
 fn ago(now: &Stamp, then: &Stamp) -> String {
     let minutes = (now.nanos() - then.nanos()) / 60_000_000_000;
@@ -262,7 +275,7 @@ fn page(d: &Dashboard, key: Option<&FunctionKey>) -> Markup {
             body {
                 header {
                     h1 { "Fleet dashboard" }
-                    p { (enrolled) " devices enrolled · as of " time datetime=(d.at.as_str()) { (d.at.as_str()) } }
+                    p { (enrolled) " devices enrolled · as of " time datetime=(d.at.as_str()) { (readable(&d.at)) } }
                 }
                 main {
                     section #stages {
@@ -355,13 +368,15 @@ fn attention(
                 p.none { "None." }
             } @else {
                 table {
-                    thead { tr { th { "Device" } th { "Hub" } th { "Since" } th { "" } } }
+                    thead { tr { th { "Device" } th { "Hub" } th { "Since" } } }
                     tbody {
                         @for flagged in &attention.items {
                             @let device = flagged.summary.device_id.as_str();
                             tr data-device=(device) {
                                 td {
                                     a.record href=(links.record(device)) { (device) }
+                                    " · "
+                                    a.history href=(links.history(device)) { "history" }
                                     br;
                                     span.customer {
                                         (flagged.summary.customer.id.as_str())
@@ -371,12 +386,11 @@ fn attention(
                                 td { @if let Some(hub) = &flagged.summary.hub { code { (hub) } } @else { "–" } }
                                 td {
                                     @if let Some(since) = &flagged.since {
-                                        time datetime=(since.as_str()) title=(since.as_str()) { (ago(&d.at, since)) }
+                                        time datetime=(since.as_str()) title=(readable(since)) { (ago(&d.at, since)) }
                                     } @else { "–" }
                                     br;
                                     span.hint.reason { (flagged.reason) }
                                 }
-                                td { a.history href=(links.history(device)) { "history" } }
                             }
                         }
                     }
@@ -404,21 +418,22 @@ fn dead_letters(d: &Dashboard, links: &Links) -> Markup {
                 p.none { "None." }
             } @else {
                 table {
-                    thead { tr { th { "Device" } th { "When" } th { "" } } }
+                    thead { tr { th { "Device and reason" } th { "When" } } }
                     tbody {
                         @for letter in &d.dead_letters {
                             tr {
                                 td {
                                     @if let Some(device) = &letter.device_id {
                                         a.record href=(links.record(device)) { (device) }
-                                    } @else { "–" }
+                                        " · "
+                                        a.history href=(links.history(device)) { "history" }
+                                    } @else { "no device named" }
                                     br;
                                     span.hint.reason { (letter.reason) }
                                     br;
                                     code.hint { (letter.key) }
                                 }
-                                td { time datetime=(letter.at.as_str()) title=(letter.at.as_str()) { (ago(&d.at, &letter.at)) } }
-                                td { @if let Some(device) = &letter.device_id { a.history href=(links.history(device)) { "history" } } }
+                                td { time datetime=(letter.at.as_str()) title=(readable(&letter.at)) { (ago(&d.at, &letter.at)) } }
                             }
                         }
                     }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod dashboard;
 mod dependencies;
 mod devices;
 mod enrollments;
@@ -14,6 +15,7 @@ mod helpers;
 mod identity;
 mod import;
 mod keys;
+mod logs;
 mod mission;
 mod poison;
 #[path = "../../../device/tests/support/webdriver.rs"]

@@ -7,6 +7,7 @@
 //! and the sender, at trace level) is captured and searched for the secrets the run created.
 
 use crate::helpers::{eventually, spawn_app_with};
+use crate::logs::{find_secrets, LogCapture};
 use crate::webdriver::Browser;
 use device::assignment::StateDir;
 use device::portal::{serve, Portal, PortalConfig};
@@ -23,16 +24,7 @@ async fn a_device_goes_from_crm_enrollment_to_telemetry() {
     // The runtime of a plain #[tokio::test] is this thread: everything in process logs here,
     // and the handler's lines come through the stand-in's supervisor.
     let logs = LogCapture::default();
-    // Dependencies that log through the `log` crate (rumqttc, rustls) are heard too. Another
-    // test may have installed the bridge already; either way it forwards to this capture.
-    let _ = tracing_log::LogTracer::init();
-    let _capture = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(logs.clone())
-            .finish(),
-    );
+    let _capture = logs.install();
     let app = spawn_app_with(&[("RUST_LOG", "trace")]).await;
     let ca = app.emulator.ca_certificate_pem().to_owned();
     let endpoints = app.emulator.endpoints().clone();
@@ -201,74 +193,4 @@ async fn a_device_goes_from_crm_enrollment_to_telemetry() {
     std::fs::write(artifacts.join("logs.txt"), &text).unwrap();
     let leaks = find_secrets(&text, &secrets);
     assert!(leaks.is_empty(), "secrets in the logs: {leaks:#?}");
-}
-
-/// Log output kept in memory, for the whole test.
-#[derive(Clone, Default)]
-struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl LogCapture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for LogCapture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
-    type Writer = Self;
-
-    fn make_writer(&'a self) -> Self {
-        self.clone()
-    }
-}
-
-/// The log lines that hold a secret, named: each known secret in the forms it travels in
-/// (base64, URL-safe base64 without padding, percent-encoded), and anything shaped like a SAS
-/// signature or an unredacted connection-string key, whoever created it.
-fn find_secrets(text: &str, secrets: &[(String, String)]) -> Vec<(String, String)> {
-    let mut leaks = Vec::new();
-    for line in text.lines() {
-        for (name, secret) in secrets {
-            let url_safe = secret
-                .trim_end_matches('=')
-                .replace('+', "-")
-                .replace('/', "_");
-            let percent = secret
-                .replace('+', "%2B")
-                .replace('/', "%2F")
-                .replace('=', "%3D");
-            if [secret.as_str(), &url_safe, &percent]
-                .iter()
-                .any(|form| form.len() >= 16 && line.contains(form))
-            {
-                leaks.push((name.clone(), line.to_owned()));
-            }
-        }
-        let lower = line.to_ascii_lowercase();
-        for marker in ["sig=", "sharedaccesskey=", "accountkey="] {
-            let mut rest = lower.as_str();
-            while let Some(at) = rest.find(marker) {
-                let value = &rest[at + marker.len()..];
-                let shown: String = value
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || "%+/=-_".contains(*c))
-                    .collect();
-                if shown.len() >= 8 {
-                    leaks.push((format!("a value after {marker}"), line.to_owned()));
-                }
-                rest = value;
-            }
-        }
-    }
-    leaks
 }
