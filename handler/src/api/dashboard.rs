@@ -156,7 +156,10 @@ fn html_reply(markup: Markup) -> Response {
         headers.insert(header::CONTENT_SECURITY_POLICY, policy);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -253,7 +256,10 @@ fn stage_words(stage: Stage) -> (&'static str, &'static str) {
         Stage::Enrolled => ("Enrolled", "every device the registry holds"),
         Stage::Registered => ("Registered", "assigned to a hub by DPS, enrollment enabled"),
         Stage::Connected => ("Connected", "registered and connected to its hub now"),
-        Stage::Reporting => ("Reporting", "connected and reporting its provisioning status"),
+        Stage::Reporting => (
+            "Reporting",
+            "connected and reporting its provisioning status",
+        ),
     }
 }
 
@@ -462,7 +468,10 @@ mod tests {
         };
         let parsed = query(&[("disconnectedFor", "15"), ("code", "k+y/=")]).unwrap();
         assert_eq!(parsed.disconnected_minutes, 15);
-        assert!(!format!("{parsed:?}").contains("k+y"), "the key never prints");
+        assert!(
+            !format!("{parsed:?}").contains("k+y"),
+            "the key never prints"
+        );
         assert_eq!(
             query(&[]).unwrap().disconnected_minutes,
             DEFAULT_DISCONNECTED_MINUTES

@@ -222,11 +222,14 @@ pub fn parse_batch(
             Ok(None) => {}
             Err(reason) => {
                 // Named as parse_event reads it, so the dashboard can link a letter to its device.
-                let device_id = [props.get("deviceId"), sys.get("iothub-connection-device-id")]
-                    .into_iter()
-                    .flatten()
-                    .find_map(Value::as_str)
-                    .map(str::to_owned);
+                let device_id = [
+                    props.get("deviceId"),
+                    sys.get("iothub-connection-device-id"),
+                ]
+                .into_iter()
+                .flatten()
+                .find_map(Value::as_str)
+                .map(str::to_owned);
                 malformed.push(dead(key.to_string(), device_id, reason, raw()))
             }
         }

@@ -362,11 +362,19 @@ fn fleet_device(i: usize, hubs: &[String]) -> anyhow::Result<(DeviceRecord, Vec<
     let hub = hubs[i % hubs.len()].clone();
     let mut history = Vec::new();
     let mut sequence = 0;
-    let mut happen = |record: &mut DeviceRecord, minutes_ago: i64, kind: &str, change: Change| -> anyhow::Result<()> {
+    let mut happen = |record: &mut DeviceRecord,
+                      minutes_ago: i64,
+                      kind: &str,
+                      change: Change|
+     -> anyhow::Result<()> {
         sequence += 1;
         let at = stamp(minutes_ago)?;
         record.live.apply(&HubEvent {
-            key: EventKey { stream: "bench".into(), partition: "0".into(), sequence },
+            key: EventKey {
+                stream: "bench".into(),
+                partition: "0".into(),
+                sequence,
+            },
             device_id: id.clone(),
             hub: hub.clone(),
             at: at.clone(),
@@ -383,15 +391,30 @@ fn fleet_device(i: usize, hubs: &[String]) -> anyhow::Result<(DeviceRecord, Vec<
         Ok(())
     };
     let connection = |n: u8| ConnectionSequence::parse(&format!("{n:064X}")).context("a sequence");
-    happen(&mut record, 500, "registered", Change::Created { reported: None })?;
+    happen(
+        &mut record,
+        500,
+        "registered",
+        Change::Created { reported: None },
+    )?;
     if state < 20 {
         return Ok((record, history));
     }
-    happen(&mut record, 499, "connected", Change::Connected(connection(1)?))?;
+    happen(
+        &mut record,
+        499,
+        "connected",
+        Change::Connected(connection(1)?),
+    )?;
     let status = match state {
         20..=29 => {
             let gone = if state < 25 { 180 } else { 10 };
-            happen(&mut record, gone, "disconnected", Change::Disconnected(connection(2)?))?;
+            happen(
+                &mut record,
+                gone,
+                "disconnected",
+                Change::Disconnected(connection(2)?),
+            )?;
             return Ok((record, history));
         }
         30 => "reprovisionFailed",
@@ -439,7 +462,14 @@ async fn write_fleet(args: &Args, endpoints: &Value, prefix: &str) -> anyhow::Re
             };
             history.is_empty()
                 || registry
-                    .replace_with_history(&Stored { record: record.clone(), etag }, &record, &history)
+                    .replace_with_history(
+                        &Stored {
+                            record: record.clone(),
+                            etag,
+                        },
+                        &record,
+                        &history,
+                    )
                     .await
                     .is_ok()
         }
@@ -600,12 +630,22 @@ async fn main() -> anyhow::Result<()> {
     );
     let dashboard = drive(1, args.views, None, |_| {
         let request = http.get(&dashboard_url);
-        async move { request.send().await.is_ok_and(|r| r.status().as_u16() == 200) }
+        async move {
+            request
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200)
+        }
     })
     .await;
     let one_page = drive(1, args.views, None, |_| {
         let request = http.get(format!("{}/devices?pageSize=1000", handler.base));
-        async move { request.send().await.is_ok_and(|r| r.status().as_u16() == 200) }
+        async move {
+            request
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200)
+        }
     })
     .await;
     let device_page_bytes = http

@@ -213,7 +213,9 @@ mod tests {
         let summary = record.summary();
         assert_eq!(summary.stage(), Stage::Registered);
         assert_eq!(
-            summary.connection.map(|c| (c.connected, c.since.to_string())),
+            summary
+                .connection
+                .map(|c| (c.connected, c.since.to_string())),
             Some((false, "2026-11-26T10:00:04Z".to_owned()))
         );
         record.enabled = false;

@@ -572,7 +572,9 @@ impl Registry for TableRegistry {
                 "RowKey eq '{RECORD_ROW}'"
             )))
             .select(Select::new("PartitionKey,RowKey,Summary"))
-            .top(Top::new(u32::try_from(page_size.clamp(1, 1000)).unwrap_or(1000)));
+            .top(Top::new(
+                u32::try_from(page_size.clamp(1, 1000)).unwrap_or(1000),
+            ));
         if let Some(token) = continuation {
             let position = decode_token(token)?;
             if position["t"] != "summaries" {

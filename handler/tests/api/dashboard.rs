@@ -35,7 +35,12 @@ fn shown(page: &str) -> Figures {
         let cell = |class: &str| {
             let marker = format!("class=\"n {class}\">");
             let start = row.find(&marker).unwrap() + marker.len();
-            row[start..].split('<').next().unwrap().parse::<usize>().unwrap()
+            row[start..]
+                .split('<')
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
         };
         let (devices, connected) = (cell("devices"), cell("connected"));
         if devices > 0 {
@@ -173,8 +178,7 @@ async fn connected(app: &TestApp, id: &str) -> (String, DeviceConnection) {
 }
 
 #[tokio::test]
-async fn the_dashboard_counts_a_small_fleet_and_equals_a_full_scan_after_reconcile_and_replays()
-{
+async fn the_dashboard_counts_a_small_fleet_and_equals_a_full_scan_after_reconcile_and_replays() {
     let app = spawn_app_with(&[]).await;
     app.enroll("waiting-1", "contoso").await;
     let xss = app
@@ -210,8 +214,12 @@ async fn the_dashboard_counts_a_small_fleet_and_equals_a_full_scan_after_reconci
     deliver(&app, &backlog).await;
     // An event that can never be applied, naming a device.
     let mut malformed = connection_events(&[("silent-1", "hub-1", true, 1, minutes_ago(1), 9100)]);
-    malformed["Data"]["events"] = json!(serde_json::to_string(&["{\"sequenceNumber\":\"not hex\"}"]).unwrap());
-    assert_eq!(deliver(&app, &malformed).await["ReturnValue"]["deadLettered"], 1);
+    malformed["Data"]["events"] =
+        json!(serde_json::to_string(&["{\"sequenceNumber\":\"not hex\"}"]).unwrap());
+    assert_eq!(
+        deliver(&app, &malformed).await["ReturnValue"]["deadLettered"],
+        1
+    );
 
     let page = eventually("the fleet's events to reach the dashboard", || async {
         let page = dashboard(&app).await;
@@ -220,10 +228,17 @@ async fn the_dashboard_counts_a_small_fleet_and_equals_a_full_scan_after_reconci
     })
     .await;
     assert_eq!(figure(&page, "never-connected-count"), Some(1), "xss-1");
-    assert_eq!(figure(&page, "provisioning-failed-count"), Some(1), "failed-1");
+    assert_eq!(
+        figure(&page, "provisioning-failed-count"),
+        Some(1),
+        "failed-1"
+    );
     assert_eq!(figure(&page, "dead-letters-count"), Some(1));
     assert_eq!(figure(&page, "status-enrolled"), Some(1), "waiting-1");
-    assert!(page.contains(r#"<tr data-device="old-1">"#), "the long-gone device is listed");
+    assert!(
+        page.contains(r#"<tr data-device="old-1">"#),
+        "the long-gone device is listed"
+    );
     assert!(
         !page.contains(r#"<tr data-device="gone-1">"#),
         "a device gone for seconds is under the hour"

@@ -141,7 +141,10 @@ async fn fleet() -> World {
         "reporting",
         h1,
         30,
-        vec![(29, Change::Connected(connection(1))), (28, reported("provisioned"))],
+        vec![
+            (29, Change::Connected(connection(1))),
+            (28, reported("provisioned")),
+        ],
     )
     .await;
     live(
@@ -179,7 +182,10 @@ async fn fleet() -> World {
         "reports-failure",
         h1,
         20,
-        vec![(19, Change::Connected(connection(1))), (18, reported("reprovisionFailed"))],
+        vec![
+            (19, Change::Connected(connection(1))),
+            (18, reported("reprovisionFailed")),
+        ],
     )
     .await;
     let refused = w
@@ -273,7 +279,10 @@ async fn the_dashboard_counts_every_stage_hub_and_kind_of_trouble() {
         "10 minutes is under the hour"
     );
     assert_eq!(d.disconnected.items[0].reason, "disconnected for 3 h 5 min");
-    assert_eq!(ids(&d.provisioning_failed), ["reports-failure", "dps-refused"]);
+    assert_eq!(
+        ids(&d.provisioning_failed),
+        ["reports-failure", "dps-refused"]
+    );
     assert_eq!(
         d.provisioning_failed.items[1].reason,
         "DPS refused the registration: the device's key does not match"
