@@ -477,6 +477,14 @@ async fn write_fleet(args: &Args, endpoints: &Value, prefix: &str) -> anyhow::Re
     .await)
 }
 
+/// Sends `request` and reads its whole answer, as a browser or script would; true on a 200.
+async fn read_whole(request: reqwest::RequestBuilder) -> bool {
+    match request.send().await {
+        Ok(response) if response.status().as_u16() == 200 => response.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
 /// The dashboard fleet's Devices table, for Azurite's raw scans.
 fn fleet_table(
     args: &Args,
@@ -654,24 +662,12 @@ async fn main() -> anyhow::Result<()> {
         seeded.count
     );
     let dashboard = drive(1, args.views, None, |_| {
-        let request = http.get(&dashboard_url);
-        async move {
-            request
-                .send()
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200)
-        }
+        read_whole(http.get(&dashboard_url))
     })
     .await;
     let dashboard_rss = rss_kib(handler.child.id());
     let one_page = drive(1, args.views, None, |_| {
-        let request = http.get(format!("{}/devices?pageSize=1000", handler.base));
-        async move {
-            request
-                .send()
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200)
-        }
+        read_whole(http.get(format!("{}/devices?pageSize=1000", handler.base)))
     })
     .await;
     let device_page_bytes = http

@@ -167,15 +167,14 @@ impl Tally {
         }
         *self.statuses.entry(summary.status.as_str()).or_default() += 1;
         if summary.status == Status::Failed || summary.reports_failure() {
-            let reason = match (&summary.registration_error, &summary.reported_status) {
-                (Some(error), _) if summary.status == Status::Failed => {
-                    format!("DPS refused the registration: {error}")
+            let reason = if summary.status == Status::Failed {
+                match &summary.registration_error {
+                    Some(error) => format!("DPS refused the registration: {error}"),
+                    None => "DPS refused the registration".to_owned(),
                 }
-                (None, _) if summary.status == Status::Failed => {
-                    "DPS refused the registration".to_owned()
-                }
-                (_, Some(reported)) => format!("the device reports {reported}"),
-                (_, None) => "provisioning failed".to_owned(),
+            } else {
+                let reported = summary.reported_status.as_deref().unwrap_or("a failure");
+                format!("the device reports {reported}")
             };
             d.provisioning_failed.add(Flagged {
                 since: summary.on_hub_since.clone(),
