@@ -373,3 +373,61 @@ async fn the_dashboard_opens_in_chromium_with_the_key_in_the_address_and_links_t
     let leaks = find_secrets(&text, &secrets);
     assert!(leaks.is_empty(), "keys in the logs: {leaks:#?}");
 }
+
+#[tokio::test]
+async fn a_record_written_before_summaries_existed_is_summarised_from_its_record() {
+    use azure_data_tables::clients::TableServiceClientBuilder;
+    use azure_data_tables::prelude::IfMatchCondition;
+    use handler::storage::Registry;
+    let storage =
+        iot_credentials::StorageConnectionString::development(&crate::helpers::azurite_endpoint());
+    let prefix = format!("T{}", uuid::Uuid::new_v4().simple());
+    let registry = handler::storage::tables::TableRegistry::new(
+        &storage,
+        &prefix,
+        handler::storage::tables::http_client(),
+    );
+    let record: handler::domain::DeviceRecord = serde_json::from_value(json!({
+        "registrationId": "Old-Row-1", "deviceId": "Old-Row-1",
+        "customer": { "id": "contoso", "name": "Contoso" },
+        "enabled": true, "sync": "complete",
+        "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z",
+    }))
+    .unwrap();
+    registry.insert(&record).await.unwrap();
+    // Rewrite the row as an older handler wrote it: everything but the Summary column.
+    let credentials = azure_storage::StorageCredentials::access_key(
+        storage.account_name().to_owned(),
+        storage.account_key().expose_base64().to_owned(),
+    );
+    let location = azure_storage::CloudLocation::Custom {
+        account: storage.account_name().to_owned(),
+        uri: storage.table_endpoint().to_owned(),
+    };
+    let entity = TableServiceClientBuilder::with_location(location, credentials)
+        .build()
+        .table_client(format!("{prefix}Devices"))
+        .partition_key_client("old-row-1")
+        .entity_client("record");
+    let mut row = entity.get::<Value>().await.unwrap().entity;
+    let fields = row.as_object_mut().unwrap();
+    assert!(
+        fields.remove("Summary").is_some(),
+        "new rows carry a summary"
+    );
+    fields.retain(|name, _| !name.contains("odata") && name != "Timestamp");
+    entity
+        .update(&row, IfMatchCondition::Any)
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(entity
+        .get::<Value>()
+        .await
+        .unwrap()
+        .entity
+        .get("Summary")
+        .is_none());
+    let page = registry.summaries(1000, None).await.unwrap();
+    assert_eq!(page.items, vec![record.summary()]);
+}
