@@ -332,7 +332,7 @@ fn page(d: &Dashboard, key: Option<&FunctionKey>) -> Markup {
                     h2 { "Needs attention" }
                     div.grid {
                         (attention("never-connected", "Registered, never connected", "DPS assigned them a hub; they have not connected to it.", &d.never_connected, d, &links))
-                        (attention("disconnected", &format!("Disconnected for more than {}", duration_words(i128::from(d.disconnected_minutes))),
+                        (attention("disconnected", &format!("Disconnected for {} or more", duration_words(i128::from(d.disconnected_minutes))),
                                    "Registered devices whose last connection event says disconnected.", &d.disconnected, d, &links))
                         (attention("provisioning-failed", "Provisioning failed", "DPS refused the registration, or the device reports a failure.", &d.provisioning_failed, d, &links))
                         (dead_letters(d, &links))

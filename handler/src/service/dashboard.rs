@@ -1,7 +1,7 @@
 //! The fleet dashboard's figures (`GET /api/dashboard`): how many devices stand where along the
 //! way (enrolled → registered → connected → reporting), the registry's statuses, how many devices
 //! live on each hub, and which need attention (registered but never connected, disconnected
-//! longer than a threshold, provisioning failed, events set aside), from one scan of the records'
+//! for at least a threshold, provisioning failed, events set aside), from one scan of the records'
 //! summaries ([`crate::domain::summary`]) and the newest dead letters.
 //!
 //! Why a scan and not running counts: counters kept in their own rows would add a contended,
@@ -89,7 +89,7 @@ impl Attention {
 pub struct Dashboard {
     /// When the figures were taken.
     pub at: Stamp,
-    /// The threshold of "disconnected for longer than", in minutes.
+    /// The threshold of "disconnected for at least", in minutes.
     pub disconnected_minutes: u32,
     /// Devices that reached each stage (each includes the later ones).
     pub stages: BTreeMap<Stage, usize>,
@@ -99,7 +99,7 @@ pub struct Dashboard {
     pub hubs: Vec<HubCount>,
     /// Registered, never connected to their hub.
     pub never_connected: Attention,
-    /// Registered, disconnected for longer than the threshold.
+    /// Registered, disconnected for at least the threshold.
     pub disconnected: Attention,
     /// DPS refused the registration, or the device reports a failure.
     pub provisioning_failed: Attention,
