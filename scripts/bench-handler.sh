@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The handler's part of `make bench`: start-up time, memory, enrollment create and device read
 # rates at 16 clients next to Azurite's raw insert and point-read rates, events recorded per
-# second next to Azurite's raw batch-insert rate (all in the same run), and the time from an
-# event entering a hub to its record being readable, and a 10,000-row CSV import through the admin
-# API next to DPS's bulk creates alone (the ceiling of that path).
+# second next to Azurite's raw batch-insert rate, the fleet dashboard's page time over 10,000
+# devices next to one page of the device list (all in the same run), the time from an event
+# entering a hub to its record being readable, and a 10,000-row CSV import through the admin API
+# next to DPS's bulk creates alone (the ceiling of that path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -27,7 +28,8 @@ wait_ready "$state" "$pid"
 wait_host "$state"
 echo "The handler against the emulator's DPS and Azurite $(node -e 'console.log(require("./emulator/azurite/node_modules/azurite/package.json").version)') in memory ($(nproc) cores, $(date -u +%Y-%m-%d)):"
 target/release/handler-bench --endpoints "$state/endpoints.json" --storage "$AZURITE_CONNECTION_STRING" \
-  --handler target/release/handler --devices "${BENCH_HANDLER_DEVICES:-1000}" --clients 16
+  --handler target/release/handler --devices "${BENCH_HANDLER_DEVICES:-1000}" --clients 16 \
+  --dashboard-devices "${BENCH_DASHBOARD_DEVICES:-10000}"
 echo
 target/release/fleet --endpoints "$state/endpoints.json" bench-event-latency --samples "${BENCH_LATENCY_SAMPLES:-200}"
 echo

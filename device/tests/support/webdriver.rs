@@ -1,5 +1,6 @@
 //! A small WebDriver client driving Debian's Chromium through chromedriver, for tests that walk a
-//! page as a person would. Shared by the device's portal tests and the end-to-end mission test.
+//! page as a person would. Shared by the device's portal tests, the end-to-end mission test and
+//! the fleet dashboard's test (handler/tests/api).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use serde_json::{json, Value};
@@ -173,6 +174,29 @@ impl Browser {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+    }
+
+    /// An attribute of an element (`None` when it has none).
+    pub async fn attribute(&self, selector: &str, name: &str) -> Option<String> {
+        let element = self.find(selector).await;
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{element}/attribute/{name}"),
+            None,
+        )
+        .await
+        .as_str()
+        .map(str::to_owned)
+    }
+
+    /// Resizes the window (the session starts phone-sized; a dashboard wants a desktop's).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await;
     }
 
     /// The page's HTML.

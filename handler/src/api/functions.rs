@@ -159,9 +159,10 @@ pub fn parse_batch(
     function: &str,
     invocation: &Value,
 ) -> (Vec<HubEvent>, Vec<DeadLetter>) {
-    let dead = |key: String, reason: String, event: String| DeadLetter {
+    let dead = |key: String, device_id: Option<String>, reason: String, event: String| DeadLetter {
         function: function.to_owned(),
         key,
+        device_id,
         reason,
         event: shortened(&event),
         at: Stamp::now(),
@@ -179,6 +180,7 @@ pub fn parse_batch(
             Vec::new(),
             vec![dead(
                 key,
+                None,
                 "the invocation carries no array of events".into(),
                 invocation.to_string(),
             )],
@@ -218,7 +220,18 @@ pub fn parse_batch(
         match parse_event(service, key.clone(), body, props, sys, enqueued.get(i)) {
             Ok(Some(event)) => events.push(event),
             Ok(None) => {}
-            Err(reason) => malformed.push(dead(key.to_string(), reason, raw())),
+            Err(reason) => {
+                // Named as parse_event reads it, so the dashboard can link a letter to its device.
+                let device_id = [
+                    props.get("deviceId"),
+                    sys.get("iothub-connection-device-id"),
+                ]
+                .into_iter()
+                .flatten()
+                .find_map(Value::as_str)
+                .map(str::to_owned);
+                malformed.push(dead(key.to_string(), device_id, reason, raw()))
+            }
         }
     }
     (events, malformed)

@@ -1,10 +1,12 @@
 //! The admin API as warp filters: one function per route (in [`enrollments`] and [`devices`]),
-//! plain async handlers, JSON views in [`views`], and one `recover` in [`error`]; and the
-//! non-HTTP functions the host invokes directly ([`functions`]).
+//! plain async handlers, JSON views in [`views`], and one `recover` in [`error`]; the fleet
+//! dashboard's HTML page ([`dashboard`]); and the non-HTTP functions the host invokes directly
+//! ([`functions`]).
 //!
 //! The Functions host forwards `/api/...` requests unchanged (enableForwardingHttpRequest), so
 //! the paths here are the public ones. Function keys are checked by the host, not here.
 
+pub mod dashboard;
 pub mod devices;
 pub mod enrollments;
 pub mod error;
@@ -41,6 +43,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/api/devices/{deviceId}/desired"),
     ("POST", "/api/devices/{deviceId}/commands/{name}"),
     ("GET", "/api/devices/{deviceId}/history"),
+    ("GET", "/api/dashboard"),
     ("GET", "/api/openapi.json"),
 ];
 
@@ -69,7 +72,9 @@ impl FromStr for Segment {
 pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
     let service_for_functions = service.clone();
     let api = enrollments::routes(service.clone())
-        .or(devices::routes(service))
+        .or(devices::routes(service.clone()))
+        .unify()
+        .or(dashboard::route(service))
         .unify()
         .or(openapi::route())
         .unify()

@@ -526,3 +526,95 @@ mod properties {
         }
     }
 }
+
+mod dashboard {
+    //! The dashboard page without a socket: what a browser is told about it, escaping of what
+    //! CRMs and devices wrote, and the same JSON errors as every route.
+    use super::{error_code, routes, service};
+    use serde_json::json;
+    use warp::http::StatusCode;
+
+    #[tokio::test]
+    async fn the_page_is_html_kept_to_its_tab_with_a_strict_policy() {
+        let (service, _) = service();
+        let response = warp::test::request()
+            .path("/api/dashboard")
+            .reply(&routes(service))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.starts_with("default-src 'none'; style-src 'sha256-"));
+        let page = String::from_utf8_lossy(response.body()).into_owned();
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(page.contains(r#"id="stage-enrolled">0<"#), "{page}");
+        assert!(!page.contains("<script"), "no script at all");
+        assert!(!page.contains("src="), "nothing loaded from elsewhere");
+    }
+
+    #[tokio::test]
+    async fn what_a_crm_or_device_wrote_is_shown_as_text_never_as_markup() {
+        let (service, dps) = service();
+        let response = warp::test::request()
+            .method("POST")
+            .path("/api/enrollments")
+            .header("content-type", "application/json")
+            .json(&json!({
+                "registrationId": "xss-1",
+                "customer": { "id": "evil", "name": "<script>alert('owned')</script>\"><img src=x onerror=alert(1)>" }
+            }))
+            .reply(&routes(service.clone()))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        // Registered, never connected: the device is listed with its customer.
+        dps.register("xss-1", "hub-1.example");
+        let read = warp::test::request()
+            .path("/api/devices/xss-1?refresh=true")
+            .reply(&routes(service.clone()))
+            .await;
+        assert_eq!(read.status(), StatusCode::OK);
+        let response = warp::test::request()
+            .path("/api/dashboard?code=the%2Bkey%3D")
+            .reply(&routes(service))
+            .await;
+        let page = String::from_utf8_lossy(response.body()).into_owned();
+        assert!(page.contains(r#"id="never-connected-count">1<"#), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;alert('owned')&lt;/script&gt;&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"),
+            "{page}"
+        );
+        assert!(!page.contains("<script") && !page.contains("<img"));
+        assert!(
+            page.contains(r#"href="/api/devices/xss-1?code=the%2Bkey%3D""#),
+            "links carry the page's key: {page}"
+        );
+        assert!(page.contains(r#"href="/api/devices/xss-1/history?code=the%2Bkey%3D""#));
+    }
+
+    #[tokio::test]
+    async fn a_bad_threshold_or_unknown_parameter_is_a_json_400() {
+        let (service, _) = service();
+        for path in [
+            "/api/dashboard?disconnectedFor=0",
+            "/api/dashboard?disconnectedFor=never",
+            "/api/dashboard?pageSize=5",
+        ] {
+            let response = warp::test::request()
+                .path(path)
+                .reply(&routes(service.clone()))
+                .await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(error_code(&response), "invalidRequest", "{path}");
+        }
+        let post = warp::test::request()
+            .method("POST")
+            .path("/api/dashboard")
+            .reply(&routes(service))
+            .await;
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}

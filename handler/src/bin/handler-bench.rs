@@ -1,7 +1,9 @@
 //! `handler-bench`: the handler's figures for `make bench`. Starts the handler the way the
 //! Functions host does (environment, port), against a running emulator and Azurite, and measures
 //! start-up time (exec to first answered request), idle memory, and requests per second with
-//! p50/p99 latency for enrollment create and device read; then Azurite's own raw insert and
+//! p50/p99 latency for enrollment create and device read; events recorded per second; the fleet
+//! dashboard's page time over a fleet of 10,000 devices in every state, next to one page of
+//! `GET /api/devices` and a scan of every page of it; then Azurite's own raw insert and
 //! point-read rates through the same client library, as the ceiling the handler sits on.
 
 // A command-line tool: printing results is its job.
@@ -12,6 +14,13 @@ use azure_data_tables::clients::TableServiceClientBuilder;
 use azure_storage::{CloudLocation, StorageCredentials};
 use clap::Parser;
 use futures_util::stream::{self, StreamExt};
+use handler::domain::events::{Change, ConnectionSequence, EventKey, HubEvent, Stamp};
+use handler::domain::journal::HistoryEntry;
+use handler::domain::{
+    Asset, Customer, CustomerId, DeviceId, DeviceRecord, DpsSync, RegistrationId,
+};
+use handler::storage::tables::TableRegistry;
+use handler::storage::{Registry, Stored};
 use iot_credentials::StorageConnectionString;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -50,6 +59,12 @@ struct Args {
     /// Invocations in flight (the host runs one per partition).
     #[arg(long, default_value_t = 8)]
     partitions: usize,
+    /// Devices of the dashboard's fleet (written straight to storage, in a mix of states).
+    #[arg(long, default_value_t = 10_000)]
+    dashboard_devices: usize,
+    /// Page views timed in the dashboard phase (one at a time, as a person opens the page).
+    #[arg(long, default_value_t = 10)]
+    views: usize,
 }
 
 /// A deterministic generator (xorshift) for the event mix.
@@ -302,6 +317,222 @@ where
     figures
 }
 
+/// Device `i` of the dashboard's fleet, as its events would have left it, with the history
+/// entries they would have written: by `i % 100`, 10 enrolled only, 10 registered and never
+/// connected, 5 disconnected 3 hours ago, 5 disconnected 10 minutes ago, 1 connected and
+/// reporting a failure, 9 connected without a report yet, 60 connected and reporting; spread
+/// over the hubs.
+fn fleet_device(i: usize, hubs: &[String]) -> anyhow::Result<(DeviceRecord, Vec<HistoryEntry>)> {
+    let id = format!("fleet-{i:06}");
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = |minutes_ago: i64| {
+        Stamp::parse(
+            &(now - time::Duration::minutes(minutes_ago))
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        )
+        .context("a stamp")
+    };
+    let mut record = DeviceRecord {
+        registration_id: RegistrationId::parse(&id)?,
+        device_id: DeviceId::parse(&id)?,
+        customer: Customer {
+            id: CustomerId::parse(&format!("customer-{}", i % 50))?,
+            name: Some(format!("Customer {}", i % 50)),
+        },
+        asset: Asset {
+            serial_number: Some(format!("SN{i}")),
+            model: Some("B-1".into()),
+            attributes: Default::default(),
+        },
+        initial_twin: Default::default(),
+        enabled: true,
+        iot_hub: None,
+        sync: DpsSync::Complete,
+        registration: None,
+        registration_checked_at: None,
+        live: Default::default(),
+        key_slot: Default::default(),
+        key_rotation: None,
+        last_key_rotation: None,
+        created_at: stamp(600)?.to_string(),
+        updated_at: stamp(1)?.to_string(),
+    };
+    let state = i % 100;
+    if state < 10 {
+        return Ok((record, Vec::new()));
+    }
+    let hub = hubs[i % hubs.len()].clone();
+    let mut history = Vec::new();
+    let mut sequence = 0;
+    let mut happen = |record: &mut DeviceRecord,
+                      minutes_ago: i64,
+                      kind: &str,
+                      change: Change|
+     -> anyhow::Result<()> {
+        sequence += 1;
+        let at = stamp(minutes_ago)?;
+        record.live.apply(&HubEvent {
+            key: EventKey {
+                stream: "bench".into(),
+                partition: "0".into(),
+                sequence,
+            },
+            device_id: id.clone(),
+            hub: hub.clone(),
+            at: at.clone(),
+            enqueued: at.clone(),
+            change,
+        });
+        history.push(HistoryEntry {
+            at,
+            kind: kind.into(),
+            hub: Some(hub.clone()),
+            detail: None,
+            cause: format!("bench~{sequence}"),
+        });
+        Ok(())
+    };
+    let connection = |n: u8| ConnectionSequence::parse(&format!("{n:064X}")).context("a sequence");
+    happen(
+        &mut record,
+        500,
+        "registered",
+        Change::Created { reported: None },
+    )?;
+    if state < 20 {
+        return Ok((record, history));
+    }
+    happen(
+        &mut record,
+        499,
+        "connected",
+        Change::Connected(connection(1)?),
+    )?;
+    let status = match state {
+        20..=29 => {
+            let gone = if state < 25 { 180 } else { 10 };
+            happen(
+                &mut record,
+                gone,
+                "disconnected",
+                Change::Disconnected(connection(2)?),
+            )?;
+            return Ok((record, history));
+        }
+        30 => "reprovisionFailed",
+        31..=39 => return Ok((record, history)),
+        _ => "provisioned",
+    };
+    let reported = json!({ "provisioning": { "status": status }, "firmware": "1.0.0" });
+    happen(
+        &mut record,
+        498,
+        "reported",
+        Change::Twin {
+            reported: Some((reported.as_object().cloned().unwrap_or_default(), 2)),
+            replaced: false,
+        },
+    )?;
+    Ok((record, history))
+}
+
+/// Writes the dashboard's fleet under table prefix `prefix`, as the handler's own writes would
+/// have: each record with its index rows, then its history in the record's transaction.
+async fn write_fleet(args: &Args, endpoints: &Value, prefix: &str) -> anyhow::Result<Figures> {
+    let storage = StorageConnectionString::parse(&args.storage)?;
+    let registry = TableRegistry::new(&storage, prefix, handler::storage::tables::http_client());
+    registry
+        .ensure_tables()
+        .await
+        .map_err(|e| anyhow::anyhow!("the fleet's tables: {e}"))?;
+    let hubs: Vec<String> = endpoints["hubs"]
+        .as_array()
+        .context("no hubs")?
+        .iter()
+        .filter_map(|h| h["hostName"].as_str().map(str::to_owned))
+        .collect();
+    anyhow::ensure!(!hubs.is_empty(), "the emulator has no hubs");
+    Ok(drive(32, args.dashboard_devices, None, |i| {
+        let device = fleet_device(i, &hubs);
+        let registry = &registry;
+        async move {
+            let Ok((record, history)) = device else {
+                return false;
+            };
+            let Ok(etag) = registry.insert(&record).await else {
+                return false;
+            };
+            history.is_empty()
+                || registry
+                    .replace_with_history(
+                        &Stored {
+                            record: record.clone(),
+                            etag,
+                        },
+                        &record,
+                        &history,
+                    )
+                    .await
+                    .is_ok()
+        }
+    })
+    .await)
+}
+
+/// Sends `request` and reads its whole answer, as a browser or script would; true on a 200.
+async fn read_whole(request: reqwest::RequestBuilder) -> bool {
+    match request.send().await {
+        Ok(response) if response.status().as_u16() == 200 => response.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+/// The dashboard fleet's Devices table, for Azurite's raw scans.
+fn fleet_table(
+    args: &Args,
+    prefix: &str,
+) -> anyhow::Result<azure_data_tables::prelude::TableClient> {
+    let storage = StorageConnectionString::parse(&args.storage)?;
+    let credentials = StorageCredentials::access_key(
+        storage.account_name().to_owned(),
+        storage.account_key().expose_base64().to_owned(),
+    );
+    let location = CloudLocation::Custom {
+        account: storage.account_name().to_owned(),
+        uri: storage.table_endpoint().to_owned(),
+    };
+    Ok(
+        TableServiceClientBuilder::with_location(location, credentials)
+            .transport(azure_core::TransportOptions::new(Arc::new(
+                handler::storage::tables::http_client(),
+            )))
+            .retry(azure_core::RetryOptions::none())
+            .build()
+            .table_client(format!("{prefix}Devices")),
+    )
+}
+
+/// Walks every page of `GET /api/devices?pageSize=1000`: what reading whole records costs.
+async fn every_device_page(http: &reqwest::Client, base: &str) -> bool {
+    let mut url = format!("{base}/devices?pageSize=1000");
+    loop {
+        let Ok(response) = http.get(&url).send().await else {
+            return false;
+        };
+        if response.status().as_u16() != 200 {
+            return false;
+        }
+        let Ok(page) = response.json::<Value>().await else {
+            return false;
+        };
+        match page["continuationToken"].as_str() {
+            Some(token) => url = format!("{base}/devices?pageSize=1000&continuationToken={token}"),
+            None => return true,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct RawRow {
     #[serde(rename = "PartitionKey")]
@@ -419,6 +650,71 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     drop(handler);
+
+    // The dashboard over a fleet of its own, next to the device list in the same handler.
+    let fleet_prefix = format!("D{}", &run[..12]);
+    let seeded = write_fleet(&args, &endpoints, &fleet_prefix).await?;
+    let (handler, started) = spawn_handler(&args, &endpoints, &fleet_prefix)?;
+    first_answer(&http, &handler, started).await?;
+    let dashboard_url = format!("{}/dashboard", handler.base);
+    let first_page = http.get(&dashboard_url).send().await?.text().await?;
+    let page_bytes = first_page.len();
+    anyhow::ensure!(
+        first_page.contains(&format!("id=\"stage-enrolled\">{}<", seeded.count)),
+        "the dashboard does not count the {} devices written",
+        seeded.count
+    );
+    let dashboard = drive(1, args.views, None, |_| {
+        read_whole(http.get(&dashboard_url))
+    })
+    .await;
+    let dashboard_rss = rss_kib(handler.child.id());
+    let one_page = drive(1, args.views, None, |_| {
+        read_whole(http.get(format!("{}/devices?pageSize=1000", handler.base)))
+    })
+    .await;
+    let device_page_bytes = http
+        .get(format!("{}/devices?pageSize=1000", handler.base))
+        .send()
+        .await?
+        .bytes()
+        .await?
+        .len();
+    let all_pages = drive(1, args.views.div_ceil(3).max(1), None, |_| {
+        every_device_page(&http, &handler.base)
+    })
+    .await;
+    let pages_rss = rss_kib(handler.child.id());
+    drop(handler);
+    // Azurite's own cost of the two scans, through the same library and client: the fleet's
+    // record rows with the summary column alone, and whole.
+    let raw_scan = |select: Option<&'static str>| {
+        let table = fleet_table(&args, &fleet_prefix);
+        async move {
+            let Ok(table) = table else { return false };
+            let mut query = table
+                .query()
+                .filter(azure_data_tables::Filter::new("RowKey eq 'record'"))
+                .top(azure_data_tables::prelude::Top::new(1000));
+            if let Some(select) = select {
+                query = query.select(azure_data_tables::prelude::Select::new(select));
+            }
+            let mut pages = query.into_stream::<Value>();
+            let mut rows = 0;
+            while let Some(page) = pages.next().await {
+                match page {
+                    Ok(page) => rows += page.entities.len(),
+                    Err(_) => return false,
+                }
+            }
+            rows == seeded.count
+        }
+    };
+    let raw_summaries = drive(1, args.views.div_ceil(3).max(1), None, |_| {
+        raw_scan(Some("PartitionKey,RowKey,Summary"))
+    })
+    .await;
+    let raw_records = drive(1, args.views.div_ceil(3).max(1), None, |_| raw_scan(None)).await;
 
     // Azurite's ceiling, through the same library and a pooled client like the handler's.
     let storage = StorageConnectionString::parse(&args.storage)?;
@@ -562,6 +858,74 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "Events recorded at {:.0}% of Azurite's raw batch-insert rate.",
         100.0 * events_rate / rows_rate.max(f64::MIN_POSITIVE)
+    );
+    println!();
+    println!(
+        "Dashboard over {} devices ({} written to storage in {:.1} s, {} failed), one request at a time:",
+        args.dashboard_devices,
+        seeded.count,
+        seeded.elapsed.as_secs_f64(),
+        seeded.failed
+    );
+    println!("| request | p50 | slowest | answer | requests | failed |");
+    println!("|---|---|---|---|---|---|");
+    let timed = |what: &str, figures: &Figures, bytes: Option<usize>| {
+        let mut sorted = figures.latencies.clone();
+        sorted.sort_unstable();
+        format!(
+            "| {what} | {:.1} ms | {:.1} ms | {} | {} | {} |",
+            figures.percentile(0.5).as_secs_f64() * 1000.0,
+            sorted.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+            bytes.map_or_else(|| "–".to_owned(), |b| format!("{} KiB", b / 1024)),
+            figures.count,
+            figures.failed
+        )
+    };
+    println!(
+        "{}",
+        timed("handler: GET /api/dashboard", &dashboard, Some(page_bytes))
+    );
+    println!(
+        "{}",
+        timed(
+            "handler: GET /api/devices?pageSize=1000 (one page)",
+            &one_page,
+            Some(device_page_bytes)
+        )
+    );
+    println!(
+        "{}",
+        timed(
+            "handler: every page of GET /api/devices?pageSize=1000",
+            &all_pages,
+            None
+        )
+    );
+    println!(
+        "{}",
+        timed(
+            "Azurite: raw scan of the record rows, Summary column only",
+            &raw_summaries,
+            None
+        )
+    );
+    println!(
+        "{}",
+        timed(
+            "Azurite: raw scan of the record rows, whole",
+            &raw_records,
+            None
+        )
+    );
+    println!();
+    let ratio = |a: &Figures, b: &Figures| {
+        a.percentile(0.5).as_secs_f64() / b.percentile(0.5).as_secs_f64().max(f64::MIN_POSITIVE)
+    };
+    println!(
+        "The dashboard takes {:.1} times one page of 1,000 devices, {:.2} times reading every record through the API, {:.2} times Azurite's raw scan of the summaries. Handler memory: {dashboard_rss} KiB after the dashboard views, {pages_rss} KiB after the device pages.",
+        ratio(&dashboard, &one_page),
+        ratio(&dashboard, &all_pages),
+        ratio(&dashboard, &raw_summaries),
     );
     Ok(())
 }

@@ -42,6 +42,9 @@ pub struct DeadLetter {
     pub function: String,
     /// Its stream position, when known; otherwise an id.
     pub key: String,
+    /// The device it names, when it names one (the dashboard links the letter to its record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
     /// Why it cannot be applied.
     pub reason: String,
     /// The event as received (shortened to 16 KiB).
@@ -90,6 +93,7 @@ mod tests {
         let letter = DeadLetter {
             function: "OnHubEvents".into(),
             key: "hub-1~0~7".into(),
+            device_id: Some("d1".into()),
             reason: "the device's record cannot be stored".into(),
             // Every quote doubles when the letter is written as JSON.
             event: "\"".repeat(16 * 1024),

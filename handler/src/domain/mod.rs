@@ -1,6 +1,6 @@
 //! The registry's domain: validated identifiers, the device record, what IoT Hub's events
-//! tell about it, the bounds on what it keeps of device data (`bounded`), and key rotations
-//! (`rotation`).
+//! tell about it, the bounds on what it keeps of device data (`bounded`), key rotations
+//! (`rotation`), and the record's summary the fleet dashboard reads (`summary`).
 
 pub mod bounded;
 pub mod events;
@@ -10,6 +10,7 @@ pub mod journal;
 pub mod live;
 pub mod record;
 pub mod rotation;
+pub mod summary;
 
 pub use ids::{CustomerId, DeviceId, HubName, InvalidId, RegistrationId};
 pub use record::{

@@ -239,6 +239,7 @@ fn dead_letter_of(function: &str, event: &HubEvent, reason: &str) -> DeadLetter 
     DeadLetter {
         function: function.to_owned(),
         key: event.key.to_string(),
+        device_id: Some(event.device_id.clone()),
         reason: reason.to_owned(),
         event: described.to_string(),
         at: Stamp::now(),

@@ -8,6 +8,7 @@
 //! - [`events`]: recording IoT Hub's events in the records and each device's history.
 //! - [`notify`]: status notifications to a webhook, from an outbox.
 //! - [`reconcile`]: the periodic comparison with DPS and the hubs.
+//! - [`dashboard`]: the fleet dashboard's figures, from one scan of the records' summaries.
 //! - [`rotation`]: rotating a device's symmetric key with the device rolling over to it.
 //!
 //! Every change that touches DPS follows one order: the record is written first with the intent
@@ -15,6 +16,7 @@
 //! cleared. A failure anywhere leaves an intent behind, never a DPS enrollment the registry does
 //! not know about, and [`repair`] finishes it the next time the record is touched.
 
+pub mod dashboard;
 pub mod devices;
 pub mod enrollments;
 pub mod events;

@@ -1,7 +1,9 @@
 //! An in-memory [`Registry`] with the same semantics as Table Storage (etags, conflicts, paging),
 //! for unit tests of the logic above it.
 
-use super::{decode_token, encode_token, limits, Journal, Page, Registry, StoreError, Stored};
+use super::{
+    decode_token, encode_token, limits, Journal, Page, Registry, StoreError, Stored, SummaryPage,
+};
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, RegistrationId};
 use async_trait::async_trait;
@@ -13,7 +15,7 @@ use std::sync::Mutex;
 pub struct MemoryRegistry {
     records: Mutex<BTreeMap<String, Stored>>,
     /// Injected failures of `insert`, `replace` (and so `replace_with_history`), `delete`,
-    /// `history` (`add_history`).
+    /// `history` (`add_history`), `summaries`.
     faults: Faults,
     /// History entries by (device id, entry key).
     history: Mutex<BTreeMap<(String, String), HistoryEntry>>,
@@ -196,6 +198,21 @@ impl Registry for MemoryRegistry {
         Ok(Page {
             items: items.into_iter().map(|(_, s)| s).collect(),
             continuation,
+        })
+    }
+
+    async fn summaries(
+        &self,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<SummaryPage, StoreError> {
+        self.check("summaries")?;
+        let page = self
+            .list(&Filter::default(), page_size, continuation)
+            .await?;
+        Ok(SummaryPage {
+            items: page.items.iter().map(|s| s.record.summary()).collect(),
+            continuation: page.continuation,
         })
     }
 

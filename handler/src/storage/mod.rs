@@ -10,6 +10,7 @@ pub mod memory;
 pub mod tables;
 
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
+use crate::domain::summary::Summary;
 use crate::domain::{DeviceRecord, Filter, RegistrationId};
 use async_trait::async_trait;
 
@@ -27,6 +28,15 @@ pub struct Stored {
 pub struct Page {
     /// The records.
     pub items: Vec<Stored>,
+    /// Opaque token for the next page.
+    pub continuation: Option<String>,
+}
+
+/// One page of record summaries: what the dashboard reads of every record.
+#[derive(Debug, Clone, Default)]
+pub struct SummaryPage {
+    /// The summaries.
+    pub items: Vec<Summary>,
     /// Opaque token for the next page.
     pub continuation: Option<String>,
 }
@@ -148,6 +158,15 @@ pub trait Registry: Send + Sync {
         page_size: usize,
         continuation: Option<&str>,
     ) -> Result<Page, StoreError>;
+
+    /// One page of every record's summary ([`DeviceRecord::summary`], kept beside the record by
+    /// every write), in registration-id order: the dashboard's scan, without reading whole
+    /// records.
+    async fn summaries(
+        &self,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<SummaryPage, StoreError>;
 
     /// Replaces a record like [`Registry::replace`] and adds `history` entries for its device
     /// in the same atomic write: an entry exists exactly when the change it describes does.

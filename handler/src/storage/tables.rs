@@ -4,7 +4,7 @@
 //!
 //! | table | PartitionKey | RowKey | holds |
 //! |---|---|---|---|
-//! | `Devices` | registration id, lower case | `record` | the record as JSON (`Data`) plus `CustomerId`, `Status`, `Hub`, `DeviceId` |
+//! | `Devices` | registration id, lower case | `record` | the record as JSON (`Data`) plus `CustomerId`, `Status`, `Hub`, `DeviceId`, and its dashboard summary as JSON (`Summary`) |
 //! | `Devices` | the same | `h~` inverted time `~` cause | one entry of the device's history (`Data`) |
 //! | `DeviceIds` | device id, base64url | `alias` | `RegistrationKey`: finds a record (and its history, which outlives it) by device id |
 //! | `Index` | `customer~<id>`, `hub~<host>`, `status~<status>`, `sync~pending` | registration id, lower case | nothing: membership |
@@ -15,14 +15,18 @@
 //! handler instances write at once: every write is conditional on the etag read. Index rows
 //! are written *before* the record and removed *after* it, so a failure half-way can leave an
 //! extra index row but never hide a record; listings check every index hit against the record
-//! and delete the ones that no longer match.
+//! and delete the ones that no longer match. The `Summary` column is written in the same entity
+//! write as `Data`, so it always describes the record beside it; the dashboard's scan selects it
+//! alone (`$select`), a few hundred bytes a device instead of the record's few kilobytes.
 
 use super::identity::ManagedIdentityCredential;
 use super::{
     decode_token, encode_token, limits, Failure, Journal, Page, Registry, StoreError, Stored,
+    SummaryPage,
 };
 use crate::config::StorageAccess;
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
+use crate::domain::summary::Summary;
 use crate::domain::{DeviceRecord, Filter, IndexKind, RegistrationId};
 use async_trait::async_trait;
 use azure_core::{Etag, RetryOptions, TransportOptions};
@@ -61,8 +65,20 @@ struct RecordRow {
     hub: String,
     #[serde(rename = "DeviceId")]
     device_id: String,
+    /// Absent in rows written before summaries were kept; any write adds it.
+    #[serde(rename = "Summary", default)]
+    summary: Option<String>,
     #[serde(rename = "odata.etag", default, skip_serializing)]
     etag: Option<String>,
+}
+
+/// A record row as the dashboard's scan selects it.
+#[derive(Deserialize)]
+struct SummaryRow {
+    #[serde(rename = "PartitionKey")]
+    partition_key: String,
+    #[serde(rename = "Summary", default)]
+    summary: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -144,6 +160,10 @@ fn row_of(record: &DeviceRecord) -> Result<RecordRow, StoreError> {
             .unwrap_or_default()
             .to_ascii_lowercase(),
         device_id: record.device_id.as_str().to_owned(),
+        summary: Some(
+            serde_json::to_string(&record.summary())
+                .map_err(|e| StoreError::Refused(e.to_string()))?,
+        ),
         etag: None,
     })
 }
@@ -536,6 +556,69 @@ impl Registry for TableRegistry {
             items,
             continuation: next
                 .map(|(pk, rk)| encode_token(&json!({ "t": kind, "pk": pk, "rk": rk }))),
+        })
+    }
+
+    async fn summaries(
+        &self,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<SummaryPage, StoreError> {
+        self.ensure_tables().await?;
+        let mut query = self
+            .devices
+            .query()
+            .filter(azure_data_tables::Filter::new(format!(
+                "RowKey eq '{RECORD_ROW}'"
+            )))
+            .select(Select::new("PartitionKey,RowKey,Summary"))
+            .top(Top::new(
+                u32::try_from(page_size.clamp(1, 1000)).unwrap_or(1000),
+            ));
+        if let Some(token) = continuation {
+            let position = decode_token(token)?;
+            if position["t"] != "summaries" {
+                return Err(StoreError::BadContinuation);
+            }
+            let text = |field: &str| position[field].as_str().map(str::to_owned);
+            query = query.initial_partition_key(text("pk").ok_or(StoreError::BadContinuation)?);
+            if let Some(rk) = text("rk") {
+                query = query.initial_row_key(rk);
+            }
+        }
+        let mut pages = query.into_stream::<SummaryRow>();
+        let Some(page) = pages.next().await else {
+            return Ok(SummaryPage::default());
+        };
+        let page = page.map_err(failed)?;
+        let next = azure_core::Continuable::continuation(&page)
+            .map(|(pk, rk)| encode_token(&json!({ "t": "summaries", "pk": pk, "rk": rk })));
+        // A row written before summaries were kept (or one that cannot be read) is summarised
+        // from its record; the next write of that record adds the column.
+        let summaries: Vec<Result<Option<Summary>, StoreError>> = stream::iter(page.entities)
+            .map(|row| async move {
+                if let Some(summary) = row
+                    .summary
+                    .as_deref()
+                    .and_then(|text| serde_json::from_str::<Summary>(text).ok())
+                {
+                    return Ok(Some(summary));
+                }
+                Ok(self
+                    .get_row(&row.partition_key)
+                    .await?
+                    .map(|stored| stored.record.summary()))
+            })
+            .buffered(VERIFY_CONCURRENCY)
+            .collect()
+            .await;
+        let mut items = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            items.extend(summary?);
+        }
+        Ok(SummaryPage {
+            items,
+            continuation: next,
         })
     }
 

@@ -9,6 +9,7 @@
 const HANDLER_BINARY: Option<&str> = Some(env!("CARGO_BIN_EXE_handler"));
 
 mod bad_input;
+mod dashboard;
 mod dependencies;
 mod devices;
 mod emulator_restart;
@@ -19,6 +20,7 @@ mod helpers;
 mod identity;
 mod import;
 mod keys;
+mod logs;
 mod mission;
 mod poison;
 mod rotation;

@@ -6,7 +6,7 @@
 //! hub at the end, and no key value is in any log line or API answer.
 
 use crate::helpers::{eventually, spawn_app_with, Answer, TestApp};
-use crate::mission::{find_secrets, LogCapture};
+use crate::logs::{find_secrets, LogCapture};
 use device::assignment::{Credentials, StateDir};
 use device::provision::{DeviceInfo, Provisioner};
 use device::sender::{run, SenderConfig, Stats};
@@ -286,7 +286,8 @@ fn history_kinds(history: &Value) -> Vec<String> {
 #[tokio::test]
 async fn an_online_device_rolls_over_to_a_rotated_key_and_its_old_key_is_refused_by_dps_and_the_hub(
 ) {
-    let (logs, _capture) = LogCapture::install();
+    let logs = LogCapture::default();
+    let _capture = logs.install();
     let app = spawn_app_with(&[("RUST_LOG", "trace")]).await;
     let device = provisioned(&app, "rotate-1").await;
     let sender = device.start();

@@ -232,6 +232,7 @@ async fn malformed_events_are_set_aside_and_the_rest_applied() {
     let letter = DeadLetter {
         function: "f".into(),
         key: "hub-1~0~7".into(),
+        device_id: None,
         reason: "no device".into(),
         event: "{}".into(),
         at: Stamp::now(),
@@ -479,6 +480,7 @@ async fn a_dead_letter_that_cannot_be_written_yet_fails_the_batch_and_one_refuse
     let letter = DeadLetter {
         function: "f".into(),
         key: "hub-1~0~7".into(),
+        device_id: None,
         reason: "no device".into(),
         event: "{}".into(),
         at: Stamp::now(),
