@@ -3,8 +3,8 @@
 //! function.json files.
 
 use super::{routes, ROUTES};
-use crate::cloud::fake::{FakeDps, FakeHubs};
-use crate::service::{CodeSettings, Service};
+use crate::cloud::fake::FakeDps;
+use crate::service::Service;
 use crate::storage::memory::MemoryRegistry;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -16,19 +16,7 @@ fn service() -> (Arc<Service>, Arc<FakeDps>) {
     let service = Service {
         store: Arc::new(MemoryRegistry::default()),
         dps: dps.clone(),
-        hubs: Arc::new(FakeHubs::linked(&["hub-1.example"])),
-        codes: CodeSettings {
-            id_scope: "0ne00000001".into(),
-            device_endpoint: "dps.example".into(),
-        },
-        journal: Arc::new(crate::storage::memory::MemoryJournal::default()),
-        notifier: Arc::new(crate::service::notify::Notifier::new(
-            None,
-            reqwest::Client::new(),
-        )),
-        hub_names: Default::default(),
-        events_cache: Default::default(),
-        rotations_in_flight: Default::default(),
+        ..Service::for_tests()
     };
     (Arc::new(service), dps)
 }

@@ -248,5 +248,27 @@ fn check_if_match(if_match: Option<&str>, etag: &str) -> Result<(), ServiceError
     }
 }
 
+/// The one way unit tests build a service: in-memory stores, fake DPS and hubs (`hub-1.example`
+/// linked), no webhook. Tests replace the fields they care about (`..Service::for_tests()`).
+#[cfg(test)]
+impl Service {
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            store: Arc::new(crate::storage::memory::MemoryRegistry::default()),
+            dps: Arc::new(crate::cloud::fake::FakeDps::default()),
+            hubs: Arc::new(crate::cloud::fake::FakeHubs::linked(&["hub-1.example"])),
+            journal: Arc::new(crate::storage::memory::MemoryJournal::default()),
+            notifier: Arc::new(notify::Notifier::new(None, reqwest::Client::new())),
+            codes: CodeSettings {
+                id_scope: "0ne00000001".into(),
+                device_endpoint: "dps.example".into(),
+            },
+            hub_names: Default::default(),
+            events_cache: Default::default(),
+            rotations_in_flight: Default::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@
 use super::devices::CommandRequest;
 use super::enrollments::{EnrollmentPatch, NewEnrollment};
 use super::import::{parse_csv, Outcome};
-use super::{CodeSettings, Service, ServiceError, Upstream};
+use super::{Service, ServiceError, Upstream};
 use crate::cloud::dps::Provisioning;
 use crate::cloud::fake::{FakeDps, FakeHubs};
 use crate::domain::{DpsSync, Filter, RegistrationId, Status};
@@ -32,18 +32,7 @@ fn world() -> World {
         store: store.clone(),
         dps: dps.clone(),
         hubs: hubs.clone(),
-        codes: CodeSettings {
-            id_scope: "0ne00000001".into(),
-            device_endpoint: "dps.example".into(),
-        },
-        journal: Arc::new(crate::storage::memory::MemoryJournal::default()),
-        notifier: Arc::new(crate::service::notify::Notifier::new(
-            None,
-            reqwest::Client::new(),
-        )),
-        hub_names: Default::default(),
-        events_cache: Default::default(),
-        rotations_in_flight: Default::default(),
+        ..Service::for_tests()
     };
     World {
         service,

@@ -5,10 +5,8 @@
 //! fault-free run beside it, with nothing dead-lettered.
 
 use crate::faults::{assert_dps_agrees, assert_same_records, records, refresh_registrations};
-use crate::helpers::{spawn_app, spawn_restartable_app, TestApp};
-use device::assignment::StateDir;
-use device::provision::{DeviceInfo, Provisioner};
-use device::sender::{run, SenderConfig, Stats};
+use crate::helpers::{spawn_app, spawn_restartable_app, ProvisionedDevice, TestApp};
+use device::sender::{run, Stats};
 use device::telemetry::Source;
 use handler::storage::Journal;
 use serde_json::{json, Value};
@@ -51,37 +49,11 @@ async fn start_fleet(app: &TestApp) -> Vec<Device> {
             )
             .await;
         assert_eq!(answer.status, 201, "{}", answer.text);
-        let code = app.code(&id).await;
-        let state = tempfile::tempdir().unwrap();
-        let states = StateDir::new(state.path());
-        let ca = app.emulator.ca_certificate_pem().to_owned();
-        let mut provisioner = Provisioner::new(Some(&ca)).unwrap();
-        provisioner.deadline = Duration::from_secs(60);
-        provisioner.info = DeviceInfo {
-            model: Some("TX-100".into()),
-            serial_number: Some(format!("SN-{id}")),
-            firmware: Some("1.0.0".into()),
-        };
-        let assignment = provisioner.provision(&code.into()).await.unwrap();
-        states.save(&assignment).unwrap();
-        let config = SenderConfig {
-            state: states,
-            extra_ca: Some(ca),
-            mqtt_port: 8883,
-            hub_ports: app
-                .emulator
-                .endpoints()
-                .hubs
-                .iter()
-                .map(|h| (h.host_name.clone(), h.mqtt_port))
-                .collect(),
-            interval: Duration::from_millis(50),
-            outbox_capacity: 10_000,
-            token_lifetime: Duration::from_secs(3600),
-            window: 16,
-            info: provisioner.info.clone(),
-            provisioner,
-        };
+        let ProvisionedDevice {
+            dir, mut config, ..
+        } = app.provision_device(&id).await;
+        config.interval = Duration::from_millis(50);
+        config.outbox_capacity = 10_000;
         let (stop, stopped) = watch::channel(false);
         let stats = Arc::new(Stats::default());
         let counters = stats.clone();
@@ -92,7 +64,7 @@ async fn start_fleet(app: &TestApp) -> Vec<Device> {
         });
         fleet.push(Device {
             id,
-            _state: state,
+            _state: dir,
             stop,
             stats,
             task,

@@ -438,3 +438,60 @@ impl TestApp {
             .expect("the device connects")
     }
 }
+
+/// A device provisioned from its provisioning code, as the portal does: its state folder (the
+/// assignment, later the outbox) and the telemetry sender's configuration for this app.
+pub struct ProvisionedDevice {
+    pub id: String,
+    pub dir: TempDir,
+    pub state: device::assignment::StateDir,
+    pub config: device::sender::SenderConfig,
+}
+
+impl TestApp {
+    /// Provisions the enrolled `id` through DPS with its provisioning code and stores the
+    /// assignment, ready for the sender (readings every half second; tests change what they need).
+    pub async fn provision_device(&self, id: &str) -> ProvisionedDevice {
+        use device::provision::{DeviceInfo, Provisioner};
+        let code = self.code(id).await;
+        let ca = self.emulator.ca_certificate_pem().to_owned();
+        let mut provisioner = Provisioner::new(Some(&ca)).unwrap();
+        provisioner.deadline = Duration::from_secs(60);
+        provisioner.info = DeviceInfo {
+            model: Some("T-100".into()),
+            serial_number: Some(format!("SN-{id}")),
+            firmware: Some("1.0.0".into()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let state = device::assignment::StateDir::new(dir.path());
+        let assignment = provisioner
+            .provision(&device::assignment::Credentials::from(code))
+            .await
+            .unwrap();
+        state.save(&assignment).unwrap();
+        let config = device::sender::SenderConfig {
+            state: state.clone(),
+            extra_ca: Some(ca),
+            mqtt_port: 8883,
+            hub_ports: self
+                .emulator
+                .endpoints()
+                .hubs
+                .iter()
+                .map(|h| (h.host_name.clone(), h.mqtt_port))
+                .collect(),
+            interval: Duration::from_millis(500),
+            outbox_capacity: 1000,
+            token_lifetime: Duration::from_secs(3600),
+            window: 16,
+            info: provisioner.info.clone(),
+            provisioner,
+        };
+        ProvisionedDevice {
+            id: id.to_owned(),
+            dir,
+            state,
+            config,
+        }
+    }
+}

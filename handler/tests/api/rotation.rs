@@ -5,11 +5,9 @@
 //! and killed between storing the key and re-provisioning; the old key is refused by DPS and the
 //! hub at the end, and no key value is in any log line or API answer.
 
-use crate::helpers::{eventually, spawn_app_with, Answer, TestApp};
+use crate::helpers::{eventually, spawn_app_with, Answer, ProvisionedDevice, TestApp};
 use crate::logs::{find_secrets, LogCapture};
-use device::assignment::{Credentials, StateDir};
-use device::provision::{DeviceInfo, Provisioner};
-use device::sender::{run, SenderConfig, Stats};
+use device::sender::{run, Stats};
 use device::telemetry::Source;
 use emulator::dps::enrollments::Individual;
 use emulator::fleet::client_tls;
@@ -20,17 +18,10 @@ use iot_credentials::SharedAccessKey;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tempfile::TempDir;
 use tokio::sync::watch;
 
-/// A provisioned device: its state directory (the assignment and the outbox) and how its sender
-/// runs.
-struct Device {
-    id: String,
-    _dir: TempDir,
-    state: StateDir,
-    config: SenderConfig,
-}
+/// A provisioned device (the harness's): its state directory and how its sender runs.
+type Device = ProvisionedDevice;
 
 /// A sender running on the test's runtime (its log lines are captured with the test's).
 struct Running {
@@ -63,50 +54,10 @@ impl Process {
     }
 }
 
-/// Enrolls `id`, provisions it through DPS with its provisioning code (as the portal does) and
-/// stores the assignment, ready for the sender.
+/// Enrolls `id` and provisions it, ready for the sender.
 async fn provisioned(app: &TestApp, id: &str) -> Device {
     app.enroll(id, "contoso").await;
-    let code = app.code(id).await;
-    let ca = app.emulator.ca_certificate_pem().to_owned();
-    let mut provisioner = Provisioner::new(Some(&ca)).unwrap();
-    provisioner.deadline = Duration::from_secs(60);
-    provisioner.info = DeviceInfo {
-        model: Some("T-100".into()),
-        serial_number: Some(format!("SN-{id}")),
-        firmware: Some("1.0.0".into()),
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let state = StateDir::new(dir.path());
-    let assignment = provisioner
-        .provision(&Credentials::from(code))
-        .await
-        .unwrap();
-    state.save(&assignment).unwrap();
-    let config = SenderConfig {
-        state: state.clone(),
-        extra_ca: Some(ca),
-        mqtt_port: 8883,
-        hub_ports: app
-            .emulator
-            .endpoints()
-            .hubs
-            .iter()
-            .map(|h| (h.host_name.clone(), h.mqtt_port))
-            .collect(),
-        interval: Duration::from_millis(500),
-        outbox_capacity: 1000,
-        token_lifetime: Duration::from_secs(3600),
-        window: 16,
-        info: provisioner.info.clone(),
-        provisioner,
-    };
-    Device {
-        id: id.to_owned(),
-        _dir: dir,
-        state,
-        config,
-    }
+    app.provision_device(id).await
 }
 
 impl Device {

@@ -2,13 +2,11 @@
 //! stage and fail in every way the page names.
 
 use super::*;
-use crate::cloud::fake::{FakeDps, FakeHubs};
+use crate::cloud::fake::FakeHubs;
 use crate::domain::events::{Change, ConnectionSequence, EventKey, HubEvent};
 use crate::domain::journal::DeadLetter;
 use crate::domain::{Registration, RegistrationId};
 use crate::service::enrollments::NewEnrollment;
-use crate::service::notify::Notifier;
-use crate::service::CodeSettings;
 use crate::storage::memory::{MemoryJournal, MemoryRegistry};
 use crate::storage::{Journal, Registry};
 use serde_json::json;
@@ -27,21 +25,14 @@ fn world() -> World {
     let service = Service {
         store: store.clone(),
         journal: journal.clone(),
-        dps: Arc::new(FakeDps::default()),
         hubs: Arc::new(FakeHubs::linked(&["hub-1.example", "hub-2.example"])),
-        notifier: Arc::new(Notifier::new(None, reqwest::Client::new())),
-        codes: CodeSettings {
-            id_scope: "0ne00000001".into(),
-            device_endpoint: "dps.example".into(),
-        },
         hub_names: [
             ("hub-1".to_owned(), "hub-1.example".to_owned()),
             ("hub-2".to_owned(), "hub-2.example".to_owned()),
             ("hub-3".to_owned(), "hub-3.example".to_owned()),
         ]
         .into(),
-        events_cache: Default::default(),
-        rotations_in_flight: Default::default(),
+        ..Service::for_tests()
     };
     World {
         service,

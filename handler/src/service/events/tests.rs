@@ -2,8 +2,8 @@
 //! promises, dead letters, retries after storage failures, history and notifications.
 
 use super::super::notify::{Notifier, Webhook, WebhookSecret};
-use super::super::{CodeSettings, Service};
-use crate::cloud::fake::{FakeDps, FakeHubs};
+use super::super::Service;
+use crate::cloud::fake::FakeHubs;
 use crate::domain::events::{Change, ConnectionSequence, EventKey, HubEvent, Stamp};
 use crate::domain::journal::DeadLetter;
 use crate::domain::Status;
@@ -29,20 +29,14 @@ fn world() -> World {
     let service = Service {
         store: store.clone(),
         journal: journal.clone(),
-        dps: Arc::new(FakeDps::default()),
         hubs: Arc::new(FakeHubs::linked(&["hub-1.example", "hub-2.example"])),
         notifier: Arc::new(Notifier::new(Some(webhook), reqwest::Client::new())),
-        codes: CodeSettings {
-            id_scope: "0ne00000001".into(),
-            device_endpoint: "dps.example".into(),
-        },
         hub_names: [
             ("hub-1".to_owned(), "hub-1.example".to_owned()),
             ("hub-2".to_owned(), "hub-2.example".to_owned()),
         ]
         .into(),
-        events_cache: Default::default(),
-        rotations_in_flight: Default::default(),
+        ..Service::for_tests()
     };
     World {
         service,
