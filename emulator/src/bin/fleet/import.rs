@@ -85,7 +85,7 @@ pub async fn run(emulator: &Emulator, rows: usize, batch: usize) -> anyhow::Resu
     );
     println!();
     println!(
-        "The import at {:.0}% of the DPS bulk-create rate.",
+        "The import at {:.1}% of the DPS bulk-create rate.",
         100.0 * rate / ceiling.max(f64::MIN_POSITIVE)
     );
     Ok(())
