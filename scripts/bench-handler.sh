@@ -34,3 +34,16 @@ echo
 target/release/fleet --endpoints "$state/endpoints.json" bench-event-latency --samples "${BENCH_LATENCY_SAMPLES:-200}"
 echo
 target/release/fleet --endpoints "$state/endpoints.json" bench-import --rows "${BENCH_IMPORT_ROWS:-10000}" --batch 2000
+# The same import against a DPS that admits what one Azure unit does: 1,000 service operations a
+# minute (the import paces itself by DPS's Retry-After).
+kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+mkdir -p "$state/unit"
+target/release/emulator --state-dir "$state/unit" --in-memory --https-port 0 --mqtt-port 0 \
+  --registration-retry-after 0 --operation-rate 1000 --functions-port 0 "${FUNCTIONS_APP_ARGS[@]}" \
+  >"$state/unit/emulator.log" 2>&1 &
+pid=$!
+wait_ready "$state/unit" "$pid"
+wait_host "$state/unit"
+echo
+echo "With DPS admitting 1,000 service operations a minute (--operation-rate 1000, one Azure unit):"
+target/release/fleet --endpoints "$state/unit/endpoints.json" bench-import --rows "${BENCH_IMPORT_ROWS:-10000}" --batch 2000

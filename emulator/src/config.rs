@@ -152,7 +152,10 @@ pub struct EmulatorConfig {
     pub webhook_timeout: Duration,
     /// DPS's registration rate limit (429 with Retry-After beyond it). Off by default: Azure's
     /// 1,000 a minute per unit would throttle every benchmark and load test; storms turn it on.
-    pub registration_rate: Option<crate::dps::rate_limit::RegistrationRate>,
+    pub registration_rate: Option<crate::dps::rate_limit::Rate>,
+    /// DPS's service-API rate limit (429 with Retry-After beyond it). Off by default, as the
+    /// registration limit is; Azure admits 1,000 operations a minute per unit.
+    pub operation_rate: Option<crate::dps::rate_limit::Rate>,
     /// Partitions of each hub's event stream.
     pub event_partitions: usize,
     /// Events kept per partition (older ones are dropped, as retention does in Event Hubs).
@@ -208,6 +211,7 @@ impl EmulatorConfig {
             registration_retry_after: Duration::from_secs(1),
             webhook_timeout: Duration::from_secs(10),
             registration_rate: None,
+            operation_rate: None,
             event_partitions: crate::events::log::DEFAULT_PARTITIONS,
             event_retention: crate::events::log::DEFAULT_RETENTION,
             event_hubs: EventHubsConfig {

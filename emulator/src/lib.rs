@@ -318,6 +318,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator, StartError
             retry_after: config.registration_retry_after,
             webhook_timeout: config.webhook_timeout,
             registration_rate: config.registration_rate,
+            operation_rate: config.operation_rate,
         },
         store.clone(),
         hub_map,

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use emulator::config::{EmulatorConfig, FunctionsConfig, HubConfig, Persistence};
-use emulator::dps::rate_limit::RegistrationRate;
+use emulator::dps::rate_limit::Rate;
 use emulator::events::routing::RouteConfig;
 use iot_credentials::SharedAccessKey;
 use std::net::IpAddr;
@@ -52,6 +52,14 @@ struct Args {
     /// Register calls admitted at once under the rate limit (default: one second's worth).
     #[arg(long)]
     registration_burst: Option<u32>,
+    /// DPS's service-API rate limit: calls admitted per minute (enrollments, groups, registration
+    /// states, queries; a bulk call counts once), the excess answered 429 with Retry-After (Azure
+    /// allows 1,000 a minute per unit). 0, the default, is no limit.
+    #[arg(long, default_value_t = 0)]
+    operation_rate: u32,
+    /// Service-API calls admitted at once under that limit (default: one second's worth).
+    #[arg(long)]
+    operation_burst: Option<u32>,
     /// Run this custom-handler function app (host.json, function folders, local.settings.json)
     /// in the Functions host stand-in.
     #[arg(long)]
@@ -169,13 +177,22 @@ fn config(args: Args) -> anyhow::Result<EmulatorConfig> {
     config.registration_retry_after = Duration::from_secs(args.registration_retry_after);
     config.event_retention = args.event_retention;
     if args.registration_rate > 0 {
-        let mut rate = RegistrationRate::per_minute(args.registration_rate);
+        let mut rate = Rate::per_minute(args.registration_rate);
         if let Some(burst) = args.registration_burst {
             rate.burst = burst.max(1);
         }
         config.registration_rate = Some(rate);
     } else if args.registration_burst.is_some() {
         bail!("--registration-burst needs --registration-rate");
+    }
+    if args.operation_rate > 0 {
+        let mut rate = Rate::per_minute(args.operation_rate);
+        if let Some(burst) = args.operation_burst {
+            rate.burst = burst.max(1);
+        }
+        config.operation_rate = Some(rate);
+    } else if args.operation_burst.is_some() {
+        bail!("--operation-burst needs --operation-rate");
     }
     if !args.routes.is_empty() {
         config.routes = args

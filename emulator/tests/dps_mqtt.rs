@@ -195,7 +195,7 @@ async fn unknown_protocol_versions_are_refused() {
 #[tokio::test]
 async fn beyond_the_registration_rate_the_answer_topic_is_429_with_retry_after() {
     let emu = TestEmulator::start_with(|config| {
-        config.registration_rate = Some(emulator::dps::rate_limit::RegistrationRate {
+        config.registration_rate = Some(emulator::dps::rate_limit::Rate {
             per_minute: 6,
             burst: 1,
         });

@@ -447,7 +447,7 @@ async fn reprovisioning_follows_the_enrollments_policy() {
 #[tokio::test]
 async fn beyond_the_registration_rate_dps_answers_429_with_retry_after_and_later_admits() {
     let emu = TestEmulator::start_with(|config| {
-        config.registration_rate = Some(emulator::dps::rate_limit::RegistrationRate {
+        config.registration_rate = Some(emulator::dps::rate_limit::Rate {
             per_minute: 60,
             burst: 1,
         });

@@ -826,3 +826,45 @@ async fn registration_records_are_read_queried_by_group_and_deleted() {
         404
     );
 }
+
+#[tokio::test]
+async fn beyond_the_operation_rate_the_service_api_answers_429_with_retry_after() {
+    let emu = TestEmulator::start_with(|config| {
+        config.operation_rate = Some(emulator::dps::rate_limit::Rate {
+            per_minute: 60,
+            burst: 2,
+        });
+    })
+    .await;
+    let enrollment =
+        json!({ "registrationId": "ops-1", "attestation": { "type": "symmetricKey" } });
+    let created = emu
+        .service_call(Method::PUT, "enrollments/ops-1", Some(&enrollment))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let read = emu
+        .service_call(Method::GET, "enrollments/ops-1", None)
+        .await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    // The bucket held two: the third call within the second is refused, and says when to return.
+    let refused = emu
+        .service_call(Method::GET, "enrollments/ops-1", None)
+        .await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.body["errorCode"], 429001, "{}", refused.body);
+    let wait: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    // Devices are not counted against it: the enrolled device still registers.
+    let key = SharedAccessKey::from_base64(
+        created.body["attestation"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let device = emu.device("ops-1", key);
+    assert!(emu.register(&device).await.is_ok());
+}

@@ -7,7 +7,7 @@ mod support;
 
 use device::assignment::Credentials;
 use device::provision::{Backoff, DpsTransport, Provisioner};
-use emulator::dps::rate_limit::RegistrationRate;
+use emulator::dps::rate_limit::Rate;
 use emulator::fleet::hub_device::Endpoint;
 use emulator::fleet::load::enroll;
 use emulator::fleet::storm::power_on_all;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use support::TestEmulator;
 
 /// 10 registrations a second after a burst of 10: 50 devices need at least (50 - 10) / 10 = 4 s.
-const RATE: RegistrationRate = RegistrationRate {
+const RATE: Rate = Rate {
     per_minute: 600,
     burst: 10,
 };

@@ -183,8 +183,14 @@ async fn show_desired_and_command_follow_and_drive_a_connected_device() {
 async fn rotate_key_says_how_far_the_rotation_got_and_refuses_a_second_one() {
     let app = spawn_app().await;
     app.enroll("rotate-1", "contoso").await;
-    // Registered but not connected: the device gets the key when it connects.
+    // Registered but not connected: the device gets the key when it connects. The registry
+    // learns of the registration from the hub's events; a rotation before that is refused.
     app.register("rotate-1").await;
+    eventually("the registration is recorded", || async {
+        let record = app.get("/devices/rotate-1").await;
+        record.body["hub"].is_string().then_some(())
+    })
+    .await;
     let old_key = app
         .code("rotate-1")
         .await

@@ -56,7 +56,10 @@ pub struct DpsSettings {
     /// Custom allocation webhook timeout.
     pub webhook_timeout: Duration,
     /// Register calls admitted per minute, None for no limit.
-    pub registration_rate: Option<rate_limit::RegistrationRate>,
+    pub registration_rate: Option<rate_limit::Rate>,
+    /// The service API's rate limit (enrollments, groups, registration states, queries);
+    /// `None`: unlimited.
+    pub operation_rate: Option<rate_limit::Rate>,
 }
 
 /// What the registration rate limit has done since the start.
@@ -73,6 +76,8 @@ pub struct Dps {
     /// Until when device requests are answered 429 (tests of clients' backoff).
     throttled_until: std::sync::Mutex<Option<std::time::Instant>>,
     rate_limiter: Option<rate_limit::RateLimiter>,
+    operation_limiter: Option<rate_limit::RateLimiter>,
+    operations_throttled: AtomicU64,
     admitted: AtomicU64,
     rate_limited: AtomicU64,
     settings: DpsSettings,
@@ -122,6 +127,23 @@ impl Dps {
         Ok(())
     }
 
+    /// Counts a service-API call against the operation limit: `Throttled` with the seconds to
+    /// wait when the limit is reached.
+    pub fn admit_operation(&self) -> Result<(), error::DpsError> {
+        match &self.operation_limiter {
+            Some(limiter) => limiter.admit().map_err(|seconds| {
+                self.operations_throttled.fetch_add(1, Ordering::Relaxed);
+                error::DpsError::Throttled(seconds)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Service-API calls refused by the operation limit so far.
+    pub fn operations_throttled(&self) -> u64 {
+        self.operations_throttled.load(Ordering::Relaxed)
+    }
+
     /// Register calls admitted and refused by the rate limit so far.
     pub fn registration_counts(&self) -> RegistrationCounts {
         RegistrationCounts {
@@ -139,6 +161,8 @@ impl Dps {
         Self {
             throttled_until: std::sync::Mutex::new(None),
             rate_limiter: settings.registration_rate.map(rate_limit::RateLimiter::new),
+            operation_limiter: settings.operation_rate.map(rate_limit::RateLimiter::new),
+            operations_throttled: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             settings,

@@ -1,9 +1,11 @@
-//! The registration rate limit: Azure allows a DPS instance 1,000 device registrations a minute
-//! per unit (MicrosoftDocs/azure-docs includes/iot-dps-limits.md, "Device registrations
-//! 1,000/min/service") and answers the excess with 429 Too Many Requests. The emulator enforces
-//! a configurable limit as a token bucket: `per_minute` registrations a minute on average, with up
-//! to `burst` at once. Only register calls count (polls and status lookups have their own, much
-//! looser limit in Azure and are not limited here).
+//! DPS's rate limits. Azure allows a DPS instance 1,000 device registrations and 1,000 service
+//! operations a minute per unit (MicrosoftDocs/azure-docs includes/iot-dps-limits.md, "Device
+//! registrations 1,000/min/service", "Operations 1,000/min/service") and answers the excess
+//! with 429 Too Many Requests. The emulator enforces configurable limits as token buckets:
+//! `per_minute` calls a minute on average, with up to `burst` at once. The registration limit
+//! counts register calls only (polls and status lookups have their own, much looser limit in
+//! Azure and are not limited here); the operation limit counts every call of the service API,
+//! a bulk call once (Azure does not say how it counts one).
 //!
 //! How long to wait is told in whole seconds (HTTP `Retry-After`, MQTT `&retry-after=` in the
 //! answer topic), because that is how the SDKs read it: azure-iot-sdk-python
@@ -13,16 +15,16 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A registration rate limit.
+/// A rate limit: of register calls, or of service-API calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegistrationRate {
-    /// Registrations admitted per minute, on average (Azure: 1,000 per unit).
+pub struct Rate {
+    /// Calls admitted per minute, on average (Azure: 1,000 per unit for each).
     pub per_minute: u32,
-    /// Registrations admitted at once after a quiet spell (the bucket's size).
+    /// Calls admitted at once after a quiet spell (the bucket's size).
     pub burst: u32,
 }
 
-impl RegistrationRate {
+impl Rate {
     /// `per_minute` with a burst of one second's worth (at least one).
     pub fn per_minute(per_minute: u32) -> Self {
         Self {
@@ -35,7 +37,7 @@ impl RegistrationRate {
 /// The token bucket.
 #[derive(Debug)]
 pub struct RateLimiter {
-    rate: RegistrationRate,
+    rate: Rate,
     bucket: Mutex<Bucket>,
 }
 
@@ -47,7 +49,7 @@ struct Bucket {
 
 impl RateLimiter {
     /// A full bucket.
-    pub fn new(rate: RegistrationRate) -> Self {
+    pub fn new(rate: Rate) -> Self {
         Self {
             rate,
             bucket: Mutex::new(Bucket {
@@ -58,11 +60,11 @@ impl RateLimiter {
     }
 
     /// The configured rate.
-    pub fn rate(&self) -> RegistrationRate {
+    pub fn rate(&self) -> Rate {
         self.rate
     }
 
-    /// Takes one registration from the bucket, or answers how many whole seconds (at least one)
+    /// Takes one call from the bucket, or answers how many whole seconds (at least one)
     /// until one is available.
     pub fn admit(&self) -> Result<(), u64> {
         self.admit_at(Instant::now())
@@ -96,7 +98,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_admitted_then_the_excess_is_told_when_to_come_back() {
-        let limiter = RateLimiter::new(RegistrationRate {
+        let limiter = RateLimiter::new(Rate {
             per_minute: 60,
             burst: 3,
         });
@@ -113,14 +115,14 @@ mod tests {
 
     #[test]
     fn a_slow_rate_asks_for_a_longer_wait_and_zero_admits_nothing() {
-        let slow = RateLimiter::new(RegistrationRate {
+        let slow = RateLimiter::new(Rate {
             per_minute: 6,
             burst: 1,
         });
         let start = Instant::now();
         assert_eq!(slow.admit_at(start), Ok(()));
         assert_eq!(slow.admit_at(start), Err(10));
-        let closed = RateLimiter::new(RegistrationRate {
+        let closed = RateLimiter::new(Rate {
             per_minute: 0,
             burst: 0,
         });
@@ -131,7 +133,7 @@ mod tests {
 
     #[test]
     fn the_default_burst_is_one_seconds_worth() {
-        assert_eq!(RegistrationRate::per_minute(1000).burst, 17);
-        assert_eq!(RegistrationRate::per_minute(30).burst, 1);
+        assert_eq!(Rate::per_minute(1000).burst, 17);
+        assert_eq!(Rate::per_minute(30).burst, 1);
     }
 }

@@ -90,6 +90,7 @@ async fn serve(
     let route = route(&parts.method, &segments)?;
     authorize(dps, &parts)?;
     require_api_version(&parts.uri)?;
+    dps.admit_operation()?;
     let if_match = header(&parts.headers, http::header::IF_MATCH).map(str::to_owned);
     let if_match = if_match.as_deref();
     let method = parts.method.clone();

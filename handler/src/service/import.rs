@@ -27,6 +27,14 @@ pub fn parse_json(body: &[u8]) -> Result<Vec<ImportRow>, ServiceError> {
 const STORAGE_CONCURRENCY: usize = 32;
 /// DPS bulk calls in flight during an import.
 const DPS_CONCURRENCY: usize = 4;
+/// How long an import waits out DPS's throttling, all told. DPS admits 1,000 service operations
+/// a minute per unit (MicrosoftDocs/azure-docs includes/iot-dps-limits.md), which a large import
+/// reaches in seconds; a throttled chunk waits as DPS asks and is sent again. The budget keeps
+/// the answer well inside the host's 230 s limit on an HTTP function; rows still throttled then
+/// are answered `failed`, to be finished by importing again.
+const THROTTLE_BUDGET: std::time::Duration = std::time::Duration::from_secs(150);
+/// The wait when DPS throttles without saying how long.
+const THROTTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether a row's record could be written (and whether it took over an earlier attempt's).
 type Reservation = Result<(Stored, bool), ServiceError>;
@@ -131,10 +139,11 @@ impl Service {
 
         // DPS, ten at a time.
         let chunks: Vec<Vec<Reserved>> = pending.chunks(BULK_LIMIT).map(<[_]>::to_vec).collect();
+        let give_up_at = tokio::time::Instant::now() + THROTTLE_BUDGET;
         let answered: Vec<(Vec<Reserved>, BulkAnswer)> = stream::iter(chunks)
             .map(|chunk| async move {
                 let records: Vec<&DeviceRecord> = chunk.iter().map(|r| &r.stored.record).collect();
-                let outcome = self.dps.create_many(&records).await;
+                let outcome = self.create_paced(&records, give_up_at).await;
                 (chunk, outcome)
             })
             .buffer_unordered(DPS_CONCURRENCY)
@@ -228,5 +237,26 @@ impl Service {
             results.insert(row, entry);
         }
         results.into_values().collect()
+    }
+
+    /// One bulk create, sent again after the wait DPS asks for while it throttles, until
+    /// `give_up_at`.
+    async fn create_paced(
+        &self,
+        records: &[&DeviceRecord],
+        give_up_at: tokio::time::Instant,
+    ) -> BulkAnswer {
+        loop {
+            match self.dps.create_many(records).await {
+                Err(CloudError::Throttled { retry_after }) => {
+                    let wait = retry_after.map_or(THROTTLE_WAIT, std::time::Duration::from_secs);
+                    if tokio::time::Instant::now() + wait > give_up_at {
+                        return Err(CloudError::Throttled { retry_after });
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 }

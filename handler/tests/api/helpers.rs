@@ -127,6 +127,13 @@ pub async fn spawn_app_on(extra_hubs: &[(&str, &str)], overrides: &[(&str, &str)
     launch(config, state, table_prefix).await
 }
 
+/// Like [`spawn_app`] with the emulator's configuration adjusted (a DPS rate limit, say).
+pub async fn spawn_app_adjusted(adjust: impl FnOnce(&mut EmulatorConfig)) -> TestApp {
+    let (mut config, state, table_prefix) = app_config(&[], &[]);
+    adjust(&mut config);
+    launch(config, state, table_prefix).await
+}
+
 /// The emulator's configuration for a test app, its state folder and its tables' prefix.
 fn app_config(
     extra_hubs: &[(&str, &str)],

@@ -1,6 +1,6 @@
 //! Bulk import: a 1,000-row CRM export with bad rows mixed in, and a JSON array.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_adjusted};
 use reqwest::Method;
 use serde_json::json;
 
@@ -129,4 +129,43 @@ async fn a_json_array_imports_too_and_bad_bodies_are_refused_whole() {
         )
         .await;
     assert_eq!(refused.status, 415);
+}
+
+#[tokio::test]
+async fn an_import_faster_than_dps_admits_waits_out_the_throttling_and_enrolls_every_row() {
+    // DPS admits ten service calls a second here, five at once: the import's 40 bulk calls, four
+    // in flight, run into 429s within the first second (Azure: 1,000 a minute per unit).
+    let app = spawn_app_adjusted(|config| {
+        config.operation_rate = Some(emulator::dps::rate_limit::Rate {
+            per_minute: 600,
+            burst: 5,
+        });
+    })
+    .await;
+    let mut csv = String::from("Registration ID,Customer ID,Serial Number\n");
+    for i in 0..400 {
+        csv.push_str(&format!("paced-{i:03},acme,SN{i}\n"));
+    }
+    let answer = app
+        .send(
+            app.request(Method::POST, "/enrollments/import")
+                .header("content-type", "text/csv")
+                .body(csv),
+        )
+        .await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        &answer.text[..answer.text.len().min(500)]
+    );
+    let summary = &answer.body["summary"];
+    assert_eq!(summary["created"], 400, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(
+        app.emulator.dps().operations_throttled() > 0,
+        "DPS throttled the import, which waited"
+    );
+    let listed = app.get("/enrollments?customer=acme&pageSize=1000").await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 400);
 }

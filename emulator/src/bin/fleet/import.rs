@@ -7,10 +7,12 @@
 use super::admin::AdminApi;
 use super::Emulator;
 use anyhow::Context;
+use emulator::fleet::service::DpsService;
+use emulator::fleet::ClientError;
 use futures_util::{StreamExt, TryStreamExt};
 use iot_credentials::SharedAccessKey;
 use serde_json::{json, Value};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// DPS bulk calls the handler's import keeps in flight (handler/src/service/import.rs,
 /// `DPS_CONCURRENCY`).
@@ -41,7 +43,7 @@ pub async fn run(emulator: &Emulator, rows: usize, batch: usize) -> anyhow::Resu
                     })
                 })
                 .collect();
-            emulator.service.bulk_create(enrollments)
+            bulk_create_paced(&emulator.service, enrollments)
         })
         .buffer_unordered(IMPORT_DPS_IN_FLIGHT)
         .try_collect::<Vec<()>>()
@@ -89,4 +91,20 @@ pub async fn run(emulator: &Emulator, rows: usize, batch: usize) -> anyhow::Resu
         100.0 * rate / ceiling.max(f64::MIN_POSITIVE)
     );
     Ok(())
+}
+
+/// A bulk create, sent again a second after each 429 (a DPS with `--operation-rate`), as the
+/// handler's import waits out throttling.
+async fn bulk_create_paced(
+    service: &DpsService,
+    enrollments: Vec<Value>,
+) -> Result<(), ClientError> {
+    loop {
+        match service.bulk_create(enrollments.clone()).await {
+            Err(ClientError::Refused { status: 429, .. }) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }
