@@ -23,7 +23,9 @@ pub fn parse_json(body: &[u8]) -> Result<Vec<ImportRow>, ServiceError> {
     Ok(enrollment_input::import::parse_json(body)?)
 }
 
-/// Storage writes in flight during an import.
+/// Chunks of [`BULK_LIMIT`] rows in flight during an import.
+const CHUNKS_IN_FLIGHT: usize = 8;
+/// Storage writes in flight during an import, across its chunks (more made Azurite time out).
 const STORAGE_CONCURRENCY: usize = 32;
 /// DPS bulk calls in flight during an import.
 const DPS_CONCURRENCY: usize = 4;
@@ -40,6 +42,12 @@ const THROTTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 type Reservation = Result<(Stored, bool), ServiceError>;
 /// DPS's answer for one chunk.
 type BulkAnswer = Result<Vec<BulkOutcome>, CloudError>;
+
+/// What an import's chunks share: how many DPS calls and storage writes may be in flight.
+struct Limits {
+    dps_calls: tokio::sync::Semaphore,
+    storage_writes: tokio::sync::Semaphore,
+}
 
 /// A row whose record is written with its intent, awaiting DPS.
 #[derive(Clone)]
@@ -95,13 +103,46 @@ impl Service {
             }
         }
 
+        // Each chunk of ten rows goes through its steps on its own (records written with their
+        // intent, the DPS bulk call, the intents cleared), several chunks at once, so storage
+        // work for some overlaps others waiting on DPS (which a large import keeps throttled).
+        let limits = Limits {
+            dps_calls: tokio::sync::Semaphore::new(DPS_CONCURRENCY),
+            storage_writes: tokio::sync::Semaphore::new(STORAGE_CONCURRENCY),
+        };
+        let give_up_at = tokio::time::Instant::now() + THROTTLE_BUDGET;
+        let chunks: Vec<Vec<(usize, DeviceRecord)>> =
+            valid.chunks(BULK_LIMIT).map(<[_]>::to_vec).collect();
+        let done: Vec<Vec<RowResult>> = stream::iter(chunks)
+            .map(|chunk| self.import_chunk(chunk, &limits, give_up_at))
+            .buffer_unordered(CHUNKS_IN_FLIGHT)
+            .collect()
+            .await;
+        for entry in done.into_iter().flatten() {
+            results.insert(entry.row, entry);
+        }
+        results.into_values().collect()
+    }
+
+    /// One chunk of at most [`BULK_LIMIT`] valid rows: their records written with the intent,
+    /// one DPS bulk call (at most [`DPS_CONCURRENCY`] of them in flight across chunks), then the
+    /// intents cleared. Answers a result for every row.
+    async fn import_chunk(
+        &self,
+        rows: Vec<(usize, DeviceRecord)>,
+        limits: &Limits,
+        give_up_at: tokio::time::Instant,
+    ) -> Vec<RowResult> {
+        let mut results: BTreeMap<usize, RowResult> = BTreeMap::new();
         // Reserve the records (intent: pending create).
-        let reserved: Vec<(usize, DeviceRecord, Reservation)> = stream::iter(valid)
+        let reserved: Vec<(usize, DeviceRecord, Reservation)> = stream::iter(rows)
             .map(|(row, record)| async move {
+                // The semaphores are never closed: a permit always comes.
+                let _permit = limits.storage_writes.acquire().await;
                 let outcome = self.reserve(&record).await;
                 (row, record, outcome)
             })
-            .buffer_unordered(STORAGE_CONCURRENCY)
+            .buffer_unordered(BULK_LIMIT)
             .collect()
             .await;
         let mut pending: Vec<Reserved> = Vec::new();
@@ -137,18 +178,16 @@ impl Service {
         }
         pending.sort_by_key(|r| r.row);
 
-        // DPS, ten at a time.
-        let chunks: Vec<Vec<Reserved>> = pending.chunks(BULK_LIMIT).map(<[_]>::to_vec).collect();
-        let give_up_at = tokio::time::Instant::now() + THROTTLE_BUDGET;
-        let answered: Vec<(Vec<Reserved>, BulkAnswer)> = stream::iter(chunks)
-            .map(|chunk| async move {
-                let records: Vec<&DeviceRecord> = chunk.iter().map(|r| &r.stored.record).collect();
-                let outcome = self.create_paced(&records, give_up_at).await;
-                (chunk, outcome)
-            })
-            .buffer_unordered(DPS_CONCURRENCY)
-            .collect()
-            .await;
+        if pending.is_empty() {
+            return results.into_values().collect();
+        }
+        // DPS, one bulk call for the chunk.
+        let outcome = {
+            let records: Vec<&DeviceRecord> = pending.iter().map(|r| &r.stored.record).collect();
+            let _permit = limits.dps_calls.acquire().await;
+            self.create_paced(&records, give_up_at).await
+        };
+        let answered: Vec<(Vec<Reserved>, BulkAnswer)> = vec![(pending, outcome)];
 
         let mut to_complete = Vec::new();
         for (chunk, outcome) in answered {
@@ -215,12 +254,13 @@ impl Service {
                             .await
                             .map_err(ServiceError::dps)?;
                     }
+                    let _permit = limits.storage_writes.acquire().await;
                     self.complete(&r.stored).await.map(|_| ())
                 }
                 .await;
                 (r.row, id, outcome)
             })
-            .buffer_unordered(STORAGE_CONCURRENCY)
+            .buffer_unordered(BULK_LIMIT)
             .collect()
             .await;
         for (row, id, outcome) in completed {

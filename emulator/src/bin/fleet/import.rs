@@ -68,6 +68,13 @@ pub async fn run(emulator: &Emulator, rows: usize, batch: usize) -> anyhow::Resu
         let made = summary["created"].as_u64().unwrap_or(0);
         created += made;
         other += part.len() as u64 - made;
+        // A row not created is a finding: say which and why.
+        if let Some(first) = answer["results"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["result"] != "created"))
+        {
+            eprintln!("not created: {first} (summary {summary})");
+        }
     }
     let elapsed = started.elapsed();
     let rate = created as f64 / elapsed.as_secs_f64();
