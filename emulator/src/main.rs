@@ -176,24 +176,12 @@ fn config(args: Args) -> anyhow::Result<EmulatorConfig> {
     }
     config.registration_retry_after = Duration::from_secs(args.registration_retry_after);
     config.event_retention = args.event_retention;
-    if args.registration_rate > 0 {
-        let mut rate = Rate::per_minute(args.registration_rate);
-        if let Some(burst) = args.registration_burst {
-            rate.burst = burst.max(1);
-        }
-        config.registration_rate = Some(rate);
-    } else if args.registration_burst.is_some() {
-        bail!("--registration-burst needs --registration-rate");
-    }
-    if args.operation_rate > 0 {
-        let mut rate = Rate::per_minute(args.operation_rate);
-        if let Some(burst) = args.operation_burst {
-            rate.burst = burst.max(1);
-        }
-        config.operation_rate = Some(rate);
-    } else if args.operation_burst.is_some() {
-        bail!("--operation-burst needs --operation-rate");
-    }
+    config.registration_rate = rate_limit(
+        args.registration_rate,
+        args.registration_burst,
+        "registration",
+    )?;
+    config.operation_rate = rate_limit(args.operation_rate, args.operation_burst, "operation")?;
     if !args.routes.is_empty() {
         config.routes = args
             .routes
@@ -268,4 +256,19 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A rate limit from `--{name}-rate` (per minute; 0 is none) and `--{name}-burst`.
+fn rate_limit(per_minute: u32, burst: Option<u32>, name: &str) -> anyhow::Result<Option<Rate>> {
+    match (per_minute, burst) {
+        (0, None) => Ok(None),
+        (0, Some(_)) => bail!("--{name}-burst needs --{name}-rate"),
+        (per_minute, burst) => {
+            let mut rate = Rate::per_minute(per_minute);
+            if let Some(burst) = burst {
+                rate.burst = burst.max(1);
+            }
+            Ok(Some(rate))
+        }
+    }
 }
