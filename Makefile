@@ -12,9 +12,14 @@ CONFORMANCE := emulator/conformance
 ## conformance suite, and schemathesis over the admin API
 test: lint unit api-test scripts-test infra-test conformance
 
+# ShellCheck (Debian's package, installed when missing) over every shell script, at warning level.
+SHELL_SCRIPTS := $(wildcard scripts/*.sh) infra/tests/run.sh emulator/conformance/run.sh .ci/run
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	scripts/test-tools.sh shellcheck
+	shellcheck -x -S warning $(SHELL_SCRIPTS)
 
 # The handler's API tests need Table Storage: an in-memory Azurite on a free port, from the
 # committed lockfile, stopped afterwards.

@@ -1,3 +1,6 @@
+# shellcheck shell=bash
+# The variables this sets are read by the scripts that source it.
+# shellcheck disable=SC2034
 # Sourced by the scripts: start Azurite's Table service from the committed lockfile.
 
 AZURITE_DIR=emulator/azurite

@@ -1,3 +1,6 @@
+# shellcheck shell=bash
+# The variables this sets are read by the scripts that source it.
+# shellcheck disable=SC2034
 # Shared by the scripts: start an emulator and wait for its readiness signal.
 
 # wait_ready STATE_DIR PID: waits (bounded) until STATE_DIR/endpoints.json exists, which the

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Makes sure the Debian packages the tests drive are installed: Chromium and ChromeDriver (the
-# portal's browser tests), strace (the package test watches which files the packaged handler
-# opens) and tmux (dpsctl's import is watched in a real terminal). Installs what is missing
-# when this runs as root (as CI does); otherwise says what to
-# install.
+# test-tools.sh [TOOL...]: makes sure the Debian packages the tests and lints drive are
+# installed: Chromium and ChromeDriver (the portal's browser tests), strace (the package test
+# watches which files the packaged handler opens), tmux (dpsctl's import is watched in a real
+# terminal) and ShellCheck (`make lint` checks the scripts); only the TOOLs named, when given.
+# Installs what is missing when this runs as root (as CI does); otherwise says what to install.
 set -euo pipefail
+# Each command and the Debian package that has it.
+declare -A package=([chromium]=chromium [chromedriver]=chromium-driver [strace]=strace [tmux]=tmux [shellcheck]=shellcheck)
+tools=("$@")
+[[ ${#tools[@]} -gt 0 ]] || tools=(chromium chromedriver strace tmux shellcheck)
 missing=()
-command -v chromium >/dev/null || missing+=(chromium)
-command -v chromedriver >/dev/null || missing+=(chromium-driver)
-command -v strace >/dev/null || missing+=(strace)
-command -v tmux >/dev/null || missing+=(tmux)
+for tool in "${tools[@]}"; do
+  [[ -n ${package[$tool]:-} ]] || { echo "test-tools.sh: unknown tool $tool" >&2; exit 2; }
+  command -v "$tool" >/dev/null || missing+=("${package[$tool]}")
+done
 if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0
 fi
@@ -22,5 +26,5 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
   }
   exit 0
 fi
-echo "The tests need these Debian packages: sudo apt-get install ${missing[*]}" >&2
+echo "These Debian packages are needed: sudo apt-get install ${missing[*]}" >&2
 exit 1
