@@ -74,6 +74,9 @@ api=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api"]["ba
 key=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api"]["functionKey"])' "$endpoints")
 device=$(DPSCTL_ENDPOINTS=$endpoints target/debug/dpsctl list devices --output csv | sed -n 2p | cut -d, -f1)
 device=${device:-<device id>}
+# Ctrl-C ends the wait; the EXIT trap then stops everything this script started. The trap goes in
+# before the text below: whoever reads "until you press Ctrl-C" may press it at once.
+trap 'echo; echo "Stopping..."; exit 0' INT TERM
 cat <<TEXT
 
 Everything keeps running until you press Ctrl-C (this run's development keys only):
@@ -90,8 +93,6 @@ Try dpsctl, the administrator's command line, from another terminal in $(pwd):
   target/debug/dpsctl enroll my-device --customer contoso --serial SN-2 --model TX-100
   target/debug/dpsctl code my-device
 TEXT
-# Ctrl-C ends the wait; the EXIT trap then stops everything this script started.
-trap 'echo; echo "Stopping..."; exit 0' INT TERM
 sleep infinity &
 stay_pid=$!
 wait "$stay_pid" || true
