@@ -12,7 +12,8 @@ CONFORMANCE := emulator/conformance
 ## conformance suite, and schemathesis over the admin API
 test: lint unit api-test scripts-test infra-test conformance
 
-# ShellCheck (Debian's package, installed when missing) over every shell script, at warning level.
+# ShellCheck (Debian's package, installed when missing) over every shell script, at warning level;
+# cargo-deny (built once into .local/tools) over the dependency tree: licenses, duplicates, sources.
 SHELL_SCRIPTS := $(wildcard scripts/*.sh) infra/tests/run.sh emulator/conformance/run.sh .ci/run
 
 lint:
@@ -20,6 +21,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	scripts/test-tools.sh shellcheck
 	shellcheck -x -S warning $(SHELL_SCRIPTS)
+	scripts/cargo-deny.sh
 
 # The handler's API tests need Table Storage: an in-memory Azurite on a free port, from the
 # committed lockfile, stopped afterwards.
