@@ -10,6 +10,7 @@ use azure_core::{RetryOptions, TransportOptions};
 use azure_data_tables::clients::TableServiceClientBuilder;
 use azure_storage::{CloudLocation, StorageCredentials};
 use iot_credentials::StorageConnectionString;
+use iot_io::https::{client_builder, Timeouts};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -100,27 +101,18 @@ impl TableRegistry {
 
 /// The HTTP client storage calls go through: pooled, with a bound on every call.
 pub fn http_client() -> reqwest::Client {
-    storage_client_builder().build().unwrap_or_default()
+    http_client_trusting(None).unwrap_or_default()
 }
 
 /// [`http_client`] trusting the CA in `extra_ca_pem` too (the emulator's, for Azurite over
 /// HTTPS). The managed identity's tokens are fetched through it as well.
 pub fn http_client_trusting(extra_ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
-    let mut builder = storage_client_builder();
-    if let Some(pem) = extra_ca_pem {
-        for certificate in
-            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?
-        {
-            builder = builder.add_root_certificate(certificate);
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
-}
-
-fn storage_client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(3))
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(3),
+        request: Duration::from_secs(10),
+    };
+    client_builder(extra_ca_pem, timeouts)?
         .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())
 }
