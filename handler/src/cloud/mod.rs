@@ -10,6 +10,7 @@ pub mod dps;
 pub mod fake;
 pub mod hub;
 
+use iot_io::https::{client_builder, Timeouts};
 use std::time::Duration;
 
 /// What a call to DPS or IoT Hub can fail with, in terms the service layer acts on.
@@ -51,19 +52,14 @@ pub enum CloudError {
 /// The HTTPS client DPS and hub calls go through: pooled, bounded, trusting the public roots and
 /// the extra CA of the configuration (the emulator's, in development).
 pub fn https_client(extra_ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .timeout(Duration::from_secs(90))
-        .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(60));
-    if let Some(pem) = extra_ca_pem {
-        for certificate in
-            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?
-        {
-            builder = builder.add_root_certificate(certificate);
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        request: Duration::from_secs(90),
+    };
+    client_builder(extra_ca_pem, timeouts)?
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// A response read in full: status, the headers the mapping needs, body text.

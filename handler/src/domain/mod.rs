@@ -6,8 +6,8 @@ pub mod bounded;
 pub mod events;
 /// Identifiers (shared with dpsctl through the enrollment-input crate).
 pub use enrollment_input::ids;
+pub mod hub_report;
 pub mod journal;
-pub mod live;
 pub mod record;
 pub mod rotation;
 pub mod summary;

@@ -2,8 +2,8 @@
 //! registered. Stored as one row; the API shows it in two views (enrollment and device).
 
 use super::bounded;
+use super::hub_report::HubReport;
 use super::ids::{CustomerId, DeviceId, HubName, RegistrationId};
-use super::live::Live;
 use super::rotation::{CompletedRotation, KeyRotation, KeySlot};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
@@ -144,8 +144,8 @@ pub struct DeviceRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_checked_at: Option<String>,
     /// What IoT Hub's events told: hub identities, connection, reported properties, last seen.
-    #[serde(default, skip_serializing_if = "Live::is_empty")]
-    pub live: Live,
+    #[serde(default, skip_serializing_if = "HubReport::is_empty")]
+    pub live: HubReport,
     /// The enrollment key slot the device holds (primary until a rotation moves it).
     #[serde(default, skip_serializing_if = "KeySlot::is_primary")]
     pub key_slot: KeySlot,
@@ -195,7 +195,7 @@ impl DeviceRecord {
     }
 
     /// The connection to the hub the device is on, as connection events reported it.
-    pub fn connection(&self) -> Option<&super::live::ConnectionState> {
+    pub fn connection(&self) -> Option<&super::hub_report::ConnectionState> {
         self.assigned_hub()
             .and_then(|hub| self.live.connections.get(hub))
     }
@@ -358,7 +358,7 @@ pub(crate) mod tests {
             sync: DpsSync::Complete,
             registration: None,
             registration_checked_at: None,
-            live: Live::default(),
+            live: HubReport::default(),
             key_slot: KeySlot::Primary,
             key_rotation: None,
             last_key_rotation: None,
@@ -396,7 +396,7 @@ pub(crate) mod tests {
     #[test]
     fn a_record_near_the_limit_cuts_its_reported_values_to_fit() {
         use crate::domain::events::Stamp;
-        use crate::domain::live::ReportedValue;
+        use crate::domain::hub_report::ReportedValue;
         let mut record = sample("d1");
         record
             .asset

@@ -9,7 +9,7 @@
 //! The registry never stores a key: the new key lives in DPS until the device has it.
 
 use super::events::Stamp;
-use super::live::Live;
+use super::hub_report::HubReport;
 use serde::{Deserialize, Serialize};
 
 /// The reported property a device answers a rotation with (`{"id", "status", "at"}`).
@@ -116,7 +116,7 @@ impl KeyRotation {
 
     /// Whether the device has reported this rotation done (its `keyRotation` reported property
     /// names this id with status `completed`).
-    pub fn reported_done(&self, live: &Live) -> bool {
+    pub fn reported_done(&self, live: &HubReport) -> bool {
         live.reported.get(REPORTED_PROPERTY).is_some_and(|kept| {
             kept.value["id"].as_str() == Some(self.id.as_str())
                 && kept.value["status"].as_str() == Some("completed")
@@ -139,13 +139,13 @@ pub struct CompletedRotation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::live::ReportedValue;
+    use crate::domain::hub_report::ReportedValue;
     use serde_json::json;
 
     #[test]
     fn a_rotation_is_done_only_when_the_device_reports_its_own_id_completed() {
         let rotation = KeyRotation::start(KeySlot::Secondary);
-        let mut live = Live::default();
+        let mut live = HubReport::default();
         assert!(!rotation.reported_done(&live));
         let report = |value| ReportedValue {
             value,

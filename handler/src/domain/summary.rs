@@ -166,7 +166,7 @@ impl DeviceRecord {
 mod tests {
     use super::*;
     use crate::domain::events::{Change, ConnectionSequence};
-    use crate::domain::live::tests::event;
+    use crate::domain::hub_report::tests::event;
     use crate::domain::record::tests::sample;
     use serde_json::json;
 

@@ -111,7 +111,7 @@ pub fn record_of(request: NewEnrollment, service: &Service) -> Result<DeviceReco
         registration: None,
         // Nothing can have registered yet: reads need not ask DPS for a while.
         registration_checked_at: Some(stamp.clone()),
-        live: crate::domain::live::Live::default(),
+        live: crate::domain::hub_report::HubReport::default(),
         key_slot: Default::default(),
         key_rotation: None,
         last_key_rotation: None,

@@ -126,7 +126,7 @@ fn provisioning_status(record: &DeviceRecord) -> (Status, Option<String>) {
 
 /// Whether `event` reports a twin version other than the one the record keeps for its
 /// properties: a report that is not a repeat, though it may be older than what is kept.
-fn superseded_report(live: &crate::domain::live::Live, event: &HubEvent) -> bool {
+fn superseded_report(live: &crate::domain::hub_report::HubReport, event: &HubEvent) -> bool {
     let Change::Twin {
         reported: Some((values, version)),
         ..

@@ -72,14 +72,49 @@ fn result(
     }
 }
 
+/// Results by row number: every step adds the rows it finished.
+type Results = BTreeMap<usize, RowResult>;
+
+/// A row the DPS enrollment holds, whose record's intent is left to clear (after updating the
+/// enrollment first, when an earlier attempt's record was taken over).
+type ToComplete = (Reserved, bool);
+
 impl Service {
     /// `POST /api/enrollments/import`: enrolls every valid row; answers one result per row, in
     /// row order.
     pub async fn import(&self, rows: Vec<ImportRow>) -> Vec<RowResult> {
-        let mut results: BTreeMap<usize, RowResult> = BTreeMap::new();
-        // Validate, and refuse ids a file repeats (the second would overwrite the first).
+        let mut results = Results::new();
+        let valid = self.validate_rows(rows, &mut results);
+        // Each chunk of ten rows goes through its steps on its own (records written with their
+        // intent, the DPS bulk call, the intents cleared), several chunks at once, so storage
+        // work for some overlaps others waiting on DPS (which a large import keeps throttled).
+        let limits = Limits {
+            dps_calls: tokio::sync::Semaphore::new(DPS_CONCURRENCY),
+            storage_writes: tokio::sync::Semaphore::new(STORAGE_CONCURRENCY),
+        };
+        let give_up_at = tokio::time::Instant::now() + THROTTLE_BUDGET;
+        let chunks: Vec<Vec<(usize, DeviceRecord)>> =
+            valid.chunks(BULK_LIMIT).map(<[_]>::to_vec).collect();
+        let done: Vec<Vec<RowResult>> = stream::iter(chunks)
+            .map(|chunk| self.import_chunk(chunk, &limits, give_up_at))
+            .buffer_unordered(CHUNKS_IN_FLIGHT)
+            .collect()
+            .await;
+        for entry in done.into_iter().flatten() {
+            results.insert(entry.row, entry);
+        }
+        results.into_values().collect()
+    }
+
+    /// The rows that make a valid record, in order; the others answered `invalid`. Ids a file
+    /// repeats are refused (the second would overwrite the first).
+    fn validate_rows(
+        &self,
+        rows: Vec<ImportRow>,
+        results: &mut Results,
+    ) -> Vec<(usize, DeviceRecord)> {
         let mut repeats = Repeats::default();
-        let mut valid: Vec<(usize, DeviceRecord)> = Vec::new();
+        let mut valid = Vec::new();
         for row in rows {
             let record = row
                 .input
@@ -102,26 +137,7 @@ impl Service {
                 }
             }
         }
-
-        // Each chunk of ten rows goes through its steps on its own (records written with their
-        // intent, the DPS bulk call, the intents cleared), several chunks at once, so storage
-        // work for some overlaps others waiting on DPS (which a large import keeps throttled).
-        let limits = Limits {
-            dps_calls: tokio::sync::Semaphore::new(DPS_CONCURRENCY),
-            storage_writes: tokio::sync::Semaphore::new(STORAGE_CONCURRENCY),
-        };
-        let give_up_at = tokio::time::Instant::now() + THROTTLE_BUDGET;
-        let chunks: Vec<Vec<(usize, DeviceRecord)>> =
-            valid.chunks(BULK_LIMIT).map(<[_]>::to_vec).collect();
-        let done: Vec<Vec<RowResult>> = stream::iter(chunks)
-            .map(|chunk| self.import_chunk(chunk, &limits, give_up_at))
-            .buffer_unordered(CHUNKS_IN_FLIGHT)
-            .collect()
-            .await;
-        for entry in done.into_iter().flatten() {
-            results.insert(entry.row, entry);
-        }
-        results.into_values().collect()
+        valid
     }
 
     /// One chunk of at most [`BULK_LIMIT`] valid rows: their records written with the intent,
@@ -133,8 +149,30 @@ impl Service {
         limits: &Limits,
         give_up_at: tokio::time::Instant,
     ) -> Vec<RowResult> {
-        let mut results: BTreeMap<usize, RowResult> = BTreeMap::new();
-        // Reserve the records (intent: pending create).
+        let mut results = Results::new();
+        let pending = self.reserve_rows(rows, limits, &mut results).await;
+        if pending.is_empty() {
+            return results.into_values().collect();
+        }
+        // DPS, one bulk call for the chunk.
+        let answer = {
+            let records: Vec<&DeviceRecord> = pending.iter().map(|r| &r.stored.record).collect();
+            let _permit = limits.dps_calls.acquire().await;
+            self.create_paced(&records, give_up_at).await
+        };
+        let to_complete = self.settle_answer(pending, answer, &mut results).await;
+        self.clear_intents(to_complete, limits, &mut results).await;
+        results.into_values().collect()
+    }
+
+    /// Writes each row's record with its intent (pending create); the rows reserved, in row
+    /// order, and the others answered.
+    async fn reserve_rows(
+        &self,
+        rows: Vec<(usize, DeviceRecord)>,
+        limits: &Limits,
+        results: &mut Results,
+    ) -> Vec<Reserved> {
         let reserved: Vec<(usize, DeviceRecord, Reservation)> = stream::iter(rows)
             .map(|(row, record)| async move {
                 // The semaphores are never closed: a permit always comes.
@@ -177,73 +215,78 @@ impl Service {
             }
         }
         pending.sort_by_key(|r| r.row);
+        pending
+    }
 
-        if pending.is_empty() {
-            return results.into_values().collect();
-        }
-        // DPS, one bulk call for the chunk.
-        let outcome = {
-            let records: Vec<&DeviceRecord> = pending.iter().map(|r| &r.stored.record).collect();
-            let _permit = limits.dps_calls.acquire().await;
-            self.create_paced(&records, give_up_at).await
-        };
-        let answered: Vec<(Vec<Reserved>, BulkAnswer)> = vec![(pending, outcome)];
-
-        let mut to_complete = Vec::new();
-        for (chunk, outcome) in answered {
-            let outcomes = match outcome {
-                Ok(outcomes) if outcomes.len() == chunk.len() => outcomes,
-                Ok(_) | Err(_) => {
-                    let reason = match outcome {
-                        Err(e) => ServiceError::dps(e).to_string(),
-                        Ok(_) => {
-                            "DPS answered a bulk result that does not match the request".into()
-                        }
-                    };
-                    for r in chunk {
-                        let message = format!("{reason}; retry the import to finish this row");
-                        results.insert(
+    /// Applies DPS's answer for the chunk: rows DPS enrolled are left to complete; rows it
+    /// refused, or already had unknown to the registry, have their reservation abandoned. A
+    /// failed call, or an answer that does not match the request, fails every row.
+    async fn settle_answer(
+        &self,
+        chunk: Vec<Reserved>,
+        answer: BulkAnswer,
+        results: &mut Results,
+    ) -> Vec<ToComplete> {
+        let outcomes = match answer {
+            Ok(outcomes) if outcomes.len() == chunk.len() => outcomes,
+            Ok(_) | Err(_) => {
+                let reason = match answer {
+                    Err(e) => ServiceError::dps(e).to_string(),
+                    Ok(_) => "DPS answered a bulk result that does not match the request".into(),
+                };
+                for r in chunk {
+                    let message = format!("{reason}; retry the import to finish this row");
+                    results.insert(
+                        r.row,
+                        result(
                             r.row,
-                            result(
-                                r.row,
-                                Some(r.stored.record.registration_id.to_string()),
-                                Outcome::Failed,
-                                Some(message),
-                            ),
-                        );
-                    }
-                    continue;
+                            Some(r.stored.record.registration_id.to_string()),
+                            Outcome::Failed,
+                            Some(message),
+                        ),
+                    );
                 }
-            };
-            for (r, outcome) in chunk.into_iter().zip(outcomes) {
-                let id = Some(r.stored.record.registration_id.to_string());
-                match outcome {
-                    BulkOutcome::Created => to_complete.push((r, false)),
-                    BulkOutcome::Exists if r.taken_over => to_complete.push((r, true)),
-                    BulkOutcome::Exists => {
-                        self.abandon(&r.stored).await;
-                        let message =
-                            "DPS already has this enrollment, but the registry does not know it"
-                                .to_owned();
-                        results.insert(r.row, result(r.row, id, Outcome::Exists, Some(message)));
-                    }
-                    BulkOutcome::Refused(message) => {
-                        self.abandon(&r.stored).await;
-                        results.insert(
+                return Vec::new();
+            }
+        };
+        let mut to_complete = Vec::new();
+        for (r, outcome) in chunk.into_iter().zip(outcomes) {
+            let id = Some(r.stored.record.registration_id.to_string());
+            match outcome {
+                BulkOutcome::Created => to_complete.push((r, false)),
+                BulkOutcome::Exists if r.taken_over => to_complete.push((r, true)),
+                BulkOutcome::Exists => {
+                    self.abandon(&r.stored).await;
+                    let message =
+                        "DPS already has this enrollment, but the registry does not know it"
+                            .to_owned();
+                    results.insert(r.row, result(r.row, id, Outcome::Exists, Some(message)));
+                }
+                BulkOutcome::Refused(message) => {
+                    self.abandon(&r.stored).await;
+                    results.insert(
+                        r.row,
+                        result(
                             r.row,
-                            result(
-                                r.row,
-                                id,
-                                Outcome::Invalid,
-                                Some(format!("DPS refused it: {message}")),
-                            ),
-                        );
-                    }
+                            id,
+                            Outcome::Invalid,
+                            Some(format!("DPS refused it: {message}")),
+                        ),
+                    );
                 }
             }
         }
+        to_complete
+    }
 
-        // Clear the intents.
+    /// Clears the intents of the rows DPS holds: each is `created`, finished now or later by
+    /// repair when clearing fails.
+    async fn clear_intents(
+        &self,
+        to_complete: Vec<ToComplete>,
+        limits: &Limits,
+        results: &mut Results,
+    ) {
         let completed: Vec<(usize, String, Result<(), ServiceError>)> = stream::iter(to_complete)
             .map(|(r, update_first)| async move {
                 let id = r.stored.record.registration_id.to_string();
@@ -276,7 +319,6 @@ impl Service {
             };
             results.insert(row, entry);
         }
-        results.into_values().collect()
     }
 
     /// One bulk create, sent again after the wait DPS asks for while it throttles, until

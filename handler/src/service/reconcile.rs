@@ -9,7 +9,7 @@ use crate::cloud::CloudError;
 use crate::domain::events::{
     reported_section, Change, ConnectionSequence, EventKey, HubEvent, Stamp,
 };
-use crate::domain::live::{ConnectionState, Presence};
+use crate::domain::hub_report::{ConnectionState, Presence};
 use crate::domain::{DpsSync, Filter};
 use crate::storage::{StoreError, Stored};
 use futures_util::stream::{self, StreamExt};

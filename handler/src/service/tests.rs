@@ -598,7 +598,7 @@ async fn a_failed_history_write_does_not_fail_the_enrollment() {
 #[tokio::test]
 async fn a_valid_change_to_a_record_full_of_reports_cuts_the_reports_rather_than_failing() {
     use crate::domain::events::Stamp;
-    use crate::domain::live::ReportedValue;
+    use crate::domain::hub_report::ReportedValue;
     let w = world();
     w.service.enroll(request("dev-1")).await.unwrap();
     let stored = record(&w, "dev-1").await.unwrap();
@@ -649,7 +649,7 @@ async fn report_rotation_done(w: &World, id: &str, rotation_id: &str) -> crate::
     let mut reported = stored.record.clone();
     reported.live.reported.insert(
         crate::domain::rotation::REPORTED_PROPERTY.into(),
-        crate::domain::live::ReportedValue {
+        crate::domain::hub_report::ReportedValue {
             value: json!({ "id": rotation_id, "status": "completed" }),
             version: 7,
             at: crate::domain::events::Stamp::now(),

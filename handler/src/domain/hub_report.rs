@@ -58,10 +58,10 @@ impl ReportedValue {
     }
 }
 
-/// The event-fed state of a device.
+/// What IoT Hub reports about a device, merged from its events (kept in the record as `live`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Live {
+pub struct HubReport {
     /// Identity per hub (host name).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub identities: BTreeMap<String, Presence>,
@@ -76,10 +76,10 @@ pub struct Live {
     pub last_seen: Option<Stamp>,
 }
 
-impl Live {
+impl HubReport {
     /// Whether events have told anything yet.
     pub fn is_empty(&self) -> bool {
-        *self == Live::default()
+        *self == HubReport::default()
     }
 
     /// Applies one event; true if anything changed.
@@ -288,7 +288,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_story_of_a_reprovisioned_device_ends_on_its_new_hub() {
-        let mut live = Live::default();
+        let mut live = HubReport::default();
         for e in story() {
             live.apply(&e);
         }
@@ -304,7 +304,7 @@ pub(crate) mod tests {
     #[test]
     fn any_order_and_any_repetition_give_the_same_state() {
         let events = story();
-        let mut expected = Live::default();
+        let mut expected = HubReport::default();
         for e in &events {
             expected.apply(e);
         }
@@ -319,7 +319,7 @@ pub(crate) mod tests {
             if shift % 2 == 1 {
                 order.reverse();
             }
-            let mut live = Live::default();
+            let mut live = HubReport::default();
             for e in order.iter().chain(order.iter()) {
                 live.apply(e);
             }
@@ -342,7 +342,7 @@ pub(crate) mod tests {
             )),
             replaced: false,
         };
-        let mut live = Live::default();
+        let mut live = HubReport::default();
         assert!(live.apply(&event("hub-1", 1, 1, report.clone())));
         let kept = &live.reported["status"];
         assert!(super::super::bounded::json_len(&kept.value) <= 4096);
@@ -358,7 +358,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_stale_disconnect_does_not_undo_a_newer_connect() {
-        let mut live = Live::default();
+        let mut live = HubReport::default();
         live.apply(&event("hub-1", 1, 1, Change::Created { reported: None }));
         live.apply(&event("hub-1", 3, 9, connected(7)));
         live.apply(&event("hub-1", 2, 2, disconnected(6)));
