@@ -4,8 +4,9 @@
 
 use super::reports::{apply_desired, connect_report, diagnostics, now};
 use super::session::Session;
-use super::{jittered, End, FIRST_BACKOFF, MAX_BACKOFF};
+use super::{End, FIRST_BACKOFF, MAX_BACKOFF};
 use crate::assignment::Assignment;
+use crate::backoff;
 use crate::rotation;
 use rumqttc::Publish;
 use serde_json::{json, Map, Value};
@@ -186,7 +187,7 @@ impl Session<'_> {
                     Duration::from_millis(shared.rotation_backoff_ms.load(Ordering::Relaxed));
                 let next = (wait * 2).min(MAX_BACKOFF).as_millis() as u64;
                 shared.rotation_backoff_ms.store(next, Ordering::Relaxed);
-                let wait = jittered(wait);
+                let wait = backoff::spread(wait);
                 tracing::warn!(
                     %reason,
                     retry_in_ms = wait.as_millis() as u64,

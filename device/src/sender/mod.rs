@@ -23,6 +23,7 @@ mod session;
 mod token_renewal;
 
 use crate::assignment::StateDir;
+use crate::backoff;
 use crate::outbox::{Message, Outbox};
 use crate::provision::{tls_config, DeviceInfo, Provisioner};
 use crate::rotation;
@@ -150,12 +151,6 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-fn jittered(base: Duration) -> Duration {
-    let mut byte = [0u8; 2];
-    let _ = getrandom::fill(&mut byte);
-    base.mul_f64(0.5 + f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX))
-}
-
 /// Accepts a telemetry message every interval until shutdown; offline too.
 async fn produce(shared: Arc<Shared>, mut source: Source, mut shutdown: watch::Receiver<bool>) {
     let boot = format!("{:x}", unix_now());
@@ -242,7 +237,7 @@ pub async fn run(
             }
             End::Reassigned => backoff = FIRST_BACKOFF,
             End::Failed(reason) => {
-                let wait = jittered(backoff);
+                let wait = backoff::spread(backoff);
                 tracing::warn!(%reason, retry_in_ms = wait.as_millis() as u64, "the connection to the hub failed; retrying");
                 tokio::select! {
                     _ = stopped(&mut shutdown) => break,
