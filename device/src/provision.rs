@@ -158,20 +158,17 @@ fn webpki_roots() -> Vec<rustls_pki_types::TrustAnchor<'static>> {
     webpki_roots::TLS_SERVER_ROOTS.to_vec()
 }
 
+/// How long the device waits for DPS: to connect, and for a whole call.
+const DPS_TIMEOUTS: iot_io::https::Timeouts = iot_io::https::Timeouts {
+    connect: Duration::from_secs(10),
+    request: Duration::from_secs(30),
+};
+
 /// An HTTPS client trusting the public roots and the extra CA.
 pub fn https_client(extra_ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30));
-    if let Some(pem) = extra_ca_pem {
-        for certificate in
-            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?
-        {
-            builder = builder.add_root_certificate(certificate);
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
+    iot_io::https::client_builder(extra_ca_pem, DPS_TIMEOUTS)?
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The registration SAS token (resource `{scope}/registrations/{id}`, key name `registration`).
