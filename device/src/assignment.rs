@@ -6,7 +6,6 @@
 use iot_credentials::SharedAccessKey;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// File name inside the state directory.
@@ -182,8 +181,8 @@ impl StateDir {
         }))
     }
 
-    /// Stores an assignment: written to a new file (owner-only), flushed, then renamed over the
-    /// old one, so a crash leaves either the old state or the new, never half of one.
+    /// Stores an assignment, owner-only, atomically and durably (`iot_io::atomic_file`): a crash
+    /// leaves either the old state or the new, never half of one.
     pub fn save(&self, assignment: &Assignment) -> Result<(), StateError> {
         fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
         let stored = Stored {
@@ -203,34 +202,10 @@ impl StateDir {
         };
         let text =
             serde_json::to_vec_pretty(&stored).map_err(|e| self.io(std::io::Error::other(e)))?;
-        // A name of this writer's own: the portal and the telemetry sender (a Reprovision) may
-        // both save at once, and a shared temporary file would mix their bytes.
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temporary = self
-            .dir
-            .join(format!("{FILE_NAME}.{}.{write}.tmp", std::process::id()));
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&temporary).map_err(|e| self.io(e))?;
-        let written = file
-            .write_all(&text)
-            .and_then(|()| file.sync_all())
-            .and_then(|()| fs::rename(&temporary, self.file()));
-        if let Err(error) = written {
-            let _ = fs::remove_file(&temporary);
-            return Err(self.io(error));
-        }
-        // The rename itself must reach the disk too.
-        if let Ok(dir) = fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        // iot_io's temporary names are unique per process and call: the portal and the
+        // telemetry sender (a Reprovision) may both save at once.
+        iot_io::atomic_file::write(&self.file(), &text, iot_io::atomic_file::Access::OwnerOnly)
+            .map_err(|e| self.io(e))
     }
 
     /// Forgets the assignment (the device is no longer provisioned).

@@ -5,6 +5,7 @@
 //!   and privately.
 //! - [`provision`]: registration with DPS over HTTPS or MQTT, with backoff and errors a person can
 //!   act on.
+//! - `backoff`: exponential backoff with jitter, for every retry the device makes.
 //! - [`outbox`]: the durable, bounded queue telemetry waits in until the hub acknowledges it.
 //! - [`telemetry`]: where telemetry comes from (a JSON-lines file or a simulated sensor).
 //! - [`sender`]: the long-running connection to the hub: telemetry, twin, methods, messages.
@@ -12,6 +13,7 @@
 //! - [`portal`]: the setup web page the device serves to its owner.
 
 pub mod assignment;
+mod backoff;
 pub mod outbox;
 pub mod portal;
 pub mod provision;

@@ -7,7 +7,6 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::PathBuf;
 
 const SUFFIX: &str = ".msg";
@@ -62,8 +61,9 @@ impl Outbox {
                 .and_then(|n| n.parse::<u64>().ok())
             {
                 queued.insert(seq);
-            } else if name.ends_with(".tmp") {
-                // A write cut short by a crash: it was never accepted.
+            } else if iot_io::atomic_file::is_temporary(&name) || name.ends_with(".tmp") {
+                // A write cut short by a crash: it was never accepted. (`{seq}.tmp` is the name
+                // an older version of the outbox gave its temporary files.)
                 let _ = fs::remove_file(dir.join(name.as_ref()));
             }
         }
@@ -96,12 +96,8 @@ impl Outbox {
     pub fn push(&mut self, message: &Message) -> Result<u64, OutboxError> {
         let seq = self.next;
         let text = serde_json::to_vec(message).map_err(|e| self.io(std::io::Error::other(e)))?;
-        let temporary = self.dir.join(format!("{seq:020}.tmp"));
-        let mut file = fs::File::create(&temporary).map_err(|e| self.io(e))?;
-        file.write_all(&text)
-            .and_then(|()| file.sync_data())
+        iot_io::atomic_file::write(&self.path(seq), &text, iot_io::atomic_file::Access::Default)
             .map_err(|e| self.io(e))?;
-        fs::rename(&temporary, self.path(seq)).map_err(|e| self.io(e))?;
         self.next += 1;
         self.queued.insert(seq);
         while self.queued.len() > self.capacity {

@@ -8,6 +8,7 @@
 //! default; MQTT (`$dps/registrations/…` topics, rumqttc) is the alternative.
 
 use crate::assignment::{Assignment, Credentials};
+pub use crate::backoff::Backoff;
 use iot_credentials::sas::{encode_component, unix_now};
 use iot_credentials::SasToken;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
@@ -21,48 +22,6 @@ use std::time::{Duration, Instant};
 const HTTPS_API_VERSION: &str = "2021-06-01";
 /// The device-side API version DPS expects in the MQTT user name.
 const MQTT_API_VERSION: &str = "2019-03-31";
-/// First wait after a 429 or 5xx; doubled each time, with jitter, up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// How a device waits before retrying a throttled (429) or failed (5xx) call: exponential
-/// backoff from `first`, doubled per retry up to `max`, never shorter than the server's
-/// `Retry-After`, and with `jitter` stretched by a random part of up to half, so that devices
-/// refused at the same moment do not all come back at the same moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The wait before the first retry.
-    pub first: Duration,
-    /// The longest wait the doubling reaches.
-    pub max: Duration,
-    /// Spread retries randomly (off: every device waits exactly the same, synchronized).
-    pub jitter: bool,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            first: FIRST_BACKOFF,
-            max: MAX_BACKOFF,
-            jitter: true,
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before retry number `retry` (0 for the first), given the server's `Retry-After`.
-    pub fn wait(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        let doubled = self
-            .first
-            .saturating_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX));
-        let floor = doubled.min(self.max).max(retry_after.unwrap_or_default());
-        if self.jitter {
-            floor + floor.mul_f64(random_fraction() / 2.0)
-        } else {
-            floor
-        }
-    }
-}
 /// The longest `Retry-After` taken as given: a larger value (up to u64::MAX seconds from a broken
 /// or hostile server) would overflow time arithmetic; the provisioning deadline ends the wait
 /// long before this anyway.
@@ -199,27 +158,17 @@ fn webpki_roots() -> Vec<rustls_pki_types::TrustAnchor<'static>> {
     webpki_roots::TLS_SERVER_ROOTS.to_vec()
 }
 
+/// How long the device waits for DPS: to connect, and for a whole call.
+const DPS_TIMEOUTS: iot_io::https::Timeouts = iot_io::https::Timeouts {
+    connect: Duration::from_secs(10),
+    request: Duration::from_secs(30),
+};
+
 /// An HTTPS client trusting the public roots and the extra CA.
 pub fn https_client(extra_ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30));
-    if let Some(pem) = extra_ca_pem {
-        for certificate in
-            reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())?
-        {
-            builder = builder.add_root_certificate(certificate);
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
-}
-
-/// A random number in 0..=1.
-fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 2];
-    let _ = getrandom::fill(&mut bytes);
-    f64::from(u16::from_le_bytes(bytes)) / f64::from(u16::MAX)
+    iot_io::https::client_builder(extra_ca_pem, DPS_TIMEOUTS)?
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The registration SAS token (resource `{scope}/registrations/{id}`, key name `registration`).
@@ -618,39 +567,6 @@ mod tests {
             matches!(clock_or_credentials(Some(&rfc2822(now - time::Duration::hours(2)))), ProvisionError::ClockSkew(s) if s > 7000)
         );
         assert_eq!(clock_or_credentials(None), ProvisionError::Unauthorized);
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_cap_and_never_undercuts_retry_after() {
-        let fixed = Backoff {
-            jitter: false,
-            ..Backoff::default()
-        };
-        let waits: Vec<u64> = (0..9)
-            .map(|n| fixed.wait(n, None).as_millis() as u64)
-            .collect();
-        assert_eq!(
-            waits,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
-        );
-        assert_eq!(
-            fixed.wait(0, Some(Duration::from_secs(3))),
-            Duration::from_secs(3)
-        );
-        assert_eq!(fixed.wait(u32::MAX, None), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn jitter_spreads_waits_over_up_to_half_again_above_the_floor() {
-        let jittered = Backoff::default();
-        let waits: Vec<Duration> = (0..200)
-            .map(|_| jittered.wait(1, Some(Duration::from_secs(2))))
-            .collect();
-        assert!(waits
-            .iter()
-            .all(|w| *w >= Duration::from_secs(2) && *w <= Duration::from_secs(3)));
-        // 200 draws from 65,536 values: all equal would mean no jitter at all.
-        assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! (double submit: a random cookie and the same value in the form); once the device is
 //! provisioned, changing it needs the device's local setup password.
 
+mod routes;
+
+pub use routes::routes;
+
 use crate::assignment::{Assignment, Credentials, StateDir};
 use crate::provision::{ProvisionError, Provisioner};
 use iot_credentials::secrets_equal;
@@ -15,7 +19,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
-use warp::{Filter, Reply};
+use warp::Reply;
 
 /// Forms are small.
 const FORM_LIMIT: u64 = 8 * 1024;
@@ -379,178 +383,6 @@ fn forbidden() -> Response {
         ),
         None,
     )
-}
-
-/// The portal's routes.
-pub fn routes(portal: Arc<Portal>) -> warp::filters::BoxedFilter<(Response,)> {
-    let with = move || {
-        let portal = portal.clone();
-        warp::any().map(move || portal.clone())
-    };
-    let cookies = || warp::header::optional::<String>("cookie");
-    let form = || warp::body::content_length_limit(FORM_LIMIT).and(warp::body::form::<Form>());
-
-    // GET /: the setup form, or the device's state.
-    let home = warp::path::end()
-        .and(warp::get())
-        .and(with())
-        .and(cookies())
-        .map(|portal: Arc<Portal>, cookies: Option<String>| {
-            let (token, set) = token_for(cookies.as_deref());
-            match portal.config.state.load() {
-                Ok(Some(assignment)) => html(
-                    StatusCode::OK,
-                    portal.status_page(&assignment, &token, None),
-                    set.as_deref(),
-                ),
-                Ok(None) => html(
-                    StatusCode::OK,
-                    portal.setup_form(&token, None, ""),
-                    set.as_deref(),
-                ),
-                Err(error) => html(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    page(
-                        "Something is wrong",
-                        &format!(
-                            r#"<p class="error" id="error">{}</p>"#,
-                            esc(&error.to_string())
-                        ),
-                        false,
-                    ),
-                    set.as_deref(),
-                ),
-            }
-        });
-
-    // POST /provision: start provisioning from a code or the fields.
-    let provision = warp::path!("provision").and(warp::post()).and(with()).and(cookies()).and(form()).map(|portal: Arc<Portal>, cookies: Option<String>, form: Form| {
-        if !csrf_ok(cookies.as_deref(), &form) {
-            return forbidden();
-        }
-        let (token, _) = token_for(cookies.as_deref());
-        if let Ok(Some(assignment)) = portal.config.state.load() {
-            // Already provisioned: changing it goes through the password-protected forms.
-            return html(StatusCode::CONFLICT, portal.status_page(&assignment, &token, Some("This device is already set up. To change it, provision again or forget it below.")), None);
-        }
-        let code = form.get("code").map(String::as_str).unwrap_or_default();
-        match portal.credentials(&form) {
-            Ok(credentials) => match portal.start(credentials) {
-                Ok(job) => redirect(&format!("/progress/{job}")),
-                Err(message) => html(StatusCode::CONFLICT, portal.setup_form(&token, Some(&message), code), None),
-            },
-            Err(message) => html(StatusCode::UNPROCESSABLE_ENTITY, portal.setup_form(&token, Some(&message), code), None),
-        }
-    });
-
-    // GET /progress/{job}: refreshes itself until the job ends.
-    let progress = warp::path!("progress" / String).and(warp::get()).and(with()).map(|job: String, portal: Arc<Portal>| {
-        let state = portal.jobs().get(&job).cloned();
-        match state {
-            None => html(StatusCode::NOT_FOUND, page("Not found", r#"<p class="error" id="error">There is no such setup in progress. <a href="/">Back</a></p>"#, false), None),
-            Some(Job::Running) => html(StatusCode::OK, page("Connecting…", r#"<p id="progress">The device is registering with the provisioning service. This page updates by itself.</p>"#, true), None),
-            Some(Job::Done(done)) => match *done {
-                Ok(assignment) => html(
-                    StatusCode::OK,
-                    page(
-                        "Connected",
-                        &format!(
-                            r#"<p class="ok" id="result">Done: this device is provisioned to IoT hub <strong id="hub">{}</strong> as device <strong id="deviceId">{}</strong>.</p><p><a href="/">See the device</a></p>"#,
-                            esc(&assignment.hub),
-                            esc(&assignment.device_id)
-                        ),
-                        false,
-                    ),
-                    None,
-                ),
-                Err(message) => html(
-                    StatusCode::OK,
-                    page("Not connected", &format!(r#"<p class="error" role="alert" id="error">{}</p><p><a href="/">Try again</a></p>"#, esc(&message)), false),
-                    None,
-                ),
-            },
-        }
-    });
-
-    // POST /reprovision and /forget: confirmed, with the setup password.
-    let change = |path: &'static str| {
-        warp::path(path)
-            .and(warp::path::end())
-            .and(warp::post())
-            .and(with())
-            .and(cookies())
-            .and(form())
-            .map(
-                move |portal: Arc<Portal>, cookies: Option<String>, form: Form| {
-                    if !csrf_ok(cookies.as_deref(), &form) {
-                        return forbidden();
-                    }
-                    let (token, _) = token_for(cookies.as_deref());
-                    let Ok(Some(assignment)) = portal.config.state.load() else {
-                        return redirect("/");
-                    };
-                    let refusal = portal.password_ok(&form).and_then(|()| {
-                        if form.get("confirm").map(String::as_str) == Some("yes") {
-                            Ok(())
-                        } else {
-                            Err("Tick the box to confirm.".to_owned())
-                        }
-                    });
-                    if let Err(message) = refusal {
-                        return html(
-                            StatusCode::FORBIDDEN,
-                            portal.status_page(&assignment, &token, Some(&message)),
-                            None,
-                        );
-                    }
-                    if path == "forget" {
-                        return match portal.config.state.forget() {
-                            Ok(()) => redirect("/"),
-                            Err(error) => html(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                portal.status_page(&assignment, &token, Some(&error.to_string())),
-                                None,
-                            ),
-                        };
-                    }
-                    match portal.start(assignment.credentials.clone()) {
-                        Ok(job) => redirect(&format!("/progress/{job}")),
-                        Err(message) => html(
-                            StatusCode::CONFLICT,
-                            portal.status_page(&assignment, &token, Some(&message)),
-                            None,
-                        ),
-                    }
-                },
-            )
-    };
-
-    let not_found = warp::get().map(|| {
-        html(
-            StatusCode::NOT_FOUND,
-            page(
-                "Not found",
-                r#"<p><a href="/">Back to the device</a></p>"#,
-                false,
-            ),
-            None,
-        )
-    });
-    home.or(provision)
-        .unify()
-        .or(progress)
-        .unify()
-        .or(change("reprovision"))
-        .unify()
-        .or(change("forget"))
-        .unify()
-        .or(not_found)
-        .unify()
-        .recover(|_| async {
-            Ok::<_, std::convert::Infallible>(html(StatusCode::BAD_REQUEST, page("That did not work", r#"<p class="error" id="error">The request could not be read. <a href="/">Start again</a>.</p>"#, false), None))
-        })
-        .unify()
-        .boxed()
 }
 
 /// Serves the portal on `listener` until `shutdown`.
