@@ -13,10 +13,11 @@
 //! MicrosoftDocs/azure-docs articles/iot-hub/iot-hub-devguide-identity-registry.md; events in
 //! articles/iot-hub/iot-hub-non-telemetry-event-schema.md.
 
+use super::identities::{fresh_twin, new_key};
 use super::registry::{DeviceStatus, ModuleIdentity, Twin};
 use super::sessions::{session_key, MethodReply};
 use super::twin::{self, Presence, TwinError};
-use super::{fresh_twin, new_key, publish, Hub, HubError};
+use super::{publish, Hub, HubError};
 use crate::stamps;
 use crate::state::{Change, CloudState};
 use bytes::Bytes;
