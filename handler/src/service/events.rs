@@ -1,7 +1,7 @@
 //! Recording IoT Hub's events: each batch is grouped by device; a device's events are merged
 //! into its record in one etag-guarded write (re-read and re-merged if another writer got there
 //! first), its history entries go in one transaction, and a change of its provisioning status
-//! queues a notification. Merging is order- and repeat-independent (`domain::live`), so the
+//! queues a notification. Merging is order- and repeat-independent (`domain::hub_report`), so the
 //! host may deliver a batch twice or batches in any order.
 
 use super::notify::now_ms;
