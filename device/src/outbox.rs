@@ -61,9 +61,10 @@ impl Outbox {
                 .and_then(|n| n.parse::<u64>().ok())
             {
                 queued.insert(seq);
-            } else if iot_io::atomic_file::is_temporary(&name) || name.ends_with(".tmp") {
-                // A write cut short by a crash: it was never accepted. (`{seq}.tmp` is the name
-                // an older version of the outbox gave its temporary files.)
+            } else if name.ends_with(".tmp") {
+                // A write cut short by a crash: it was never accepted. This covers
+                // `iot_io::atomic_file`'s temporary names and `{seq}.tmp`, the name an older
+                // version of the outbox gave its temporary files.
                 let _ = fs::remove_file(dir.join(name.as_ref()));
             }
         }
