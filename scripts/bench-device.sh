@@ -27,8 +27,7 @@ if [[ ! -x $venv/bin/python || device/bench/requirements.txt -nt $venv/bin/pytho
   "$venv/bin/pip" install --quiet --no-deps -r device/bench/requirements.txt
 fi
 
-strip -o "$state/telemetry-sender" target/release/telemetry-sender
-strip -o "$state/device-portal" target/release/device-portal
+strip -o "$state/device" target/release/device
 sdk_size=$("$venv/bin/python" -c '
 import importlib.metadata as m, os
 total = 0
@@ -56,10 +55,10 @@ rust_times=()
 for n in $(seq 0 $((runs - 1))); do
   dir=$state/device-$n
   mkdir -p "$dir"
-  RUST_LOG=info target/release/telemetry-sender --state-dir "$dir" --extra-ca-file "$ca" --interval 0.1 \
+  RUST_LOG=info target/release/device sender --state-dir "$dir" --extra-ca-file "$ca" --interval 0.1 \
     >"$dir/sender.log" 2>&1 &
   sender=$!
-  target/release/device-portal --listen 127.0.0.1:0 --state-dir "$dir" --extra-ca-file "$ca" \
+  target/release/device portal --listen 127.0.0.1:0 --state-dir "$dir" --extra-ca-file "$ca" \
     --dps-endpoint 127.0.0.2 --ready-file "$dir/portal.addr" >"$dir/portal.log" 2>&1 &
   portal=$!
   for _ in $(seq 1 200); do [[ -s "$dir/portal.addr" ]] && break; sleep 0.05; done
@@ -77,7 +76,7 @@ for n in $(seq "$runs" $((runs * 2 - 1))); do
   python_results+=("$("$venv/bin/python" device/bench/bench.py python "${codes[$n]}" "$ca")")
 done
 
-python3 - "$sdk_size" "$python_size" "$(stat -c %s "$state/telemetry-sender")" "$(stat -c %s "$state/device-portal")" \
+python3 - "$sdk_size" "$python_size" "$(stat -c %s "$state/device")" 0 \
   "$sender_rss" "$portal_rss" "$(printf '%s\n' "${rust_times[@]}")" "$(printf '%s\n' "${python_results[@]}")" <<'PY'
 import json, statistics, sys
 sdk_size, python_size, sender_size, portal_size, sender_rss, portal_rss = map(int, sys.argv[1:7])
