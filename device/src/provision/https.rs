@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 /// The device-side API version for HTTPS.
 const HTTPS_API_VERSION: &str = "2021-06-01";
 
+/// DPS's answer to one request, as far as the device reads it.
+struct Reply {
+    status: u16,
+    /// `Retry-After`, bounded.
+    retry_after: Option<Duration>,
+    /// DPS's `Date`, to tell a wrong clock from a wrong key.
+    server_date: Option<String>,
+    text: String,
+    body: Value,
+}
+
 impl Provisioner {
     /// The URL of `rest` under the device's registration.
     fn url(&self, credentials: &Credentials, rest: &str) -> String {
@@ -24,6 +35,47 @@ impl Provisioner {
         )
     }
 
+    /// Sends one request, signed with a fresh registration token, and reads DPS's answer.
+    async fn send(
+        &self,
+        credentials: &Credentials,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Reply, ProvisionError> {
+        let token = registration_token(credentials, Duration::from_secs(3600));
+        let response = request
+            .header("Authorization", token.expose())
+            .send()
+            .await
+            .map_err(|e| {
+                ProvisionError::Unreachable(if e.is_timeout() {
+                    "timed out".into()
+                } else if e.is_connect() {
+                    "cannot connect".into()
+                } else {
+                    "the request failed".into()
+                })
+            })?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let status = response.status().as_u16();
+        let retry_after = header("retry-after").as_deref().and_then(retry_after);
+        let server_date = header("date");
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            retry_after,
+            server_date,
+            text,
+            body,
+        })
+    }
+
     /// One call, retried on 429 and 5xx with backoff until the deadline.
     async fn call(
         &self,
@@ -33,33 +85,13 @@ impl Provisioner {
     ) -> Result<(u16, Value, Duration), ProvisionError> {
         let mut retry = 0u32;
         loop {
-            let token = registration_token(credentials, Duration::from_secs(3600));
-            let response = request()
-                .header("Authorization", token.expose())
-                .send()
-                .await
-                .map_err(|e| {
-                    ProvisionError::Unreachable(if e.is_timeout() {
-                        "timed out".into()
-                    } else if e.is_connect() {
-                        "cannot connect".into()
-                    } else {
-                        "the request failed".into()
-                    })
-                })?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(retry_after);
-            let server_date = response
-                .headers()
-                .get("date")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let text = response.text().await.unwrap_or_default();
-            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let Reply {
+                status,
+                retry_after,
+                server_date,
+                text,
+                body,
+            } = self.send(credentials, request()).await?;
             match status {
                 200..=299 => {
                     return Ok((status, body, retry_after.unwrap_or(Duration::from_secs(2))))
