@@ -16,47 +16,46 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Records kept in memory between batches, so that events that change nothing (most telemetry)
 /// cost no storage call. Safe with several instances: merging only ever adds, so an event that
 /// changes nothing in an older copy changes nothing in a newer one either; a write from a stale
 /// copy is refused by its etag and retried from storage. Entries expire so that a record deleted
-/// and enrolled again is read afresh.
-#[derive(Default)]
+/// and enrolled again is read afresh; when full, the least used entries go first (moka's
+/// TinyLFU), so a busy fleet keeps its active devices cached.
 pub struct RecordCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Stored, Instant)>>,
+    entries: moka::sync::Cache<String, Stored>,
 }
 
 /// How long a cached record is trusted.
 const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Records kept (about 2 KiB each).
-const CACHE_CAPACITY: usize = 50_000;
+const CACHE_CAPACITY: u64 = 50_000;
+
+impl Default for RecordCache {
+    fn default() -> Self {
+        RecordCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(CACHE_TTL)
+                .build(),
+        }
+    }
+}
 
 impl RecordCache {
     fn get(&self, device_id: &str) -> Option<Stored> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(device_id)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-            .map(|(stored, _)| stored.clone())
+        self.entries.get(device_id)
     }
 
     fn put(&self, device_id: &str, stored: Stored) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= CACHE_CAPACITY && !entries.contains_key(device_id) {
-            // Crude but bounded: start over rather than track use.
-            entries.clear();
-        }
-        entries.insert(device_id.to_owned(), (stored, Instant::now()));
+        self.entries.insert(device_id.to_owned(), stored);
     }
 
     /// Drops a device's copy (its record was written elsewhere).
     pub(super) fn forget(&self, device_id: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(device_id);
+        self.entries.invalidate(device_id);
     }
 }
 
