@@ -43,7 +43,8 @@ async fn main() -> anyhow::Result<()> {
     ));
     let service = Arc::new(Service {
         store: registry.clone(),
-        journal: registry.clone(),
+        dead_letters: registry.clone(),
+        outbox: registry.clone(),
         dps: Arc::new(DpsClient::new(config.dps.clone(), https.clone())),
         hubs: Arc::new(HubClients::new(&config.hubs, https.clone())),
         notifier: Arc::new(

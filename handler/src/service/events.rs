@@ -330,7 +330,7 @@ impl Service {
     /// the letter); a letter refused for what it is is logged and dropped, since failing the
     /// batch for it would stall the partition as surely as the event it describes.
     async fn set_aside(&self, function: &str, letter: &DeadLetter) -> Result<(), ServiceError> {
-        match self.journal.dead_letter(letter).await {
+        match self.dead_letters.dead_letter(letter).await {
             Ok(()) => Ok(()),
             Err(error) if error.is_permanent() => {
                 tracing::error!(function, event = %letter.key, reason = %letter.reason, %error, "an event set aside could not be kept in the dead-letter table; it is dropped");
@@ -444,7 +444,7 @@ impl Service {
                     .unwrap_or_default();
                 let mut notification = status_notification(&record, &before, &after, &cause);
                 notification.next_attempt_ms = now_ms().saturating_add(HOLD_MS);
-                self.journal.enqueue(&notification).await?;
+                self.outbox.enqueue(&notification).await?;
                 held = Some(notification);
             }
             record.updated_at = crate::domain::now();
@@ -457,7 +457,7 @@ impl Service {
                 .replace_with_history(&stored, &record, &entries)
                 .await;
             if let (Some(notification), Err(StoreError::PreconditionFailed)) = (&held, &written) {
-                self.journal.delivered(&notification.id).await?;
+                self.outbox.delivered(&notification.id).await?;
             }
             match written {
                 Ok(etag) => {
@@ -474,7 +474,7 @@ impl Service {
                         // Due from now: passes send in order of this time, so a device's
                         // changes go out in the order they were recorded.
                         notification.next_attempt_ms = now_ms();
-                        if let Err(error) = self.journal.reschedule(&notification).await {
+                        if let Err(error) = self.outbox.reschedule(&notification).await {
                             tracing::warn!(notification.id = %notification.id, %error, "a status notification stays held until its hold ends");
                         }
                     }
