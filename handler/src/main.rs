@@ -25,7 +25,9 @@ const NOTIFY_PERIOD: Duration = Duration::from_secs(2);
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // warp's own lines for every request repeat what the host logs of each call.
+                .unwrap_or_else(|_| "info,warp::filters::trace=off".into()),
         )
         .with_ansi(false)
         .init();

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Records kept in memory between batches, so that events that change nothing (most telemetry)
 /// cost no storage call. Safe with several instances: merging only ever adds, so an event that
@@ -283,12 +284,20 @@ impl Service {
                 .push(event);
         }
         let outcomes: Vec<(usize, Result<Recorded, ServiceError>)> = stream::iter(by_device)
-            .map(|(device_id, events)| async move {
-                (
-                    events.len(),
-                    self.record_device_or_set_aside(function, &device_id, &events)
-                        .await,
-                )
+            .map(|(device_id, events)| {
+                let span = tracing::info_span!("device", device.id = %device_id);
+                async move {
+                    let recorded = self
+                        .record_device_or_set_aside(function, &device_id, &events)
+                        .await;
+                    tracing::debug!(
+                        events = events.len(),
+                        recorded = recorded.is_ok(),
+                        "applied a device's events"
+                    );
+                    (events.len(), recorded)
+                }
+                .instrument(span)
             })
             .buffer_unordered(DEVICE_CONCURRENCY)
             .collect()
