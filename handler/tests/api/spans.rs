@@ -9,7 +9,7 @@ use crate::logs::LogCapture;
 /// The invocation id in a log line's span (`invocation.id=...`), if it has one.
 fn invocation_id(line: &str) -> Option<&str> {
     let (_, rest) = line.split_once("invocation.id=")?;
-    let id = rest.split(|c: char| c == '}' || c == ' ').next()?;
+    let id = rest.split(['}', ' ']).next()?;
     (!id.is_empty()).then_some(id)
 }
 
