@@ -6,13 +6,13 @@
 //! The Functions host forwards `/api/...` requests unchanged (enableForwardingHttpRequest), so
 //! the paths here are the public ones. Function keys are checked by the host, not here.
 
-pub mod dashboard;
-pub mod devices;
-pub mod enrollments;
-pub mod error;
-pub mod functions;
-pub mod openapi;
-pub mod views;
+pub(crate) mod dashboard;
+pub(crate) mod devices;
+pub(crate) mod enrollments;
+pub(crate) mod error;
+pub(crate) mod functions;
+pub(crate) mod openapi;
+pub(crate) mod views;
 
 use crate::domain::{CustomerId, Filter, HubName, Status};
 use crate::service::Service;

@@ -16,15 +16,15 @@
 //! cleared. A failure anywhere leaves an intent behind, never a DPS enrollment the registry does
 //! not know about, and [`repair`] finishes it the next time the record is touched.
 
-pub mod dashboard;
-pub mod devices;
-pub mod enrollments;
-pub mod events;
-pub mod import;
+pub(crate) mod dashboard;
+pub(crate) mod devices;
+pub(crate) mod enrollments;
+pub(crate) mod events;
+pub(crate) mod import;
 pub mod notify;
-pub mod reconcile;
-pub mod repair;
-pub mod rotation;
+pub(crate) mod reconcile;
+pub(crate) mod repair;
+pub(crate) mod rotation;
 
 use crate::cloud::dps::Provisioning;
 use crate::cloud::hub::DeviceHubs;

@@ -5,7 +5,7 @@
 //! - [`identity`]: Entra tokens from the app's managed identity, for Table Storage in Azure.
 //! - [`memory`]: an in-memory store with the same semantics, for unit tests.
 
-pub mod identity;
+pub(crate) mod identity;
 pub mod memory;
 pub mod tables;
 
