@@ -115,9 +115,12 @@ struct Recorded {
     set_aside: Vec<DeadLetter>,
 }
 
+/// A record's status and the provisioning status its device reported.
+type ProvisioningStatus = (Status, Option<String>);
+
 /// The provisioning status a notification reports: the registry's status and what the device
 /// last reported.
-fn provisioning_status(record: &DeviceRecord) -> (Status, Option<String>) {
+fn provisioning_status(record: &DeviceRecord) -> ProvisioningStatus {
     (
         record.status(),
         record.live.reported_status().map(str::to_owned),
@@ -438,24 +441,12 @@ impl Service {
                 // (status changes are rare; one more read is cheap).
                 continue;
             }
-            let mut held = None;
-            if before != after && self.notifier.enabled() {
-                // Queued before the record is written, but held back until the write succeeds:
-                // a write that loses to a concurrent one (another partition's events for the same
-                // device) withdraws it, and the retry queues what the record really went
-                // through. A crash between the two leaves it held only for HOLD_MS, so a change
-                // is never left unannounced; the redelivered batch makes the same change and
-                // queues the same id again, which is a no-op.
-                let cause = events
-                    .iter()
-                    .map(|e| e.key.to_string())
-                    .max()
-                    .unwrap_or_default();
-                let mut notification = status_notification(&record, &before, &after, &cause);
-                notification.next_attempt_ms = now_ms().saturating_add(HOLD_MS);
-                self.outbox.enqueue(&notification).await?;
-                held = Some(notification);
-            }
+            let held = if before != after {
+                self.hold_notification(&record, &before, &after, events)
+                    .await?
+            } else {
+                None
+            };
             record.updated_at = crate::domain::now();
             if !record.fit_storage() {
                 tracing::warn!(device.id = %device_id, "a record is beyond Table Storage's limits even without its reported properties");
@@ -470,23 +461,9 @@ impl Service {
             }
             match written {
                 Ok(etag) => {
-                    // A key rotation waits on events: the device connecting (to hand it the
-                    // key) or reporting the rotation done (to retire the old key).
-                    let connected_now = record.connection().is_some_and(|c| c.connected)
-                        && events
-                            .iter()
-                            .any(|e| matches!(e.change, Change::Connected(_)));
-                    self.follow_up_rotation(&record, connected_now);
-                    self.events_cache.put(device_id, Stored { record, etag });
                     let notified = held.is_some();
-                    if let Some(mut notification) = held {
-                        // Due from now: passes send in order of this time, so a device's
-                        // changes go out in the order they were recorded.
-                        notification.next_attempt_ms = now_ms();
-                        if let Err(error) = self.outbox.reschedule(&notification).await {
-                            tracing::warn!(notification.id = %notification.id, %error, "a status notification stays held until its hold ends");
-                        }
-                    }
+                    self.after_write(Stored { record, etag }, events, held)
+                        .await;
                     return Ok(Outcome::Changed { notified });
                 }
                 // Changed elsewhere (or the cached copy was stale, or the record is gone): read
@@ -504,6 +481,55 @@ impl Service {
                 "the record of {device_id} kept changing during {WRITE_ATTEMPTS} attempts"
             ),
         })
+    }
+
+    /// Queues the notification of a status change before the record is written, held back
+    /// until the write succeeds: a write that loses to a concurrent one (another partition's
+    /// events for the same device) withdraws it, and the retry queues what the record really
+    /// went through. A crash between the two leaves it held only for HOLD_MS, so a change is
+    /// never left unannounced; the redelivered batch makes the same change and queues the same
+    /// id again, which is a no-op. `None` when no webhook is set.
+    async fn hold_notification(
+        &self,
+        record: &DeviceRecord,
+        before: &ProvisioningStatus,
+        after: &ProvisioningStatus,
+        events: &[HubEvent],
+    ) -> Result<Option<Notification>, ServiceError> {
+        if !self.notifier.enabled() {
+            return Ok(None);
+        }
+        let cause = events
+            .iter()
+            .map(|e| e.key.to_string())
+            .max()
+            .unwrap_or_default();
+        let mut notification = status_notification(record, before, after, &cause);
+        notification.next_attempt_ms = now_ms().saturating_add(HOLD_MS);
+        self.outbox.enqueue(&notification).await?;
+        Ok(Some(notification))
+    }
+
+    /// What follows a successful write of a device's record: a key rotation waiting on these
+    /// events is moved on, the record is cached, and a held notification is released.
+    async fn after_write(&self, stored: Stored, events: &[HubEvent], held: Option<Notification>) {
+        // A key rotation waits on events: the device connecting (to hand it the key) or
+        // reporting the rotation done (to retire the old key).
+        let connected_now = stored.record.connection().is_some_and(|c| c.connected)
+            && events
+                .iter()
+                .any(|e| matches!(e.change, Change::Connected(_)));
+        self.follow_up_rotation(&stored.record, connected_now);
+        let device_id = stored.record.device_id.to_string();
+        self.events_cache.put(&device_id, stored);
+        if let Some(mut notification) = held {
+            // Due from now: passes send in order of this time, so a device's changes go out in
+            // the order they were recorded.
+            notification.next_attempt_ms = now_ms();
+            if let Err(error) = self.outbox.reschedule(&notification).await {
+                tracing::warn!(notification.id = %notification.id, %error, "a status notification stays held until its hold ends");
+            }
+        }
     }
 
     /// Adds an entry made by the API (enrolled, deleted) to a device's history. Failures are
@@ -554,8 +580,8 @@ impl Service {
 /// the event that caused it, so recording the same events again gives the same id.
 fn status_notification(
     record: &DeviceRecord,
-    before: &(Status, Option<String>),
-    after: &(Status, Option<String>),
+    before: &ProvisioningStatus,
+    after: &ProvisioningStatus,
     cause: &str,
 ) -> Notification {
     let digest = Sha256::digest(format!(
