@@ -68,7 +68,10 @@ async fn main() -> anyhow::Result<()> {
     // Create the tables while the first requests arrive, rather than before listening.
     tokio::spawn(async move {
         if let Err(error) = registry.ensure_tables().await {
-            tracing::warn!(%error, "the registry tables could not be created yet; requests will retry");
+            tracing::warn!(
+                %error,
+                "the registry tables could not be created yet; requests will retry"
+            );
         }
     });
     tracing::info!(%address, hubs = config.hubs.len(), "the handler is listening");

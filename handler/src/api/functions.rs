@@ -102,7 +102,11 @@ async fn invoke(service: &Service, function: &str, trigger: &str, invocation: Va
                     )
                 }
                 Err(error) => {
-                    tracing::warn!(function, %error, "a batch of events could not be recorded; the host will deliver it again");
+                    tracing::warn!(
+                        function,
+                        %error,
+                        "a batch of events could not be recorded; the host will deliver it again"
+                    );
                     failed(error.to_string())
                 }
             }

@@ -209,7 +209,11 @@ impl Service {
     /// which repair completes or the client's retry takes over; either way nothing is lost.
     pub(super) async fn abandon(&self, stored: &Stored) {
         if let Err(error) = self.store.delete(stored).await {
-            tracing::warn!(registration.id = %stored.record.registration_id, %error, "a refused enrollment's record could not be removed");
+            tracing::warn!(
+                registration.id = %stored.record.registration_id,
+                %error,
+                "a refused enrollment's record could not be removed"
+            );
         }
     }
 
@@ -342,7 +346,11 @@ impl Service {
                 let mut previous = stored.record.clone();
                 previous.updated_at = now();
                 if let Err(error) = self.store.replace(&pending, &previous).await {
-                    tracing::warn!(registration.id = %id, %error, "a refused change could not be rolled back; repair will retry it");
+                    tracing::warn!(
+                        registration.id = %id,
+                        %error,
+                        "a refused change could not be rolled back; repair will retry it"
+                    );
                 }
                 Err(invalid(format!("DPS refused the change: {message}")))
             }

@@ -276,7 +276,12 @@ impl Service {
             ..BatchReport::default()
         };
         for letter in &malformed {
-            tracing::warn!(function, event = %letter.key, reason = %letter.reason, "an event was set aside as malformed");
+            tracing::warn!(
+                function,
+                event = %letter.key,
+                reason = %letter.reason,
+                "an event was set aside as malformed"
+            );
             self.set_aside(function, letter).await?;
         }
         let mut by_device: BTreeMap<String, Vec<HubEvent>> = BTreeMap::new();
@@ -345,7 +350,13 @@ impl Service {
         match self.dead_letters.dead_letter(letter).await {
             Ok(()) => Ok(()),
             Err(error) if error.is_permanent() => {
-                tracing::error!(function, event = %letter.key, reason = %letter.reason, %error, "an event set aside could not be kept in the dead-letter table; it is dropped");
+                tracing::error!(
+                    function,
+                    event = %letter.key,
+                    reason = %letter.reason,
+                    %error,
+                    "an event set aside could not be kept in the dead-letter table; it is dropped"
+                );
                 Ok(())
             }
             Err(error) => Err(error.into()),
@@ -395,7 +406,13 @@ impl Service {
                     } else {
                         format!("Table Storage refuses the device's record with this event applied ({detail}); retrying cannot help")
                     };
-                    tracing::warn!(function, device.id = %device_id, event = %event.key, %reason, "an event that cannot be recorded was set aside");
+                    tracing::warn!(
+                        function,
+                        device.id = %device_id,
+                        event = %event.key,
+                        %reason,
+                        "an event that cannot be recorded was set aside"
+                    );
                     recorded
                         .set_aside
                         .push(dead_letter_of(function, event, &reason));
@@ -449,7 +466,10 @@ impl Service {
             };
             record.updated_at = crate::domain::now();
             if !record.fit_storage() {
-                tracing::warn!(device.id = %device_id, "a record is beyond Table Storage's limits even without its reported properties");
+                tracing::warn!(
+                    device.id = %device_id,
+                    "a record is beyond Table Storage's limits even without its reported properties"
+                );
             }
             let entries = timeline(&stored.record, events);
             let written = self
@@ -527,7 +547,11 @@ impl Service {
             // the order they were recorded.
             notification.next_attempt_ms = now_ms();
             if let Err(error) = self.outbox.reschedule(&notification).await {
-                tracing::warn!(notification.id = %notification.id, %error, "a status notification stays held until its hold ends");
+                tracing::warn!(
+                    notification.id = %notification.id,
+                    %error,
+                    "a status notification stays held until its hold ends"
+                );
             }
         }
     }

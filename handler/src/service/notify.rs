@@ -218,7 +218,11 @@ impl Service {
             if accepted {
                 self.outbox.delivered(&notification.id).await?;
                 report.delivered += 1;
-                tracing::info!(notification.id = %notification.id, device.id = %notification.document["deviceId"], "delivered a status notification");
+                tracing::info!(
+                    notification.id = %notification.id,
+                    device.id = %notification.document["deviceId"],
+                    "delivered a status notification"
+                );
             } else {
                 notification.attempts += 1;
                 notification.next_attempt_ms =
@@ -226,7 +230,12 @@ impl Service {
                 self.outbox.reschedule(&notification).await?;
                 report.retried += 1;
                 let status = sent.map(|r| r.status().as_u16()).unwrap_or_default();
-                tracing::warn!(notification.id = %notification.id, attempts = notification.attempts, status, "the webhook did not accept a notification; it will be retried");
+                tracing::warn!(
+                    notification.id = %notification.id,
+                    attempts = notification.attempts,
+                    status,
+                    "the webhook did not accept a notification; it will be retried"
+                );
             }
         }
         Ok(report)
