@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 source scripts/azurite.sh
 
-cargo build --locked --release --quiet -p emulator -p handler --bins
+cargo build --locked --release --quiet -p emulator -p handler -p bench --bins
 state=$(mktemp -d)
 cleanup() {
   if [[ -n "${pid:-}" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi

@@ -3,6 +3,7 @@
 //! registration over HTTPS and MQTT; provisioning storms and soaks driven through the device
 //! crate's own provisioning client.
 
+pub mod clients;
 pub mod device;
 pub mod hub;
 pub mod hub_device;

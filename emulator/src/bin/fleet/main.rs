@@ -29,20 +29,17 @@ mod storm;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use emulator::endpoints::Endpoints;
-use emulator::fleet::device::{DeviceCredentials, HttpsRegistrar};
+use emulator::fleet::clients::Emulator;
+use emulator::fleet::device::DeviceCredentials;
 use emulator::fleet::hub_device::{DeviceConnection, Endpoint};
 use emulator::fleet::hub_load::{burst_all, connect_all, memory_kib, Login, SimulatedDevice};
 use emulator::fleet::load::{
     enroll, one_connection_client, register_all, DpsTransport, Measurement, Target,
 };
-use emulator::fleet::service::DpsService;
-use emulator::fleet::{client_tls, https_client};
 use futures_util::StreamExt;
-use iot_credentials::{ServiceConnectionString, SharedAccessKey};
+use iot_credentials::SharedAccessKey;
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -248,66 +245,6 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
-}
-
-struct Emulator {
-    endpoints: Endpoints,
-    service: DpsService,
-    registrar: HttpsRegistrar,
-    tls: Arc<rustls::ClientConfig>,
-}
-
-impl Emulator {
-    fn load(path: &PathBuf) -> anyhow::Result<Self> {
-        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let endpoints: Endpoints = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not an emulator endpoints.json", path.display()))?;
-        let ca = std::fs::read_to_string(&endpoints.ca_certificate_path).with_context(|| {
-            format!(
-                "reading the CA at {}",
-                endpoints.ca_certificate_path.display()
-            )
-        })?;
-        let connection = ServiceConnectionString::parse(&endpoints.dps.service_connection_string)?;
-        let http = https_client(&ca)?;
-        Ok(Self {
-            service: DpsService::new(connection, &ca)?,
-            registrar: HttpsRegistrar::new(http, &endpoints.dps.device_endpoint),
-            tls: Arc::new(client_tls(&ca)?),
-            endpoints,
-        })
-    }
-
-    fn device(&self, registration_id: &str, key: SharedAccessKey) -> DeviceCredentials {
-        DeviceCredentials {
-            id_scope: self.endpoints.dps.id_scope.clone(),
-            registration_id: registration_id.to_owned(),
-            key,
-        }
-    }
-
-    /// The hub with this host name, as endpoints.json lists it.
-    fn hub_entry(&self, host: &str) -> anyhow::Result<&emulator::endpoints::HubEndpoints> {
-        self.endpoints
-            .hubs
-            .iter()
-            .find(|h| h.host_name == host)
-            .context("DPS assigned a hub that endpoints.json does not list")
-    }
-
-    fn hub_name(&self, host: &str) -> String {
-        self.hub_entry(host)
-            .map_or_else(|_| host.to_owned(), |h| format!("{} ({host})", h.name))
-    }
-
-    fn hub_endpoint(&self, host: &str) -> anyhow::Result<Endpoint> {
-        let hub = self.hub_entry(host)?;
-        Ok(Endpoint {
-            address: std::net::SocketAddr::new(host.parse()?, hub.mqtt_port),
-            host: host.to_owned(),
-            tls: self.tls.clone(),
-        })
-    }
 }
 
 #[tokio::main]
