@@ -3,6 +3,7 @@
 
 use super::device::{DeviceCredentials, HttpsRegistrar};
 use super::hub_device::Endpoint;
+use super::load::Target;
 use super::service::DpsService;
 use super::{client_tls, https_client, ClientError};
 use crate::endpoints::{Endpoints, HubEndpoints};
@@ -136,5 +137,15 @@ impl Emulator {
             .iter()
             .map(|hub| Ok((hub.host_name.clone(), self.hub_endpoint(&hub.host_name)?)))
             .collect()
+    }
+
+    /// Where devices register with this emulator's DPS, over either transport.
+    pub fn registration_target(&self) -> Target {
+        Target {
+            https_endpoint: self.endpoints.dps.device_endpoint.clone(),
+            mqtt_host: self.endpoints.dps.mqtt_host.clone(),
+            mqtt_port: self.endpoints.dps.mqtt_port,
+            tls: self.tls.clone(),
+        }
     }
 }

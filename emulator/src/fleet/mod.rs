@@ -1,17 +1,14 @@
-//! Clients of the emulator, used by the `fleet` tool (the demo and the load generator) and by
-//! the tests: TLS that trusts the emulator's CA, the DPS service API, and DPS device
-//! registration over HTTPS and MQTT; provisioning storms and soaks driven through the device
-//! crate's own provisioning client.
+//! Clients of the emulator, used by the `fleet` tool, the benchmarks (bench/) and the tests: TLS
+//! that trusts the emulator's CA, the DPS service API, DPS device registration over HTTPS and
+//! MQTT, device connections to the hubs, and the middleware's admin API.
 
+pub mod admin;
 pub mod clients;
 pub mod device;
 pub mod hub;
 pub mod hub_device;
-pub mod hub_load;
 pub mod load;
 pub mod service;
-pub mod soak;
-pub mod storm;
 
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;

@@ -3,10 +3,10 @@
 //! from its provisioning code, connects and reports, and the backend reads and drives it through
 //! the same API.
 
-use super::admin::AdminApi;
 use super::Emulator;
 use anyhow::{bail, Context};
 use base64::Engine;
+use emulator::fleet::admin::AdminApi;
 use emulator::fleet::device::DeviceCredentials;
 use iot_credentials::{ProvisioningCode, SharedAccessKey};
 use serde_json::{json, Value};

@@ -3,10 +3,10 @@
 //! emulator, the function app's handler) is sampled from /proc/<pid>/status. The samples go to a
 //! CSV as they are taken and can be drawn as an SVG line chart, where a leak shows as a slope.
 
-use super::hub_device::{DeviceConnection, Endpoint};
-use super::hub_load::memory_kib;
+use crate::memory;
 use device::assignment::Credentials;
 use device::provision::Provisioner;
+use emulator::fleet::hub_device::{DeviceConnection, Endpoint};
 use serde_json::json;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -129,7 +129,7 @@ pub async fn run(
         ticker.tick().await;
         let seconds = started.elapsed().as_secs_f64();
         for (process, pid) in &plan.processes {
-            if let Some((rss_kib, _)) = memory_kib(*pid) {
+            if let Some(rss_kib) = memory::read(*pid).map(|m| m.resident_kib) {
                 writeln!(csv, "{seconds:.1},{process},{rss_kib}")?;
                 samples.push(MemorySample {
                     seconds,
