@@ -14,17 +14,16 @@
 // A command-line tool: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
+mod certificate;
+mod codes;
 mod demo;
+mod provision;
+mod simulate;
 
-use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use emulator::fleet::clients::Emulator;
-use emulator::fleet::hub_device::DeviceConnection;
-use emulator::fleet::load::{enroll, register_all, DpsTransport};
-use futures_util::StreamExt;
-use serde_json::json;
+use emulator::fleet::load::DpsTransport;
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(Parser)]
 #[command(
@@ -132,32 +131,12 @@ async fn main() -> anyhow::Result<()> {
         key,
     } = &args.command
     {
-        let ca = emulator::tls::LocalCa::load_or_create(state_dir)?;
-        ca.write_server_certificate(&[*address], cert, key)?;
-        return Ok(());
+        return certificate::issue(state_dir, *address, cert, key);
     }
     let emulator = Emulator::load(&args.endpoints)?;
     match args.command {
         Command::IssueCertificate { .. } => Ok(()),
-        Command::Codes { count, prefix } => {
-            for n in 0..count {
-                let id = format!("{prefix}-{n}-{}", std::process::id());
-                emulator
-                    .service
-                    .put_enrollment(
-                        &json!({ "registrationId": id, "attestation": { "type": "symmetricKey" } }),
-                    )
-                    .await?;
-                let code = iot_credentials::ProvisioningCode {
-                    id_scope: emulator.endpoints.dps.id_scope.clone(),
-                    registration_id: id.clone(),
-                    device_key: emulator.service.primary_key(&id).await?,
-                    endpoint: emulator.endpoints.dps.device_endpoint.clone(),
-                };
-                println!("{}", code.expose());
-            }
-            Ok(())
-        }
+        Command::Codes { count, prefix } => codes::run(&emulator, count, &prefix).await,
         Command::Demo {
             webhook_port,
             webhook_secret,
@@ -177,112 +156,12 @@ async fn main() -> anyhow::Result<()> {
             rate,
             duration,
             prefix,
-        } => simulate(&emulator, devices, rate, duration, &prefix).await,
+        } => simulate::run(&emulator, devices, rate, duration, &prefix).await,
         Command::Provision {
             devices,
             concurrency,
             transport,
             prefix,
-        } => {
-            let credentials = enroll(
-                &emulator.service,
-                &prefix,
-                devices,
-                &emulator.endpoints.dps.id_scope,
-            )
-            .await?;
-            let result = register_all(
-                &credentials,
-                transport,
-                concurrency,
-                &emulator.registration_target(),
-            )
-            .await;
-            println!(
-                "{} devices over {:?}: {:.0} registrations/s, p50 {:?}, p99 {:?}, {} failed",
-                result.devices,
-                transport,
-                result.rate(),
-                result.latency(0.5),
-                result.latency(0.99),
-                result.failures
-            );
-            if let Some(error) = result.first_error {
-                bail!(
-                    "{} registrations failed; the first: {error}",
-                    result.failures
-                );
-            }
-            Ok(())
-        }
+        } => provision::run(&emulator, devices, concurrency, transport, &prefix).await,
     }
-}
-
-async fn simulate(
-    emulator: &Emulator,
-    devices: usize,
-    rate: f64,
-    duration: u64,
-    prefix: &str,
-) -> anyhow::Result<()> {
-    let prefix = format!("{prefix}-{}", std::process::id());
-    println!("Enrolling {devices} devices and provisioning them through DPS...");
-    let credentials = enroll(
-        &emulator.service,
-        &prefix,
-        devices,
-        &emulator.endpoints.dps.id_scope,
-    )
-    .await?;
-    let mut connections = Vec::new();
-    for device in &credentials {
-        let state = emulator
-            .registrar
-            .register(device, Some(json!({ "model": "simulator" })))
-            .await?;
-        let hub = state.assigned_hub.context("assigned without a hub")?;
-        let endpoint = emulator.hub_endpoint(&hub)?;
-        let mut connection =
-            DeviceConnection::connect_device(&endpoint, &device.registration_id, &device.key)
-                .await?;
-        connection
-            .report(&json!({ "provisioning": { "status": "provisioned", "hub": hub } }))
-            .await?;
-        connections.push(connection);
-    }
-    println!(
-        "{} devices connected; sending {rate} message(s) per second each for {duration} s...",
-        connections.len()
-    );
-    let interval = std::time::Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let started = Instant::now();
-    let sent: Vec<usize> = futures_util::stream::iter(connections.into_iter().enumerate())
-        .map(|(n, mut connection)| async move {
-            let mut ticker = tokio::time::interval(interval);
-            let mut count = 0;
-            while started.elapsed() < std::time::Duration::from_secs(duration) {
-                ticker.tick().await;
-                let reading = json!({ "temperature": 20.0 + (n % 10) as f64 / 2.0, "sequence": count, "at": emulator::stamps::now() });
-                if connection
-                    .send_telemetry(reading.to_string().into(), &[("$.ct", "application/json"), ("$.ce", "utf-8")])
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                count += 1;
-            }
-            connection.close().await;
-            count
-        })
-        .buffer_unordered(usize::MAX)
-        .collect()
-        .await;
-    let total: usize = sent.iter().sum();
-    let elapsed = started.elapsed().as_secs_f64();
-    println!(
-        "{total} messages acknowledged in {elapsed:.1} s ({:.0}/s).",
-        total as f64 / elapsed
-    );
-    Ok(())
 }
