@@ -16,7 +16,8 @@
 //! - [`azurite`]: Azurite's raw rates, the ceiling under the handler's.
 //! - [`hub_load`]: many device connections and telemetry bursts, to the emulator or a broker.
 //! - [`storm`]: a provisioning storm, every device powered on at once.
-//! - [`soak`]: a fleet kept busy while memory is sampled; its CSV and SVG chart.
+//! - [`soak`]: a fleet kept busy while the servers' memory is sampled.
+//! - [`memory_chart`]: the soak's samples as CSV, growth figures and an SVG chart.
 
 pub mod azurite;
 pub mod dashboard_fleet;
@@ -26,5 +27,6 @@ pub mod figures;
 pub mod handler_process;
 pub mod hub_load;
 pub mod memory;
+pub mod memory_chart;
 pub mod soak;
 pub mod storm;

@@ -3,6 +3,7 @@
 
 use crate::storm::{enrolled, provisioner};
 use anyhow::{bail, Context};
+use bench::memory_chart::{self, MemorySample};
 use bench::soak::{self, SoakPlan};
 use device::provision::DpsTransport;
 use emulator::fleet::clients::Emulator;
@@ -103,10 +104,10 @@ pub async fn run(emulator: &Emulator, args: SoakArgs<'_>) -> anyhow::Result<()> 
 }
 
 /// One line per process: first, last and peak resident memory and the late slope.
-fn print_memory(samples: &[soak::MemorySample]) {
+fn print_memory(samples: &[MemorySample]) {
     println!("| process | samples | first | last | peak | growth, second half |");
     println!("|---|---|---|---|---|---|");
-    for (name, slope) in soak::slopes(samples) {
+    for (name, slope) in memory_chart::slopes(samples) {
         let mine: Vec<u64> = samples
             .iter()
             .filter(|s| s.process == name)
@@ -123,7 +124,7 @@ fn print_memory(samples: &[soak::MemorySample]) {
 }
 
 fn write_svg(
-    samples: &[soak::MemorySample],
+    samples: &[MemorySample],
     path: &Path,
     devices: usize,
     minutes: f64,
@@ -132,7 +133,7 @@ fn write_svg(
         "Resident memory during a {minutes} min soak, {devices} devices ({})",
         time::OffsetDateTime::now_utc().date()
     );
-    std::fs::write(path, soak::render_svg(samples, &title))
+    std::fs::write(path, memory_chart::render_svg(samples, &title))
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -140,8 +141,8 @@ fn write_svg(
 pub fn plot(csv: &Path, svg: &Path, title: &str) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    let samples = soak::read_csv(&text).map_err(anyhow::Error::msg)?;
-    std::fs::write(svg, soak::render_svg(&samples, title))
+    let samples = memory_chart::read_csv(&text).map_err(anyhow::Error::msg)?;
+    std::fs::write(svg, memory_chart::render_svg(&samples, title))
         .with_context(|| format!("writing {}", svg.display()))?;
     print_memory(&samples);
     Ok(())
