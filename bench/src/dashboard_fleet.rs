@@ -24,17 +24,66 @@ pub fn fleet_device(
     i: usize,
     hubs: &[String],
 ) -> anyhow::Result<(DeviceRecord, Vec<HistoryEntry>)> {
-    let id = format!("fleet-{i:06}");
     let now = time::OffsetDateTime::now_utc();
-    let stamp = |minutes_ago: i64| {
-        Stamp::parse(
-            &(now - time::Duration::minutes(minutes_ago))
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        )
-        .context("a stamp")
+    let record = enrolled(i, now)?;
+    let state = i % 100;
+    if state < 10 {
+        return Ok((record, Vec::new()));
+    }
+    let mut life = Life {
+        id: format!("fleet-{i:06}"),
+        hub: hubs[i % hubs.len()].clone(),
+        now,
+        record,
+        history: Vec::new(),
+        sequence: 0,
     };
-    let mut record = DeviceRecord {
+    life.happen(500, "registered", Change::Created { reported: None })?;
+    if state < 20 {
+        return Ok(life.end());
+    }
+    life.happen(499, "connected", Change::Connected(connection(1)?))?;
+    let status = match state {
+        20..=29 => {
+            let gone = if state < 25 { 180 } else { 10 };
+            life.happen(gone, "disconnected", Change::Disconnected(connection(2)?))?;
+            return Ok(life.end());
+        }
+        30 => "reprovisionFailed",
+        31..=39 => return Ok(life.end()),
+        _ => "provisioned",
+    };
+    let reported = json!({ "provisioning": { "status": status }, "firmware": "1.0.0" });
+    life.happen(
+        498,
+        "reported",
+        Change::Twin {
+            reported: Some((reported.as_object().cloned().unwrap_or_default(), 2)),
+            replaced: false,
+        },
+    )?;
+    Ok(life.end())
+}
+
+/// `minutes_ago` before `now`, as the handler stamps events.
+fn stamp(now: time::OffsetDateTime, minutes_ago: i64) -> anyhow::Result<Stamp> {
+    Stamp::parse(
+        &(now - time::Duration::minutes(minutes_ago))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    )
+    .context("a stamp")
+}
+
+/// A device connection sequence number as the hub writes it (64 hex digits).
+fn connection(n: u8) -> anyhow::Result<ConnectionSequence> {
+    ConnectionSequence::parse(&format!("{n:064X}")).context("a sequence")
+}
+
+/// Device `i` as enrolled, before any event: `fleet-{i}`, one of 50 customers.
+fn enrolled(i: usize, now: time::OffsetDateTime) -> anyhow::Result<DeviceRecord> {
+    let id = format!("fleet-{i:06}");
+    Ok(DeviceRecord {
         registration_id: RegistrationId::parse(&id)?,
         device_id: DeviceId::parse(&id)?,
         customer: Customer {
@@ -56,86 +105,51 @@ pub fn fleet_device(
         key_slot: Default::default(),
         key_rotation: None,
         last_key_rotation: None,
-        created_at: stamp(600)?.to_string(),
-        updated_at: stamp(1)?.to_string(),
-    };
-    let state = i % 100;
-    if state < 10 {
-        return Ok((record, Vec::new()));
-    }
-    let hub = hubs[i % hubs.len()].clone();
-    let mut history = Vec::new();
-    let mut sequence = 0;
-    let mut happen = |record: &mut DeviceRecord,
-                      minutes_ago: i64,
-                      kind: &str,
-                      change: Change|
-     -> anyhow::Result<()> {
-        sequence += 1;
-        let at = stamp(minutes_ago)?;
-        record.live.apply(&HubEvent {
+        created_at: stamp(now, 600)?.to_string(),
+        updated_at: stamp(now, 1)?.to_string(),
+    })
+}
+
+/// A device's events replayed onto its record, each leaving its history entry.
+struct Life {
+    id: String,
+    hub: String,
+    now: time::OffsetDateTime,
+    record: DeviceRecord,
+    history: Vec<HistoryEntry>,
+    sequence: i64,
+}
+
+impl Life {
+    /// The event `change`, `minutes_ago`, applied as the event functions apply it.
+    fn happen(&mut self, minutes_ago: i64, kind: &str, change: Change) -> anyhow::Result<()> {
+        self.sequence += 1;
+        let at = stamp(self.now, minutes_ago)?;
+        self.record.live.apply(&HubEvent {
             key: EventKey {
                 stream: "bench".into(),
                 partition: "0".into(),
-                sequence,
+                sequence: self.sequence,
             },
-            device_id: id.clone(),
-            hub: hub.clone(),
+            device_id: self.id.clone(),
+            hub: self.hub.clone(),
             at: at.clone(),
             enqueued: at.clone(),
             change,
         });
-        history.push(HistoryEntry {
+        self.history.push(HistoryEntry {
             at,
             kind: kind.into(),
-            hub: Some(hub.clone()),
+            hub: Some(self.hub.clone()),
             detail: None,
-            cause: format!("bench~{sequence}"),
+            cause: format!("bench~{}", self.sequence),
         });
         Ok(())
-    };
-    let connection = |n: u8| ConnectionSequence::parse(&format!("{n:064X}")).context("a sequence");
-    happen(
-        &mut record,
-        500,
-        "registered",
-        Change::Created { reported: None },
-    )?;
-    if state < 20 {
-        return Ok((record, history));
     }
-    happen(
-        &mut record,
-        499,
-        "connected",
-        Change::Connected(connection(1)?),
-    )?;
-    let status = match state {
-        20..=29 => {
-            let gone = if state < 25 { 180 } else { 10 };
-            happen(
-                &mut record,
-                gone,
-                "disconnected",
-                Change::Disconnected(connection(2)?),
-            )?;
-            return Ok((record, history));
-        }
-        30 => "reprovisionFailed",
-        31..=39 => return Ok((record, history)),
-        _ => "provisioned",
-    };
-    let reported = json!({ "provisioning": { "status": status }, "firmware": "1.0.0" });
-    happen(
-        &mut record,
-        498,
-        "reported",
-        Change::Twin {
-            reported: Some((reported.as_object().cloned().unwrap_or_default(), 2)),
-            replaced: false,
-        },
-    )?;
-    Ok((record, history))
+
+    fn end(self) -> (DeviceRecord, Vec<HistoryEntry>) {
+        (self.record, self.history)
+    }
 }
 
 /// Writes the dashboard's fleet under table prefix `prefix`, as the handler's own writes would
