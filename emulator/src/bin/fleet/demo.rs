@@ -297,7 +297,7 @@ async fn set_up_device(
     portal: &str,
     code: &ProvisioningCode,
 ) -> anyhow::Result<String> {
-    println!("4. On the device, the setup portal runs at {portal} (the device-portal program).");
+    println!("4. On the device, the setup portal runs at {portal} (`device portal`).");
     println!("   The customer opens it, pastes the code and presses \"Connect this device\".");
     let (hub_host, device_id) = submit_code(portal, &code.expose()).await?;
     println!("   -> The portal registered the device with DPS (HTTPS, a SAS token signed with its key) and shows:");

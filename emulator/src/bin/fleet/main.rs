@@ -50,7 +50,7 @@ enum Command {
         /// The secret the notifications are signed with (NOTIFY_WEBHOOK_SECRET).
         #[arg(long, env = "NOTIFY_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: Option<String>,
-        /// The device's setup portal (device-portal), where the code is entered.
+        /// The device's setup portal (`device portal`), where the code is entered.
         #[arg(long)]
         portal_url: Option<String>,
         /// The dpsctl binary: step 3 shows the code as an administrator gets it, with
