@@ -53,18 +53,77 @@ pub const NOTIFY_RETRY: &str = "NOTIFY_RETRY_INTERVALS";
 
 /// Every setting the handler reads.
 pub const SETTINGS: &[Setting] = &[
-    Setting { name: PORT, required: true, description: "port the Functions host forwards to (set by the host)" },
-    Setting { name: DPS_CONNECTION_STRING, required: true, description: "DPS shared access policy connection string (provisioningserviceowner)" },
-    Setting { name: DPS_ID_SCOPE, required: true, description: "DPS ID scope, written into provisioning codes" },
-    Setting { name: DPS_DEVICE_ENDPOINT, required: false, description: "DPS device endpoint for provisioning codes (default global.azure-devices-provisioning.net)" },
-    Setting { name: IOTHUB_CONNECTION_STRINGS, required: true, description: "service connection strings of the linked hubs, separated by |: a policy with RegistryRead, RegistryWrite and ServiceConnect (registry-handler in infra/; iothubowner locally)" },
-    Setting { name: STORAGE, required: true, description: "storage account holding the registry tables: a connection string (locally), or by managed identity AzureWebJobsStorage__accountName (the account name, in Azure) or AzureWebJobsStorage__tableServiceUri (the Table service URI, https); exactly one of the three" },
-    Setting { name: TABLE_PREFIX, required: false, description: "prefix of the registry table names (default Registry)" },
-    Setting { name: EXTRA_CA, required: false, description: "PEM file of an extra CA to trust (the emulator's, in development)" },
-    Setting { name: IOTHUB_NAMES, required: false, description: "hub names as events carry them, with their host names: name=host|name=host (default: a linked host starting with name.)" },
-    Setting { name: NOTIFY_URL, required: false, description: "webhook receiving status notifications (a Logic App HTTP trigger); none: no notifications" },
-    Setting { name: NOTIFY_SECRET, required: false, description: "HMAC-SHA256 secret signing notifications (16+ characters; required with NOTIFY_WEBHOOK_URL)" },
-    Setting { name: NOTIFY_RETRY, required: false, description: "waits between attempts to deliver a notification the webhook refused: first,longest in seconds, doubling in between (default 1,300)" },
+    Setting {
+        name: PORT,
+        required: true,
+        description: "port the Functions host forwards to (set by the host)",
+    },
+    Setting {
+        name: DPS_CONNECTION_STRING,
+        required: true,
+        description: "DPS shared access policy connection string (provisioningserviceowner)",
+    },
+    Setting {
+        name: DPS_ID_SCOPE,
+        required: true,
+        description: "DPS ID scope, written into provisioning codes",
+    },
+    Setting {
+        name: DPS_DEVICE_ENDPOINT,
+        required: false,
+        description: "DPS device endpoint for provisioning codes (default \
+            global.azure-devices-provisioning.net)",
+    },
+    Setting {
+        name: IOTHUB_CONNECTION_STRINGS,
+        required: true,
+        description:
+            "service connection strings of the linked hubs, separated by |: a policy with \
+            RegistryRead, RegistryWrite and ServiceConnect (registry-handler in infra/; \
+            iothubowner locally)",
+    },
+    Setting {
+        name: STORAGE,
+        required: true,
+        description: "storage account holding the registry tables: a connection string (locally), \
+            or by managed identity AzureWebJobsStorage__accountName (the account name, in Azure) \
+            or AzureWebJobsStorage__tableServiceUri (the Table service URI, https); exactly one of \
+            the three",
+    },
+    Setting {
+        name: TABLE_PREFIX,
+        required: false,
+        description: "prefix of the registry table names (default Registry)",
+    },
+    Setting {
+        name: EXTRA_CA,
+        required: false,
+        description: "PEM file of an extra CA to trust (the emulator's, in development)",
+    },
+    Setting {
+        name: IOTHUB_NAMES,
+        required: false,
+        description: "hub names as events carry them, with their host names: name=host|name=host \
+            (default: a linked host starting with name.)",
+    },
+    Setting {
+        name: NOTIFY_URL,
+        required: false,
+        description: "webhook receiving status notifications (a Logic App HTTP trigger); none: no \
+            notifications",
+    },
+    Setting {
+        name: NOTIFY_SECRET,
+        required: false,
+        description: "HMAC-SHA256 secret signing notifications (16+ characters; required with \
+            NOTIFY_WEBHOOK_URL)",
+    },
+    Setting {
+        name: NOTIFY_RETRY,
+        required: false,
+        description: "waits between attempts to deliver a notification the webhook refused: \
+            first,longest in seconds, doubling in between (default 1,300)",
+    },
 ];
 
 /// Settings the Functions host reads for the event function's binding (function.json), not the
@@ -75,7 +134,9 @@ pub const HOST_SETTINGS: &[Setting] = &[
     Setting {
         name: "REGISTRY_EVENTS",
         required: true,
-        description: "the Event Hubs connection of the hub-events event hub every hub routes its lifecycle, twin-change and connection-state events to: a connection string locally, REGISTRY_EVENTS__fullyQualifiedNamespace (the namespace host) in Azure",
+        description: "the Event Hubs connection of the hub-events event hub every hub routes its \
+            lifecycle, twin-change and connection-state events to: a connection string locally, \
+            REGISTRY_EVENTS__fullyQualifiedNamespace (the namespace host) in Azure",
     },
     Setting {
         name: "REGISTRY_EVENT_HUB_NAME",
@@ -263,7 +324,8 @@ fn storage_access(lookup: &impl Fn(&str) -> Option<String>) -> Result<StorageAcc
         if !valid_account(&account) {
             return Err(invalid(
                 STORAGE_TABLE_URI,
-                "name the account in the host (https://{account}.table.core.windows.net) or the path (https://127.0.0.1:10002/{account})",
+                "name the account in the host (https://{account}.table.core.windows.net) or the \
+                    path (https://127.0.0.1:10002/{account})",
             ));
         }
         (account, value.trim_end_matches('/').to_owned())
@@ -273,7 +335,9 @@ fn storage_access(lookup: &impl Fn(&str) -> Option<String>) -> Result<StorageAcc
     let (Some(endpoint), Some(header)) = (endpoint, header) else {
         return Err(invalid(
             name,
-            "it asks for the managed identity, but IDENTITY_ENDPOINT and IDENTITY_HEADER are not set: turn on the function app's identity, or use a connection string in AzureWebJobsStorage",
+            "it asks for the managed identity, but IDENTITY_ENDPOINT and IDENTITY_HEADER are not \
+                set: turn on the function app's identity, or use a connection string in \
+                AzureWebJobsStorage",
         ));
     };
     let endpoint =

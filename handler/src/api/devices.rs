@@ -34,24 +34,35 @@ fn history(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with(service))
         .and(query_pairs())
-        .then(|id: Segment, service: Arc<Service>, pairs: Vec<(String, String)>| async move {
-            respond(async {
-                let mut page_size = 50;
-                let mut continuation = None;
-                for (name, value) in pairs {
-                    match name.as_str() {
-                        "pageSize" => page_size = super::page_size(&value, 1000)?,
-                        "continuationToken" => continuation = Some(value).filter(|v| !v.is_empty()),
-                        "code" => {}
-                        other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}; use pageSize or continuationToken"))),
-                    }
-                }
-                let (entries, next) = service.history(&id.0, page_size, continuation.as_deref()).await?;
-                Ok(json_reply(StatusCode::OK, &json!({ "items": entries, "continuationToken": next }), None))
-            }
-            .await)
-        })
+        .then(show_history)
+        .map(respond)
         .boxed()
+}
+
+async fn show_history(
+    id: Segment,
+    service: Arc<Service>,
+    pairs: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
+    let mut page_size = 50;
+    let mut continuation = None;
+    for (name, value) in pairs {
+        match name.as_str() {
+            "pageSize" => page_size = super::page_size(&value, 1000)?,
+            "continuationToken" => continuation = Some(value).filter(|v| !v.is_empty()),
+            "code" => {}
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter {other:?}; use pageSize or continuationToken"
+                )))
+            }
+        }
+    }
+    let (entries, next) = service
+        .history(&id.0, page_size, continuation.as_deref())
+        .await?;
+    let body = json!({ "items": entries, "continuationToken": next });
+    Ok(json_reply(StatusCode::OK, &body, None))
 }
 
 /// `GET /api/devices`
@@ -62,9 +73,10 @@ fn list(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(query_pairs())
         .then(
             |service: Arc<Service>, pairs: Vec<(String, String)>| async move {
-                respond(list_reply(&service, pairs, views::device).await)
+                list_reply(&service, pairs, views::device).await
             },
         )
+        .map(respond)
         .boxed()
 }
 
@@ -74,35 +86,35 @@ fn read(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with(service))
         .and(query_pairs())
-        .then(
-            |id: Segment, service: Arc<Service>, pairs: Vec<(String, String)>| async move {
-                respond(
-                    async {
-                        let refresh = match pairs
-                            .iter()
-                            .find(|(k, _)| k == "refresh")
-                            .map(|(_, v)| v.as_str())
-                        {
-                            None | Some("false") => false,
-                            Some("true") | Some("") => true,
-                            Some(other) => {
-                                return Err(ApiError::invalid(format!(
-                                    "refresh must be true or false, not {other:?}"
-                                )))
-                            }
-                        };
-                        let stored = service.device(&id.0, refresh).await?;
-                        Ok(json_reply(
-                            StatusCode::OK,
-                            &views::device(&stored),
-                            Some(&stored.etag),
-                        ))
-                    }
-                    .await,
-                )
-            },
-        )
+        .then(show_device)
+        .map(respond)
         .boxed()
+}
+
+async fn show_device(
+    id: Segment,
+    service: Arc<Service>,
+    pairs: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
+    let refresh = match pairs
+        .iter()
+        .find(|(k, _)| k == "refresh")
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "refresh must be true or false, not {other:?}"
+            )))
+        }
+    };
+    let stored = service.device(&id.0, refresh).await?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &views::device(&stored),
+        Some(&stored.etag),
+    ))
 }
 
 /// `PATCH /api/devices/{deviceId}/desired`: a JSON object merged into the desired properties.
@@ -112,16 +124,23 @@ fn desired(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(with(service))
         .and(if_match())
         .and(json_body::<Map<String, Value>>(JSON_LIMIT))
-        .then(|id: Segment, service: Arc<Service>, if_match: Option<String>, patch: Map<String, Value>| async move {
-            respond(async {
-                let result = service.update_desired(&id.0, patch, if_match.as_deref()).await?;
-                tracing::info!(device.id = %id.0, "updated desired properties");
-                let body = json!({ "deviceId": id.0, "desired": result.desired, "etag": result.etag });
-                Ok(json_reply(StatusCode::OK, &body, result.etag.as_deref()))
-            }
-            .await)
-        })
+        .then(update_desired)
+        .map(respond)
         .boxed()
+}
+
+async fn update_desired(
+    id: Segment,
+    service: Arc<Service>,
+    if_match: Option<String>,
+    patch: Map<String, Value>,
+) -> Result<Response, ApiError> {
+    let result = service
+        .update_desired(&id.0, patch, if_match.as_deref())
+        .await?;
+    tracing::info!(device.id = %id.0, "updated desired properties");
+    let body = json!({ "deviceId": id.0, "desired": result.desired, "etag": result.etag });
+    Ok(json_reply(StatusCode::OK, &body, result.etag.as_deref()))
 }
 
 /// `POST /api/devices/{deviceId}/commands/{name}`
@@ -130,18 +149,24 @@ fn command(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with(service))
         .and(json_body::<CommandRequest>(JSON_LIMIT))
-        .then(|id: Segment, name: Segment, service: Arc<Service>, request: CommandRequest| async move {
-            respond(async {
-                let answer = service.command(&id.0, &name.0, request).await?;
-                tracing::info!(
-                    device.id = %id.0,
-                    method = %name.0,
-                    status = answer.status,
-                    "a device answered a command"
-                );
-                Ok(json_reply(StatusCode::OK, &json!({ "status": answer.status, "payload": answer.payload }), None))
-            }
-            .await)
-        })
+        .then(send_command)
+        .map(respond)
         .boxed()
+}
+
+async fn send_command(
+    id: Segment,
+    name: Segment,
+    service: Arc<Service>,
+    request: CommandRequest,
+) -> Result<Response, ApiError> {
+    let answer = service.command(&id.0, &name.0, request).await?;
+    tracing::info!(
+        device.id = %id.0,
+        method = %name.0,
+        status = answer.status,
+        "a device answered a command"
+    );
+    let body = json!({ "status": answer.status, "payload": answer.payload });
+    Ok(json_reply(StatusCode::OK, &body, None))
 }

@@ -257,23 +257,43 @@ impl ListQuery {
         };
         for (name, value) in pairs {
             match name.as_str() {
-                "customer" => query.filter.customer = Some(CustomerId::parse(&value).map_err(|e| ApiError::invalid(e.0))?),
-                "hub" => query.filter.hub = Some(HubName::parse(&value).map_err(|e| ApiError::invalid(e.0))?),
-                "status" => {
-                    query.filter.status = Some(Status::parse(&value).ok_or_else(|| {
-                        let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-                        ApiError::invalid(format!("status {value:?} is unknown; use one of {}", known.join(", ")))
-                    })?)
+                "customer" => {
+                    query.filter.customer = Some(CustomerId::parse(&value).map_err(invalid_id)?)
                 }
+                "hub" => query.filter.hub = Some(HubName::parse(&value).map_err(invalid_id)?),
+                "status" => query.filter.status = Some(status_of(&value)?),
                 "pageSize" => query.page_size = page_size(&value, MAX_PAGE_SIZE)?,
-                "continuationToken" | "continuation" => query.continuation = Some(value).filter(|v| !v.is_empty()),
+                "continuationToken" | "continuation" => {
+                    query.continuation = Some(value).filter(|v| !v.is_empty())
+                }
                 // The function key, when given in the query; the host checked it.
                 "code" => {}
-                other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}; use customer, status, hub, pageSize or continuationToken"))),
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "unknown query parameter {other:?}; \
+                         use customer, status, hub, pageSize or continuationToken"
+                    )))
+                }
             }
         }
         Ok(query)
     }
+}
+
+/// An identifier in a filter that does not parse.
+fn invalid_id(error: crate::domain::InvalidId) -> ApiError {
+    ApiError::invalid(error.0)
+}
+
+/// A `status` filter's value.
+fn status_of(value: &str) -> Result<Status, ApiError> {
+    Status::parse(value).ok_or_else(|| {
+        let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        ApiError::invalid(format!(
+            "status {value:?} is unknown; use one of {}",
+            known.join(", ")
+        ))
+    })
 }
 
 /// `GET /api/enrollments` and `GET /api/devices`: the same records, in the given view.

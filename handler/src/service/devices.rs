@@ -153,7 +153,10 @@ impl Service {
     ) -> Result<DesiredResult, ServiceError> {
         let size = serde_json::to_string(&desired).map_or(0, |s| s.len());
         if size > MAX_DESIRED_BYTES {
-            return Err(ServiceError::Invalid(format!("the desired properties are {size} bytes as JSON; IoT Hub's limit is {MAX_DESIRED_BYTES}")));
+            return Err(ServiceError::Invalid(format!(
+                "the desired properties are {size} bytes as \
+                JSON; IoT Hub's limit is {MAX_DESIRED_BYTES}"
+            )));
         }
         if let Some(bad) = desired
             .keys()

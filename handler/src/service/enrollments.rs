@@ -233,7 +233,11 @@ impl Service {
                 self.abandon(&stored).await;
                 return Err(ServiceError::conflict(
                     "existsInDps",
-                    format!("DPS already has an enrollment {} that the registry does not know; remove it from DPS or choose another registration id", record.registration_id),
+                    format!(
+                        "DPS already has an enrollment {} that the registry does not know; \
+                        remove it from DPS or choose another registration id",
+                        record.registration_id
+                    ),
                 ));
             }
             Err(CloudError::Rejected(message)) => {
@@ -406,7 +410,8 @@ impl Service {
             return Err(ServiceError::conflict(
                 "rotationPending",
                 format!(
-                    "{}'s key is being rotated; the code is issued again once the rotation completes",
+                    "{}'s key is being rotated; the code is issued again once the rotation \
+                        completes",
                     record.registration_id
                 ),
             ));

@@ -402,9 +402,15 @@ impl Service {
                         other => other.to_string(),
                     };
                     let reason = if detail.contains("unreadable") {
-                        format!("the device's stored record cannot be read ({detail}); retrying cannot help")
+                        format!(
+                            "the device's stored record cannot be read ({detail}); retrying \
+                            cannot help"
+                        )
                     } else {
-                        format!("Table Storage refuses the device's record with this event applied ({detail}); retrying cannot help")
+                        format!(
+                            "Table Storage refuses the device's record with this event \
+                            applied ({detail}); retrying cannot help"
+                        )
                     };
                     tracing::warn!(
                         function,

@@ -245,7 +245,9 @@ fn check_if_match(if_match: Option<&str>, etag: &str) -> Result<(), ServiceError
         None | Some("*") | Some("\"*\"") => Ok(()),
         Some(wanted) if wanted == etag => Ok(()),
         Some(_) => Err(ServiceError::PreconditionFailed(
-            "the record changed since it was read (If-Match does not match its ETag); read it again and retry".into(),
+            "the record changed since it was read (If-Match does not match its ETag); read it \
+                again and retry"
+                .into(),
         )),
     }
 }

@@ -58,7 +58,10 @@ pub enum Delivery {
 fn rotation_pending(id: &RegistrationId) -> ServiceError {
     ServiceError::conflict(
         "rotationPending",
-        format!("a key rotation of {id} is already in progress; it finishes when the device has re-provisioned with the new key"),
+        format!(
+            "a key rotation of {id} is already in progress; it finishes when the device has \
+            re-provisioned with the new key"
+        ),
     )
 }
 
@@ -91,13 +94,19 @@ impl Service {
             if !record.enabled {
                 return Err(ServiceError::conflict(
                     "enrollmentDisabled",
-                    format!("{id} is disabled, so it could not re-provision with a new key; enable it first"),
+                    format!(
+                        "{id} is disabled, so it could not re-provision with a new key; \
+                        enable it first"
+                    ),
                 ));
             }
             if record.assigned_hub().is_none() {
                 return Err(ServiceError::conflict(
                     "deviceNotAssigned",
-                    format!("{id} has not registered yet, so there is no device to hand a key to; its provisioning code still carries the current key"),
+                    format!(
+                        "{id} has not registered yet, so there is no device to hand a key to; \
+                        its provisioning code still carries the current key"
+                    ),
                 ));
             }
             Ok(())
@@ -231,7 +240,8 @@ impl Service {
                                 registration.id = %id,
                                 rotation.id = %rotation.id,
                                 %reason,
-                                "the new key could not be handed to the device yet; the rotation stays pending"
+                                "the new key could not be handed to the device yet; the rotation \
+                                    stays pending"
                             );
                             return self
                                 .move_rotation(&stored, &rotation, |r| {
