@@ -75,7 +75,12 @@ fn result(logs: Vec<String>, value: Value) -> Response {
 
 /// A failed invocation: the host retries it per the function's retry policy.
 fn failed(message: String) -> Response {
-    warp::reply::with_status(warp::reply::json(&json!({ "Outputs": {}, "Logs": [message.clone()], "ReturnValue": { "error": message } })), StatusCode::SERVICE_UNAVAILABLE)
+    let body = json!({
+        "Outputs": {},
+        "Logs": [message.clone()],
+        "ReturnValue": { "error": message },
+    });
+    warp::reply::with_status(warp::reply::json(&body), StatusCode::SERVICE_UNAVAILABLE)
         .into_response()
 }
 
@@ -98,7 +103,13 @@ async fn invoke(service: &Service, function: &str, trigger: &str, invocation: Va
                             "{} events, {} records changed",
                             report.events, report.changed
                         )],
-                        json!({ "events": report.events, "changed": report.changed, "unknownDevice": report.unknown, "deadLettered": report.dead_lettered, "notified": report.notified }),
+                        json!({
+                            "events": report.events,
+                            "changed": report.changed,
+                            "unknownDevice": report.unknown,
+                            "deadLettered": report.dead_lettered,
+                            "notified": report.notified,
+                        }),
                     )
                 }
                 Err(error) => {
@@ -213,7 +224,12 @@ pub fn parse_batch(
             sequence: sequence.unwrap_or(-1),
         };
         let raw = || {
-            json!({ "body": body, "properties": properties.get(i), "systemProperties": system.get(i) }).to_string()
+            json!({
+                "body": body,
+                "properties": properties.get(i),
+                "systemProperties": system.get(i),
+            })
+            .to_string()
         };
         let empty = Map::new();
         let props = properties

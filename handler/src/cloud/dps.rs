@@ -105,7 +105,10 @@ pub trait Provisioning: Send + Sync {
 pub fn enrollment_body(record: &DeviceRecord, keys: Option<&EnrollmentKeys>) -> Value {
     let symmetric = match keys {
         Some(keys) => {
-            json!({ "primaryKey": keys.primary.expose_base64(), "secondaryKey": keys.secondary.expose_base64() })
+            json!({
+                "primaryKey": keys.primary.expose_base64(),
+                "secondaryKey": keys.secondary.expose_base64(),
+            })
         }
         None => json!({}),
     };

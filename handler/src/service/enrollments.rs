@@ -270,8 +270,16 @@ impl Service {
             }
             Err(e) => return Err(e),
         };
-        self.note(completed.record.device_id.as_str(), "enrolled", Some(serde_json::json!({ "registrationId": completed.record.registration_id, "customerId": completed.record.customer.id })))
-            .await;
+        let detail = serde_json::json!({
+            "registrationId": completed.record.registration_id,
+            "customerId": completed.record.customer.id,
+        });
+        self.note(
+            completed.record.device_id.as_str(),
+            "enrolled",
+            Some(detail),
+        )
+        .await;
         Ok(completed)
     }
 

@@ -230,7 +230,10 @@ impl Service {
                             self.note(
                                 stored.record.device_id.as_str(),
                                 "keyDelivered",
-                                Some(json!({ "rotationId": rotation.id, "slot": rotation.slot.as_str() })),
+                                Some(json!({
+                                    "rotationId": rotation.id,
+                                    "slot": rotation.slot.as_str(),
+                                })),
                             )
                             .await;
                             delivered
@@ -355,7 +358,11 @@ impl Service {
         self.note(
             record.device_id.as_str(),
             "keyRotationCompleted",
-            Some(json!({ "rotationId": rotation.id, "slot": rotation.slot.as_str(), "retiredSlot": retired.as_str() })),
+            Some(json!({
+                "rotationId": rotation.id,
+                "slot": rotation.slot.as_str(),
+                "retiredSlot": retired.as_str(),
+            })),
         )
         .await;
         Ok(finished)

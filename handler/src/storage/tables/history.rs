@@ -151,7 +151,8 @@ impl TableRegistry {
             return Ok((Vec::new(), None));
         };
         let filter = format!(
-            "PartitionKey eq '{}' and RowKey gt '{HISTORY_PREFIX}' and RowKey lt '{HISTORY_PREFIX}~'",
+            "PartitionKey eq '{}' and RowKey gt '{HISTORY_PREFIX}' \
+             and RowKey lt '{HISTORY_PREFIX}~'",
             key.replace('\'', "''")
         );
         let position = continuation
