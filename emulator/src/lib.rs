@@ -4,7 +4,9 @@
 //! Layout:
 //! - [`config`]: what to serve, where, with which development keys.
 //! - [`tls`]: the local CA (created on first start) and the server certificate.
-//! - [`store`], [`state`]: durable state (snapshot + journal) and the records it holds.
+//! - [`journaled_store`], [`cloud_state`]: the store that journals every change to a model and
+//!   folds the journal into a snapshot, and the model it holds (DPS records, hub registries).
+//! - [`azure_format`]: etags, identifiers and timestamps as Azure writes them.
 //! - [`net`]: HTTPS and MQTT-over-TLS listeners, and the MQTT 3.1.1 codec.
 //! - [`dps`]: the Device Provisioning Service (service API, device registration, allocation).
 //! - [`hub`]: the IoT hubs (identity registry; service API).
@@ -16,7 +18,9 @@
 //! [`start`] binds every listener (port 0 picks free ports, so tests run in parallel), writes
 //! endpoints.json and returns a handle that stops everything cleanly.
 
+pub mod azure_format;
 pub mod base64_bytes;
+pub mod cloud_state;
 pub mod config;
 pub mod dps;
 pub mod endpoints;
@@ -24,12 +28,11 @@ pub mod events;
 pub mod fleet;
 pub mod functions;
 pub mod hub;
+pub mod journaled_store;
 pub mod net;
-pub mod stamps;
-pub mod state;
-pub mod store;
 pub mod tls;
 
+use cloud_state::CloudState;
 use config::{
     EmulatorConfig, Persistence, DPS_SERVICE_POLICY, EVENT_HUBS_POLICY, HUB_SERVICE_POLICY,
     REGISTRY_EVENT_HUB,
@@ -42,11 +45,10 @@ use events::namespace::Namespace;
 use events::routing::{Router, BUILT_IN};
 use hub::{Hub, HubSettings, Hubs};
 use iot_credentials::ServiceConnectionString;
-use state::CloudState;
+use journaled_store::{Store, StoreError};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use store::{Store, StoreError};
 use tls::{LocalCa, TlsError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;

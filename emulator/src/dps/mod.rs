@@ -21,9 +21,9 @@ pub mod registrations;
 pub mod service_http;
 pub mod validate;
 
+use crate::cloud_state::CloudState;
 use crate::hub::Hubs;
-use crate::state::CloudState;
-use crate::store::Store;
+use crate::journaled_store::Store;
 use iot_credentials::SharedAccessKey;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

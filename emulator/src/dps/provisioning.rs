@@ -13,9 +13,9 @@ use super::model::{
     RegistrationStatus, SymmetricKeyRegistrationResult,
 };
 use super::{validate, Dps};
+use crate::azure_format;
+use crate::cloud_state::{id_key, Change, CloudState};
 use crate::hub::registry::{DeviceIdentity, DeviceStatus, PropertySet, Twin};
-use crate::stamps;
-use crate::state::{id_key, Change, CloudState};
 use iot_credentials::sas::unix_now;
 use iot_credentials::{derive_device_key, SasError, SharedAccessKey, SignedSas};
 use serde_json::Value;
@@ -372,7 +372,7 @@ fn assignment(
     allocation: Allocation,
     previous: Option<&DeviceRegistrationState>,
 ) -> (DeviceRegistrationState, Vec<Change>) {
-    let now = stamps::now();
+    let now = azure_format::now();
     let settings = admission.settings();
     let migrate = settings
         .reprovision_policy
@@ -400,7 +400,7 @@ fn assignment(
         desired: PropertySet::new(initial_twin.desired()),
         reported: PropertySet::new(Default::default()),
         version: 1,
-        etag: stamps::hub_etag(),
+        etag: azure_format::hub_etag(),
     };
     let device_in = |hub: &str, id: &str| state.hubs.get(hub).and_then(|r| r.get(id));
     let existing = device_in(&hub, &device_id);
@@ -436,7 +436,7 @@ fn assignment(
             .filter(|_| keep_identity)
             .map(|d| d.generation_id.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
-        etag: stamps::hub_etag(),
+        etag: azure_format::hub_etag(),
         status: existing.map_or(DeviceStatus::Enabled, |d| d.status),
         status_reason: existing.and_then(|d| d.status_reason.clone()),
         primary_key: key_text(0),
@@ -471,7 +471,7 @@ fn assignment(
         error_code: None,
         error_message: None,
         last_updated_date_time_utc: Some(now),
-        etag: Some(stamps::etag()),
+        etag: Some(azure_format::etag()),
         payload: allocation.payload,
         symmetric_key: None,
     };
@@ -485,7 +485,7 @@ fn unassigned(
     previous: Option<&DeviceRegistrationState>,
     failure: Option<String>,
 ) -> DeviceRegistrationState {
-    let now = stamps::now();
+    let now = azure_format::now();
     let (status, error_code) = match &failure {
         Some(_) => (RegistrationStatus::Failed, Some(ALLOCATION_FAILED)),
         None => (RegistrationStatus::Disabled, None),
@@ -502,7 +502,7 @@ fn unassigned(
         error_code,
         error_message: failure,
         last_updated_date_time_utc: Some(now),
-        etag: Some(stamps::etag()),
+        etag: Some(azure_format::etag()),
         payload: None,
         symmetric_key: None,
     }

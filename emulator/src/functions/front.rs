@@ -6,10 +6,10 @@
 //! `/admin/` (running a function, the keys API) needs the master key.
 
 use super::app::{AuthLevel, FunctionApp, HttpMode, Trigger};
-use super::handler::HandlerProcess;
 use super::invoke::{Invoker, HOST_VERSION};
 use super::keys::{Grant, KeyStore};
 use super::link::{Answer, Framing, LinkError, Outgoing};
+use super::supervisor::HandlerSupervisor;
 use crate::net::https::{json, query_param, read_body, Body, BodyError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
@@ -27,7 +27,7 @@ pub struct Front {
     /// The key store.
     pub keys: Arc<KeyStore>,
     /// The handler process.
-    pub handler: Arc<HandlerProcess>,
+    pub handler: Arc<HandlerSupervisor>,
     /// Reaches the handler.
     pub invoker: Invoker,
 }

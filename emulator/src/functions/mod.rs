@@ -2,7 +2,7 @@
 //! locally, with the parts a custom handler depends on made faithful.
 //!
 //! - [`app`]: reading host.json, function.json folders and local.settings.json.
-//! - [`handler`]: starting, watching and restarting the handler process.
+//! - [`supervisor`]: starting, watching and restarting the handler process.
 //! - [`identity`]: the app's managed identity (the local token service behind IDENTITY_ENDPOINT).
 //! - [`front`]: `http://127.0.0.1:7071/api/*` with function keys, forwarded as is.
 //! - [`keys`], [`admin`]: the key store and what each key opens; the admin API (`/admin/...`:
@@ -16,13 +16,13 @@ pub mod admin;
 pub mod app;
 pub mod dispatch;
 pub mod front;
-pub mod handler;
 pub mod identity;
 pub mod invoke;
 pub mod keys;
 pub mod link;
 pub mod routes;
 pub mod schedule;
+pub mod supervisor;
 
 use crate::events::checkpoints::Checkpoints;
 use crate::events::log::EventStream;
@@ -31,7 +31,6 @@ use crate::hub::Hubs;
 use app::{FunctionApp, Trigger};
 use dispatch::Delivery;
 use front::Front;
-use handler::HandlerProcess;
 use invoke::Invoker;
 use iot_credentials::SharedAccessKey;
 use keys::KeyStore;
@@ -39,6 +38,7 @@ use link::HandlerLink;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use supervisor::HandlerSupervisor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -78,7 +78,7 @@ pub struct FunctionsHost {
     /// Where the front listens.
     pub address: SocketAddr,
     /// The handler process.
-    pub handler: Arc<HandlerProcess>,
+    pub handler: Arc<HandlerSupervisor>,
     /// The loaded app.
     pub app: Arc<FunctionApp>,
     /// The app's managed identity.
@@ -258,7 +258,7 @@ pub async fn start(
     }
     let app = Arc::new(app);
 
-    let (handler, supervisor) = HandlerProcess::start(&app, shutdown.clone())?;
+    let (handler, supervisor) = HandlerSupervisor::start(&app, shutdown.clone())?;
     tasks.push(supervisor);
     let handler = Arc::new(handler);
     // 230 s: the front end's limit on an HTTP answer, and the longest an invocation may run here.

@@ -33,12 +33,12 @@ pub mod twin;
 pub use identities::DeviceSpec;
 pub use messages::{DEFAULT_MESSAGE_TTL, MAX_QUEUED_MESSAGES};
 
+use crate::azure_format;
+use crate::cloud_state::CloudState;
 use crate::events::log::EventStream;
 use crate::events::routing::Router;
+use crate::journaled_store::{Store, StoreError};
 use crate::net::mqtt_codec::{Packet, Publish, QoS};
-use crate::stamps;
-use crate::state::CloudState;
-use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use iot_credentials::SharedAccessKey;
 use sessions::{Session, Sessions};
@@ -184,7 +184,7 @@ impl Hub {
     /// ([`sessions::session_key`]).
     pub fn touch(&self, key: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.entry(key.to_owned()).or_default().last_activity = Some(stamps::now());
+        seen.entry(key.to_owned()).or_default().last_activity = Some(azure_format::now());
     }
 
     /// Closes a device's connection, if any.

@@ -21,8 +21,8 @@
 use super::modules::{self, ModuleSpec};
 use super::registry::{CloudMessage, DeviceStatus};
 use super::{twin, DeviceSpec, Hub, HubError, DEFAULT_MESSAGE_TTL};
+use crate::azure_format;
 use crate::net::https::{header, json, path_segments, query_param, read_body, Body, BodyError};
-use crate::stamps;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -60,7 +60,7 @@ impl ApiError {
     fn into_response(self) -> Response<Body> {
         let body = json!({
             "Message": format!("ErrorCode:{};{}", self.code, self.message),
-            "ExceptionMessage": format!("Tracking ID:{} TimestampUtc:{}", stamps::tracking_id(), stamps::now()),
+            "ExceptionMessage": format!("Tracking ID:{} TimestampUtc:{}", azure_format::tracking_id(), azure_format::now()),
         });
         let mut response = json(self.status, &body);
         response

@@ -97,7 +97,7 @@ pub fn apply_to_set(set: &mut PropertySet, patch: &Map<String, Value>) -> Result
     }
     set.values = values;
     set.version += 1;
-    set.last_updated = crate::stamps::now();
+    set.last_updated = crate::azure_format::now();
     Ok(())
 }
 
