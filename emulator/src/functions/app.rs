@@ -295,25 +295,61 @@ impl FunctionApp {
                 "no customHandler section: only custom handler apps are supported",
             )
         })?;
+        let http_mode = Self::http_mode(custom, &host_path)?;
+        let handler = Self::handler_description(&root, custom, &host_path)?;
+        let route_prefix = host
+            .pointer("/extensions/http/routePrefix")
+            .and_then(Value::as_str)
+            .unwrap_or("api")
+            .trim_matches('/')
+            .to_owned();
+        let max_event_batch = host
+            .pointer("/extensions/eventHubs/maxEventBatchSize")
+            .and_then(Value::as_u64)
+            .map_or(100, |n| n.clamp(1, 1000) as usize);
+        let settings = Self::settings(&root, overrides)?;
+        let functions = Self::enabled_functions(&root, &settings)?;
+        Ok(Self {
+            root,
+            handler,
+            http_mode,
+            route_prefix,
+            max_event_batch,
+            settings,
+            functions,
+        })
+    }
+
+    /// How HTTP requests reach the handler, from host.json's `customHandler` flags.
+    fn http_mode(custom: &Value, host_path: &Path) -> Result<HttpMode, AppError> {
         let flag = |name: &str| custom.get(name).and_then(Value::as_bool) == Some(true);
         // The host checks proxying first (DefaultHttpWorkerService.InvokeAsync).
-        let http_mode = if flag("enableProxyingHttpRequest") {
-            HttpMode::Proxying
+        if flag("enableProxyingHttpRequest") {
+            Ok(HttpMode::Proxying)
         } else if flag("enableForwardingHttpRequest") {
-            HttpMode::Forwarding
+            Ok(HttpMode::Forwarding)
         } else {
-            return Err(invalid(
-                &host_path,
+            Err(invalid(
+                host_path,
                 "set customHandler.enableProxyingHttpRequest (or the older enableForwardingHttpRequest) to true: the stand-in hands HTTP requests to the handler as they are, and does not build the HTTP invocation payload",
-            ));
-        };
+            ))
+        }
+    }
+
+    /// The handler's executable, working directory and arguments (`customHandler.description`),
+    /// relative to the app root.
+    fn handler_description(
+        root: &Path,
+        custom: &Value,
+        host_path: &Path,
+    ) -> Result<HandlerDescription, AppError> {
         let description = custom.get("description").cloned().unwrap_or_default();
         let executable = description
             .get("defaultExecutablePath")
             .and_then(Value::as_str)
             .ok_or_else(|| {
                 invalid(
-                    &host_path,
+                    host_path,
                     "customHandler.description.defaultExecutablePath is missing",
                 )
             })?;
@@ -321,7 +357,7 @@ impl FunctionApp {
             .get("workingDirectory")
             .and_then(Value::as_str)
             .unwrap_or("");
-        let handler = HandlerDescription {
+        Ok(HandlerDescription {
             executable: root.join(executable),
             working_directory: root.join(working),
             arguments: description
@@ -333,18 +369,14 @@ impl FunctionApp {
                         .collect()
                 })
                 .unwrap_or_default(),
-        };
-        let route_prefix = host
-            .pointer("/extensions/http/routePrefix")
-            .and_then(Value::as_str)
-            .unwrap_or("api")
-            .trim_matches('/')
-            .to_owned();
-        let max_event_batch = host
-            .pointer("/extensions/eventHubs/maxEventBatchSize")
-            .and_then(Value::as_u64)
-            .map_or(100, |n| n.clamp(1, 1000) as usize);
+        })
+    }
 
+    /// The app settings: local.settings.json's `Values`, with `overrides` on top.
+    fn settings(
+        root: &Path,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, AppError> {
         let settings_path = root.join("local.settings.json");
         let mut settings: BTreeMap<String, String> = if settings_path.exists() {
             read_json(&settings_path)?
@@ -366,9 +398,18 @@ impl FunctionApp {
             BTreeMap::new()
         };
         settings.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(settings)
+    }
 
+    /// Every enabled function: a folder holding function.json, in the root or in `functions/`,
+    /// in name order; a function disabled by `disabled` or `AzureWebJobs.<name>.Disabled` is
+    /// left out, and two of one name stop the load.
+    fn enabled_functions(
+        root: &Path,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Vec<FunctionDef>, AppError> {
         let mut functions = Vec::new();
-        for dir in [root.clone(), root.join("functions")] {
+        for dir in [root.to_owned(), root.join("functions")] {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
@@ -399,18 +440,10 @@ impl FunctionApp {
                 {
                     continue;
                 }
-                functions.push(Self::function(&path, name, &definition, &settings)?);
+                functions.push(Self::function(&path, name, &definition, settings)?);
             }
         }
-        Ok(Self {
-            root,
-            handler,
-            http_mode,
-            route_prefix,
-            max_event_batch,
-            settings,
-            functions,
-        })
+        Ok(functions)
     }
 
     fn function(
