@@ -9,8 +9,8 @@ use super::allocation::Allocation;
 use super::error::DpsError;
 use super::model::{
     AssignedSubstatus, AttestationType, DeviceRegistration, DeviceRegistrationState,
-    EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, RegistrationOperationStatus,
-    RegistrationStatus, SymmetricKeyRegistrationResult,
+    EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, InitialTwin,
+    RegistrationOperationStatus, RegistrationStatus, SymmetricKeyRegistrationResult,
 };
 use super::{validate, Dps};
 use crate::azure_format;
@@ -383,47 +383,15 @@ fn assignment(
     let before = previous
         .filter(|p| p.status == RegistrationStatus::Assigned)
         .and_then(|p| Some((p.assigned_hub.clone()?, p.device_id.clone()?)));
-    let substatus = match &before {
-        None => AssignedSubstatus::InitialAssignment,
-        Some((old_hub, _)) if old_hub.eq_ignore_ascii_case(&hub) => {
-            AssignedSubstatus::ReprovisionedToInitialAssignment
-        }
-        Some(_) if migrate => AssignedSubstatus::DeviceDataMigrated,
-        Some(_) => AssignedSubstatus::DeviceDataReset,
-    };
+    let substatus = assigned_substatus(before.as_ref(), &hub, migrate);
     let initial_twin = allocation
         .initial_twin
         .or_else(|| settings.initial_twin.clone())
         .unwrap_or_default();
-    let fresh_twin = || Twin {
-        tags: initial_twin.tags(),
-        desired: PropertySet::new(initial_twin.desired()),
-        reported: PropertySet::new(Default::default()),
-        version: 1,
-        etag: azure_format::hub_etag(),
-    };
     let device_in = |hub: &str, id: &str| state.hubs.get(hub).and_then(|r| r.get(id));
     let existing = device_in(&hub, &device_id);
     let old = before.as_ref().and_then(|(h, d)| device_in(h, d));
-    let (twin, keep_identity) = match substatus {
-        AssignedSubstatus::InitialAssignment => (
-            existing.map(|d| d.twin.clone()).unwrap_or_else(fresh_twin),
-            true,
-        ),
-        AssignedSubstatus::ReprovisionedToInitialAssignment if migrate => (
-            existing
-                .or(old)
-                .map(|d| d.twin.clone())
-                .unwrap_or_else(fresh_twin),
-            true,
-        ),
-        AssignedSubstatus::DeviceDataMigrated => (
-            old.map(|d| d.twin.clone()).unwrap_or_else(fresh_twin),
-            false,
-        ),
-        // Reset (same hub or another): the device starts over from the enrollment's twin.
-        _ => (fresh_twin(), false),
-    };
+    let (twin, keep_identity) = assigned_twin(substatus, migrate, existing, old, &initial_twin);
     let keys = admission.device_keys(registration_id);
     let key_text = |i: usize| {
         keys.get(i)
@@ -476,6 +444,61 @@ fn assignment(
         symmetric_key: None,
     };
     (record, changes)
+}
+
+/// How an assignment relates to the device's last one (`before`: its hub and device id): first,
+/// back to the same hub, or to another hub with its data migrated or reset.
+fn assigned_substatus(
+    before: Option<&(String, String)>,
+    hub: &str,
+    migrate: bool,
+) -> AssignedSubstatus {
+    match before {
+        None => AssignedSubstatus::InitialAssignment,
+        Some((old_hub, _)) if old_hub.eq_ignore_ascii_case(hub) => {
+            AssignedSubstatus::ReprovisionedToInitialAssignment
+        }
+        Some(_) if migrate => AssignedSubstatus::DeviceDataMigrated,
+        Some(_) => AssignedSubstatus::DeviceDataReset,
+    }
+}
+
+/// The twin the assigned identity gets, and whether the identity keeps its generation: the
+/// identity already in the hub, the one migrated from the old hub, or a fresh twin from the
+/// enrollment's initial twin when the data is reset (or there is nothing to keep).
+fn assigned_twin(
+    substatus: AssignedSubstatus,
+    migrate: bool,
+    existing: Option<&DeviceIdentity>,
+    old: Option<&DeviceIdentity>,
+    initial_twin: &InitialTwin,
+) -> (Twin, bool) {
+    let fresh_twin = || Twin {
+        tags: initial_twin.tags(),
+        desired: PropertySet::new(initial_twin.desired()),
+        reported: PropertySet::new(Default::default()),
+        version: 1,
+        etag: azure_format::hub_etag(),
+    };
+    match substatus {
+        AssignedSubstatus::InitialAssignment => (
+            existing.map(|d| d.twin.clone()).unwrap_or_else(fresh_twin),
+            true,
+        ),
+        AssignedSubstatus::ReprovisionedToInitialAssignment if migrate => (
+            existing
+                .or(old)
+                .map(|d| d.twin.clone())
+                .unwrap_or_else(fresh_twin),
+            true,
+        ),
+        AssignedSubstatus::DeviceDataMigrated => (
+            old.map(|d| d.twin.clone()).unwrap_or_else(fresh_twin),
+            false,
+        ),
+        // Reset (same hub or another): the device starts over from the enrollment's twin.
+        _ => (fresh_twin(), false),
+    }
 }
 
 /// The record of a registration that did not assign: disabled (no reason) or failed. The last
