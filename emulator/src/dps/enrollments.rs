@@ -434,83 +434,95 @@ impl Dps {
                 )
             })
             .collect();
-        let more_errors =
-            self.store
-                .transact(|state| {
-                    // What earlier items of this batch did, so later items see it.
-                    let mut batch: HashMap<String, Option<K::Record>> = HashMap::new();
-                    let mut changes = Vec::new();
-                    let mut errors = Vec::new();
-                    for (item, fresh) in valid.into_iter().zip(&fresh) {
-                        let id = K::id(&item).to_owned();
-                        let key = id_key(&id);
-                        let existing = match batch.get(&key) {
-                            Some(seen) => seen.clone(),
-                            None => K::table(state).get(&key).cloned(),
-                        };
-                        let outcome = match (mode, &existing) {
-                            // `update` without an etag refuses an existing record as `create` does:
-                            // the live service answers 409201/409202 "… already exists." there
-                            // (recorded bulk operations, see docs/emulator.md).
-                            (BulkMode::Create, Some(_)) => Err(K::exists()),
-                            (BulkMode::Update, Some(_)) if K::settings(&item).etag.is_none() => {
-                                Err(K::exists())
-                            }
-                            (BulkMode::Update, Some(current))
-                                if !K::settings(current).etag.as_deref().is_some_and(|etag| {
-                                    K::settings(&item).etag.as_deref().is_some_and(|wanted| {
-                                        azure_format::etag_matches(wanted, etag)
-                                    })
-                                }) =>
-                            {
-                                Err(DpsError::PreconditionFailed(format!(
-                                    "the etag of {id:?} does not match"
-                                )))
-                            }
-                            (BulkMode::Delete, None) => Err(K::not_found(&id)),
-                            (BulkMode::Delete, Some(_)) => {
-                                changes.extend(K::delete(state, &key));
-                                batch.insert(key, None);
-                                Ok(())
-                            }
-                            (BulkMode::UpdateIfMatchETag, _) => {
-                                let wanted = K::settings(&item).etag.clone();
-                                match (
-                                    wanted,
-                                    existing.as_ref().and_then(|e| K::settings(e).etag.clone()),
-                                ) {
-                                    (Some(wanted), Some(current))
-                                        if azure_format::etag_matches(&wanted, &current) =>
-                                    {
-                                        Ok(())
-                                    }
-                                    (None, None) => Ok(()),
-                                    _ => Err(DpsError::PreconditionFailed(format!(
-                                        "the etag of {id:?} does not match"
-                                    ))),
-                                }
-                                .map(|()| {
-                                    let stored = stamp::<K>(item, existing.as_ref(), fresh);
-                                    batch.insert(key, Some(stored.clone()));
-                                    changes.push(K::put(stored));
-                                })
-                            }
-                            (BulkMode::Create | BulkMode::Update, _) => {
-                                let stored = stamp::<K>(item, existing.as_ref(), fresh);
-                                batch.insert(key, Some(stored.clone()));
-                                changes.push(K::put(stored));
-                                Ok(())
-                            }
-                        };
-                        if let Err(error) = outcome {
-                            errors.push(item_error(&id, &error));
-                        }
+        let more_errors = self
+            .store
+            .transact(|state| {
+                // What earlier items of this batch did, so later items see it.
+                let mut batch: HashMap<String, Option<K::Record>> = HashMap::new();
+                let mut changes = Vec::new();
+                let mut errors = Vec::new();
+                for (item, fresh) in valid.into_iter().zip(&fresh) {
+                    let id = K::id(&item).to_owned();
+                    if let Err(error) =
+                        bulk_item::<K>(state, mode, item, fresh, &mut batch, &mut changes)
+                    {
+                        errors.push(item_error(&id, &error));
                     }
-                    Ok::<_, DpsError>((errors, changes))
-                })
-                .await?;
+                }
+                Ok::<_, DpsError>((errors, changes))
+            })
+            .await?;
         errors.extend(more_errors);
         Ok(BulkOutcome { errors })
+    }
+}
+
+/// One item of a bulk operation, inside the operation's transaction: checks it against the
+/// stored record (or what an earlier item of the batch left in `batch`) and adds its changes.
+fn bulk_item<K: EnrollmentKind>(
+    state: &CloudState,
+    mode: BulkMode,
+    item: K::Record,
+    fresh: &(SharedAccessKey, SharedAccessKey),
+    batch: &mut HashMap<String, Option<K::Record>>,
+    changes: &mut Vec<Change>,
+) -> Result<(), DpsError> {
+    let id = K::id(&item).to_owned();
+    let key = id_key(&id);
+    let existing = match batch.get(&key) {
+        Some(seen) => seen.clone(),
+        None => K::table(state).get(&key).cloned(),
+    };
+    match (mode, &existing) {
+        // `update` without an etag refuses an existing record as `create` does:
+        // the live service answers 409201/409202 "… already exists." there
+        // (recorded bulk operations, see docs/emulator.md).
+        (BulkMode::Create, Some(_)) => Err(K::exists()),
+        (BulkMode::Update, Some(_)) if K::settings(&item).etag.is_none() => Err(K::exists()),
+        (BulkMode::Update, Some(current))
+            if !K::settings(current).etag.as_deref().is_some_and(|etag| {
+                K::settings(&item)
+                    .etag
+                    .as_deref()
+                    .is_some_and(|wanted| azure_format::etag_matches(wanted, etag))
+            }) =>
+        {
+            Err(DpsError::PreconditionFailed(format!(
+                "the etag of {id:?} does not match"
+            )))
+        }
+        (BulkMode::Delete, None) => Err(K::not_found(&id)),
+        (BulkMode::Delete, Some(_)) => {
+            changes.extend(K::delete(state, &key));
+            batch.insert(key, None);
+            Ok(())
+        }
+        (BulkMode::UpdateIfMatchETag, _) => {
+            let wanted = K::settings(&item).etag.clone();
+            match (
+                wanted,
+                existing.as_ref().and_then(|e| K::settings(e).etag.clone()),
+            ) {
+                (Some(wanted), Some(current)) if azure_format::etag_matches(&wanted, &current) => {
+                    Ok(())
+                }
+                (None, None) => Ok(()),
+                _ => Err(DpsError::PreconditionFailed(format!(
+                    "the etag of {id:?} does not match"
+                ))),
+            }
+            .map(|()| {
+                let stored = stamp::<K>(item, existing.as_ref(), fresh);
+                batch.insert(key, Some(stored.clone()));
+                changes.push(K::put(stored));
+            })
+        }
+        (BulkMode::Create | BulkMode::Update, _) => {
+            let stored = stamp::<K>(item, existing.as_ref(), fresh);
+            batch.insert(key, Some(stored.clone()));
+            changes.push(K::put(stored));
+            Ok(())
+        }
     }
 }
 
