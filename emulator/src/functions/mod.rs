@@ -28,7 +28,7 @@ use crate::events::checkpoints::Checkpoints;
 use crate::events::log::EventStream;
 use crate::events::namespace::Namespace;
 use crate::hub::Hubs;
-use app::{FunctionApp, Trigger};
+use app::{FunctionApp, FunctionDef, Trigger};
 use dispatch::Delivery;
 use front::Front;
 use invoke::Invoker;
@@ -205,25 +205,15 @@ pub struct Overrides {
     pub executable: Option<std::path::PathBuf>,
 }
 
-/// Starts the stand-in for the app at `root`: the handler process, the HTTP front on `listener`,
-/// one delivery loop per event function and partition, one loop per timer function.
-pub async fn start(
-    root: &std::path::Path,
-    overrides: Overrides,
-    listener: TcpListener,
-    keys: Arc<KeyStore>,
-    sources: EventSources<'_>,
-    checkpoints: Arc<Checkpoints>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(FunctionsHost, Vec<JoinHandle<()>>), FunctionsError> {
-    let mut app = FunctionApp::load_with(root, &overrides.settings)?;
-    if let Some(executable) = overrides.executable {
-        app.handler.executable = executable;
-    }
-    let address = listener.local_addr()?;
-    let mut tasks = Vec::new();
+/// An event-triggered function with the stream it reads and that stream's namespace host.
+type EventListener = (FunctionDef, Arc<EventStream>, String);
 
-    // Resolve every event binding first, so a wrong setting stops the start with its reason.
+/// Every event-triggered function of the app with its resolved source; a binding whose
+/// settings name no known stream stops the start with its reason.
+fn event_listeners(
+    app: &FunctionApp,
+    sources: EventSources<'_>,
+) -> Result<Vec<EventListener>, FunctionsError> {
     let mut listeners = Vec::new();
     for function in &app.functions {
         let Trigger::EventHub {
@@ -247,6 +237,62 @@ pub async fn start(
         .map_err(binding_error)?;
         listeners.push((function.clone(), stream, host));
     }
+    Ok(listeners)
+}
+
+/// One delivery loop per event function and partition.
+fn spawn_deliveries(
+    delivery: &Delivery,
+    listeners: Vec<EventListener>,
+    checkpoints: &Arc<Checkpoints>,
+    max_event_batch: usize,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (function, stream, host) in listeners {
+        for partition in 0..stream.partition_count() {
+            tasks.push(tokio::spawn(dispatch::deliver_partition(
+                delivery.clone(),
+                function.clone(),
+                stream.clone(),
+                host.clone(),
+                partition,
+                checkpoints.clone(),
+                max_event_batch,
+            )));
+        }
+    }
+    tasks
+}
+
+/// One loop per timer function.
+fn spawn_timers(delivery: &Delivery, app: &FunctionApp) -> Vec<JoinHandle<()>> {
+    app.functions
+        .iter()
+        .filter(|f| matches!(f.trigger, Trigger::Timer { .. }))
+        .map(|function| tokio::spawn(dispatch::run_timer(delivery.clone(), function.clone())))
+        .collect()
+}
+
+/// Starts the stand-in for the app at `root`: the handler process, the HTTP front on `listener`,
+/// one delivery loop per event function and partition, one loop per timer function.
+pub async fn start(
+    root: &std::path::Path,
+    overrides: Overrides,
+    listener: TcpListener,
+    keys: Arc<KeyStore>,
+    sources: EventSources<'_>,
+    checkpoints: Arc<Checkpoints>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(FunctionsHost, Vec<JoinHandle<()>>), FunctionsError> {
+    let mut app = FunctionApp::load_with(root, &overrides.settings)?;
+    if let Some(executable) = overrides.executable {
+        app.handler.executable = executable;
+    }
+    let address = listener.local_addr()?;
+    let mut tasks = Vec::new();
+
+    // Resolve every event binding first, so a wrong setting stops the start with its reason.
+    let listeners = event_listeners(&app, sources)?;
 
     // The platform gives every app with an identity these two variables. Kept beside the app
     // settings (which the handler's environment is made of) unless a setting already names them,
@@ -279,29 +325,13 @@ pub async fn start(
         handler: handler.clone(),
         shutdown: shutdown.clone(),
     };
-    for (function, stream, host) in listeners {
-        for partition in 0..stream.partition_count() {
-            tasks.push(tokio::spawn(dispatch::deliver_partition(
-                delivery.clone(),
-                function.clone(),
-                stream.clone(),
-                host.clone(),
-                partition,
-                checkpoints.clone(),
-                app.max_event_batch,
-            )));
-        }
-    }
-    for function in app
-        .functions
-        .iter()
-        .filter(|f| matches!(f.trigger, Trigger::Timer { .. }))
-    {
-        tasks.push(tokio::spawn(dispatch::run_timer(
-            delivery.clone(),
-            function.clone(),
-        )));
-    }
+    tasks.extend(spawn_deliveries(
+        &delivery,
+        listeners,
+        &checkpoints,
+        app.max_event_batch,
+    ));
+    tasks.extend(spawn_timers(&delivery, &app));
     tracing::info!(
         %address,
         functions = ?app.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
