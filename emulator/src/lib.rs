@@ -20,8 +20,8 @@
 //! everything cleanly.
 
 pub mod azure_format;
-pub mod base64_bytes;
-pub mod cloud_state;
+pub(crate) mod base64_bytes;
+pub(crate) mod cloud_state;
 pub mod config;
 pub mod dps;
 pub mod endpoints;

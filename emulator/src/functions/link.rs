@@ -100,11 +100,6 @@ impl HandlerLink {
         }
     }
 
-    /// The supervised handler.
-    pub fn handler(&self) -> &Arc<HandlerSupervisor> {
-        &self.handler
-    }
-
     /// The client whose connections all go to start `generation`.
     fn client_for(&self, generation: u64) -> reqwest::Client {
         let mut current = self.client.lock().unwrap_or_else(|p| p.into_inner());

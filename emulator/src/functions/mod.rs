@@ -12,16 +12,16 @@
 //! - [`dispatch`]: event delivery (batches, order, checkpoints, retry policies) and timers.
 //! - [`routes`], [`schedule`]: route templates and NCRONTAB schedules.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod dispatch;
-pub mod front;
+pub(crate) mod dispatch;
+pub(crate) mod front;
 pub mod identity;
-pub mod invoke;
-pub mod keys;
-pub mod link;
-pub mod routes;
-pub mod schedule;
+pub(crate) mod invoke;
+pub(crate) mod keys;
+pub(crate) mod link;
+pub(crate) mod routes;
+pub(crate) mod schedule;
 pub mod supervisor;
 
 use crate::events::checkpoints::Checkpoints;

@@ -19,14 +19,14 @@
 //! This file wires a [`Hub`] together: its settings, its errors, and what it knows of connected
 //! devices beyond the registry (presence).
 
-pub mod device_mqtt;
+pub(crate) mod device_mqtt;
 mod identities;
 mod messages;
 mod methods;
 pub mod modules;
 pub mod registry;
 mod routing;
-pub mod service_http;
+pub(crate) mod service_http;
 pub mod sessions;
 pub mod twin;
 
