@@ -110,7 +110,7 @@ fn event_hub_connection(text: &str) -> Option<(String, String, String, Option<St
 
 /// Where event functions can read: the hubs' built-in endpoints and the namespace's event hubs.
 #[derive(Clone, Copy)]
-pub struct EventSources<'a> {
+pub(crate) struct EventSources<'a> {
     /// The hubs by host name.
     pub hubs: &'a Hubs,
     /// The Event Hubs namespace.
@@ -198,7 +198,7 @@ fn event_source(
 /// What the command line changes about an app: settings (already filled in) and the handler
 /// executable.
 #[derive(Debug, Clone, Default)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// Replaced or added app settings.
     pub settings: std::collections::BTreeMap<String, String>,
     /// The handler executable.
@@ -275,7 +275,7 @@ fn spawn_timers(delivery: &Delivery, app: &FunctionApp) -> Vec<JoinHandle<()>> {
 
 /// Starts the stand-in for the app at `root`: the handler process, the HTTP front on `listener`,
 /// one delivery loop per event function and partition, one loop per timer function.
-pub async fn start(
+pub(crate) async fn start(
     root: &std::path::Path,
     overrides: Overrides,
     listener: TcpListener,
