@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 source scripts/azurite.sh
 
-cargo build --locked --release --quiet -p emulator -p handler --bins
+cargo build --locked --release --quiet -p emulator -p handler -p bench --bins
 state=$(mktemp -d)
 cleanup() {
   if [[ -n "${pid:-}" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
@@ -31,9 +31,9 @@ target/release/handler-bench --endpoints "$state/endpoints.json" --storage "$AZU
   --handler target/release/handler --devices "${BENCH_HANDLER_DEVICES:-1000}" --clients 16 \
   --dashboard-devices "${BENCH_DASHBOARD_DEVICES:-10000}"
 echo
-target/release/fleet --endpoints "$state/endpoints.json" bench-event-latency --samples "${BENCH_LATENCY_SAMPLES:-200}"
+target/release/bench --endpoints "$state/endpoints.json" event-latency --samples "${BENCH_LATENCY_SAMPLES:-200}"
 echo
-target/release/fleet --endpoints "$state/endpoints.json" bench-import --rows "${BENCH_IMPORT_ROWS:-10000}" --batch 2000
+target/release/bench --endpoints "$state/endpoints.json" import --rows "${BENCH_IMPORT_ROWS:-10000}" --batch 2000
 # The same import against a DPS that admits what one Azure unit does: 1,000 service operations a
 # minute (the import paces itself by DPS's Retry-After).
 kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
@@ -46,4 +46,4 @@ wait_ready "$state/unit" "$pid"
 wait_host "$state/unit"
 echo
 echo "With DPS admitting 1,000 service operations a minute (--operation-rate 1000, one Azure unit):"
-target/release/fleet --endpoints "$state/unit/endpoints.json" bench-import --rows "${BENCH_IMPORT_ROWS:-10000}" --batch 2000
+target/release/bench --endpoints "$state/unit/endpoints.json" import --rows "${BENCH_IMPORT_ROWS:-10000}" --batch 2000

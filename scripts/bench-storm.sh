@@ -23,7 +23,7 @@ soak_csv=${BENCH_SOAK_CSV:-docs/soak-memory.csv}
 
 # Ten thousand devices hold a hub connection each, and DPS connections while they register.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --locked --release --quiet -p emulator -p handler --bins
+cargo build --locked --release --quiet -p emulator -p handler -p bench --bins
 state=$(mktemp -d)
 cleanup() {
   if [[ -n "${pid:-}" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
@@ -50,7 +50,7 @@ for mode in jitter no-jitter; do
   flag=()
   [[ $mode == no-jitter ]] && flag=(--no-jitter)
   # A run that leaves devices behind still prints its row; the bench goes on.
-  target/release/fleet --endpoints "$state/storm/endpoints.json" storm --devices "$devices" \
+  target/release/bench --endpoints "$state/storm/endpoints.json" storm --devices "$devices" \
     --deadline "$deadline" --label "$mode" "${flag[@]}" || true
 done
 kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=
@@ -69,7 +69,7 @@ handler_pid=$(pgrep -P "$pid" -x handler | head -1)
 echo "Soak: $soak_devices devices for $soak_minutes min (telemetry every second, a reported property every"
 echo "10 s, each device registering again every 2 min), the emulator (running the function app, 1,000"
 echo "events retained per partition, so retention does not pass for growth) and the handler sampled every 5 s:"
-target/release/fleet --endpoints "$state/soak/endpoints.json" soak --minutes "$soak_minutes" \
+target/release/bench --endpoints "$state/soak/endpoints.json" soak --minutes "$soak_minutes" \
   --devices "$soak_devices" --process "emulator=$pid" --process "handler=$handler_pid" \
   --csv "$soak_csv" --svg "$soak_svg"
 echo "Samples in $soak_csv, chart in $soak_svg."

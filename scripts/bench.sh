@@ -10,7 +10,7 @@ source scripts/lib.sh
 devices=${BENCH_DEVICES:-1000}
 concurrency=${BENCH_CONCURRENCY:-64}
 
-cargo build --locked --release --quiet -p emulator --bins
+cargo build --locked --release --quiet -p emulator -p bench --bins
 state=$(mktemp -d)
 cleanup() {
   if [[ -n "${pid:-}" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
@@ -24,7 +24,7 @@ wait_ready "$state" "$pid"
 idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 
 echo "DPS registrations, $devices devices per transport, $concurrency in flight ($(nproc) cores, $(date -u +%Y-%m-%d)):"
-target/release/fleet --endpoints "$state/endpoints.json" bench-dps --devices "$devices" --concurrency "$concurrency"
+target/release/bench --endpoints "$state/endpoints.json" dps --devices "$devices" --concurrency "$concurrency"
 peak_rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 echo
 echo "Emulator memory: ${idle_rss} KiB resident when idle, peak ${peak_rss} KiB during the run."
@@ -54,7 +54,7 @@ for n in ${BENCH_CONNECTIONS:-1000 10000}; do
     --registration-retry-after 0 --event-retention 1000 >"$state/run/emulator.log" 2>&1 &
   pid=$!
   wait_ready "$state/run" "$pid"
-  target/release/fleet --endpoints "$state/run/endpoints.json" bench-hub --devices "$n" --messages "$messages" \
+  target/release/bench --endpoints "$state/run/endpoints.json" hub --devices "$n" --messages "$messages" \
     --server-pid "$pid" --label emulator
 
   target/release/fleet --endpoints "$state/run/endpoints.json" issue-certificate --state-dir "$state/run" \
@@ -77,7 +77,7 @@ CONF
     (exec 3<>"/dev/tcp/$broker_address/$broker_port") 2>/dev/null && break
     sleep 0.05
   done
-  target/release/fleet --endpoints "$state/run/endpoints.json" bench-hub --devices "$n" --messages "$messages" \
+  target/release/bench --endpoints "$state/run/endpoints.json" hub --devices "$n" --messages "$messages" \
     --server-pid "$broker" --broker "$broker_address:$broker_port" --label "mosquitto"
   kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true
 done

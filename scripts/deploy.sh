@@ -295,7 +295,7 @@ Next: fetch a function key (it is a secret: it stays in your shell) and enroll a
     $function_url/enrollments
   curl -sS -H "x-functions-key: \$key" $function_url/enrollments/therm-001/provisioning-code
 
-Then paste the code into the device's portal (device-portal; see docs/deploy.md and docs/device.md).
+Then paste the code into the device's portal (the device program's portal role; see docs/deploy.md and docs/device.md).
 
 For tools that only read (dashboards, reports), the reader key opens the read routes and nothing
 that reveals a key, changes anything or drives a device:

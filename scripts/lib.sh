@@ -98,11 +98,11 @@ import json, sys
 for hub in json.load(open(sys.argv[1]))["hubs"]:
     print(hub["hostName"] + "=" + str(hub["mqttPort"]))' "$emulator_state/endpoints.json")
   rm -f "$device_dir/portal.addr"
-  "$bin/device-portal" --listen "${PORTAL_LISTEN:-127.0.0.1:0}" --state-dir "$device_dir" --extra-ca-file "$ca" \
+  "$bin/device" portal --listen "${PORTAL_LISTEN:-127.0.0.1:0}" --state-dir "$device_dir" --extra-ca-file "$ca" \
     --dps-endpoint "$dps_endpoint" --model TX-100 --serial SN-0001 --ready-file "$device_dir/portal.addr" \
     >"$device_dir/portal.log" 2>&1 &
   DEVICE_PORTAL_PID=$!
-  RUST_LOG=${SENDER_LOG:-warn} "$bin/telemetry-sender" --state-dir "$device_dir" --extra-ca-file "$ca" "${hub_ports[@]}" \
+  RUST_LOG=${SENDER_LOG:-warn} "$bin/device" sender --state-dir "$device_dir" --extra-ca-file "$ca" "${hub_ports[@]}" \
     --interval 2 --model TX-100 --serial SN-0001 --firmware 1.0.0 >"$device_dir/sender.log" 2>&1 &
   DEVICE_SENDER_PID=$!
   for _ in $(seq 1 200); do [[ -s "$device_dir/portal.addr" ]] && break; sleep 0.05; done

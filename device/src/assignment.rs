@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// File name inside the state directory.
-pub const FILE_NAME: &str = "assignment.json";
+pub(crate) const FILE_NAME: &str = "assignment.json";
 
 /// How the device reaches DPS and proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub struct Assignment {
 impl Assignment {
     /// The same device and key, newly assigned: what re-provisioning answered, keeping what the
     /// device knows about key rotations.
-    pub fn reassigned(&self, next: Assignment) -> Assignment {
+    pub(crate) fn reassigned(&self, next: Assignment) -> Assignment {
         Assignment {
             pending_key: self.pending_key.clone(),
             last_rotation: self.last_rotation.clone(),
@@ -218,7 +218,7 @@ impl StateDir {
     }
 
     /// A fingerprint of the stored file, to notice a new assignment without reading it each time.
-    pub fn fingerprint(&self) -> Option<(std::time::SystemTime, u64)> {
+    pub(crate) fn fingerprint(&self) -> Option<(std::time::SystemTime, u64)> {
         let meta = fs::metadata(self.file()).ok()?;
         Some((meta.modified().ok()?, meta.len()))
     }

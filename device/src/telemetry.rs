@@ -7,7 +7,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// The placeholder replaced in file lines.
-pub const TIME_PLACEHOLDER: &str = "$UTC_TIME$";
+pub(crate) const TIME_PLACEHOLDER: &str = "$UTC_TIME$";
 
 /// A telemetry source.
 #[derive(Debug)]
@@ -73,7 +73,7 @@ impl Source {
     }
 
     /// The next message body.
-    pub fn next_body(&mut self) -> String {
+    pub(crate) fn next_body(&mut self) -> String {
         match self {
             Source::File { lines, next } => {
                 let line = lines[*next % lines.len()].replace(TIME_PLACEHOLDER, &now());

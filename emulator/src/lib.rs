@@ -13,7 +13,8 @@
 //! - [`endpoints`]: `endpoints.json`, how clients find the emulator.
 //! - [`events`]: each hub's event stream and consumer checkpoints.
 //! - [`functions`]: the Azure Functions host stand-in for a custom-handler app.
-//! - [`fleet`]: clients of the emulator for the `fleet` tool (demo, load generator) and tests.
+//! - [`fleet`]: clients of the emulator for the `fleet` tool (demo, load generator), the
+//!   benchmarks (bench/) and tests.
 //!
 //! [`start`] (`startup.rs`, one named step per part) binds every listener (port 0 picks free
 //! ports, so tests run in parallel), writes endpoints.json and returns a handle that stops

@@ -6,10 +6,10 @@ use anyhow::Context;
 use handler::cloud::dps::DpsClient;
 use handler::cloud::https_client;
 use handler::cloud::hub::HubClients;
-use handler::config::Config;
 use handler::service::notify::Notifier;
-use handler::service::{CodeSettings, Service};
+use handler::service::CodeSettings;
 use handler::storage::tables::{http_client_trusting, TableRegistry};
+use handler::{Config, Service};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,9 @@ const NOTIFY_PERIOD: Duration = Duration::from_secs(2);
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // warp's own lines for every request repeat what the host logs of each call.
+                .unwrap_or_else(|_| "info,warp::filters::trace=off".into()),
         )
         .with_ansi(false)
         .init();
@@ -43,7 +45,8 @@ async fn main() -> anyhow::Result<()> {
     ));
     let service = Arc::new(Service {
         store: registry.clone(),
-        journal: registry.clone(),
+        dead_letters: registry.clone(),
+        outbox: registry.clone(),
         dps: Arc::new(DpsClient::new(config.dps.clone(), https.clone())),
         hubs: Arc::new(HubClients::new(&config.hubs, https.clone())),
         notifier: Arc::new(
@@ -65,7 +68,10 @@ async fn main() -> anyhow::Result<()> {
     // Create the tables while the first requests arrive, rather than before listening.
     tokio::spawn(async move {
         if let Err(error) = registry.ensure_tables().await {
-            tracing::warn!(%error, "the registry tables could not be created yet; requests will retry");
+            tracing::warn!(
+                %error,
+                "the registry tables could not be created yet; requests will retry"
+            );
         }
     });
     tracing::info!(%address, hubs = config.hubs.len(), "the handler is listening");
@@ -74,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
         let mut stop = stop_rx;
         let _ = stop.wait_for(|s| *s).await;
     }));
-    handler::api::serve(listener, service, shutdown()).await;
+    handler::serve(listener, service, shutdown()).await;
     let _ = stop_tx.send(true);
     let _ = notifier.await;
     tracing::info!("the handler stopped");

@@ -117,6 +117,15 @@ fn esc(text: &str) -> String {
     out
 }
 
+/// A page's error message: `#error`, announced to screen readers, the message escaped and
+/// followed by `link` (fixed markup, such as a way back to the start).
+fn error_banner(message: &str, link: &'static str) -> String {
+    format!(
+        r#"<p class="error" role="alert" id="error">{}{link}</p>"#,
+        esc(message)
+    )
+}
+
 /// A page in the portal's frame.
 fn page(title: &str, body: &str, refresh: bool) -> String {
     let refresh = if refresh {
@@ -164,11 +173,7 @@ impl Portal {
     fn setup_form(&self, csrf: &str, error: Option<&str>, code: &str) -> String {
         let mut body = String::new();
         if let Some(error) = error {
-            let _ = write!(
-                body,
-                r#"<p class="error" role="alert" id="error">{}</p>"#,
-                esc(error)
-            );
+            body.push_str(&error_banner(error, ""));
         }
         let _ = write!(
             body,
@@ -195,11 +200,7 @@ impl Portal {
     fn status_page(&self, assignment: &Assignment, csrf: &str, error: Option<&str>) -> String {
         let mut body = String::new();
         if let Some(error) = error {
-            let _ = write!(
-                body,
-                r#"<p class="error" role="alert" id="error">{}</p>"#,
-                esc(error)
-            );
+            body.push_str(&error_banner(error, ""));
         }
         let password_field = if self.config.setup_password.is_some() {
             r#"<label>Setup password<input type="password" name="password" autocomplete="off"></label>"#
@@ -378,7 +379,10 @@ fn forbidden() -> Response {
         StatusCode::FORBIDDEN,
         page(
             "Please try again",
-            r#"<p class="error" role="alert" id="error">This form has expired or did not come from this page. <a href="/">Start again</a>.</p>"#,
+            &error_banner(
+                "This form has expired or did not come from this page. ",
+                r#"<a href="/">Start again</a>."#,
+            ),
             false,
         ),
         None,

@@ -1,7 +1,7 @@
 //! The portal's routes, one filter per route (doc comment naming it) and one plain function
 //! answering it, warp style; one `recover` turns unreadable requests into a page.
 
-use super::{csrf_ok, esc, forbidden, html, page, redirect, token_for};
+use super::{csrf_ok, error_banner, esc, forbidden, html, page, redirect, token_for};
 use super::{Form, Job, Portal, FORM_LIMIT};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -69,10 +69,7 @@ fn show_home(portal: Arc<Portal>, cookies: Option<String>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             page(
                 "Something is wrong",
-                &format!(
-                    r#"<p class="error" id="error">{}</p>"#,
-                    esc(&error.to_string())
-                ),
+                &error_banner(&error.to_string(), ""),
                 false,
             ),
             set.as_deref(),
@@ -133,11 +130,11 @@ fn show_progress(job: String, portal: Arc<Portal>) -> Response {
     let state = portal.jobs().get(&job).cloned();
     let page = match state {
         None => {
-            let body = concat!(
-                r#"<p class="error" id="error">There is no such setup in progress. "#,
-                r#"<a href="/">Back</a></p>"#
+            let body = error_banner(
+                "There is no such setup in progress. ",
+                r#"<a href="/">Back</a>"#,
             );
-            return html(StatusCode::NOT_FOUND, page("Not found", body, false), None);
+            return html(StatusCode::NOT_FOUND, page("Not found", &body, false), None);
         }
         Some(Job::Running) => {
             let body = concat!(
@@ -161,13 +158,7 @@ fn show_progress(job: String, portal: Arc<Portal>) -> Response {
                 page("Connected", &body, false)
             }
             Err(message) => {
-                let body = format!(
-                    concat!(
-                        r#"<p class="error" role="alert" id="error">{}</p>"#,
-                        r#"<p><a href="/">Try again</a></p>"#
-                    ),
-                    esc(&message)
-                );
+                let body = error_banner(&message, "") + r#"<p><a href="/">Try again</a></p>"#;
                 page("Not connected", &body, false)
             }
         },
@@ -241,13 +232,13 @@ fn not_found() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone 
 
 /// What a request the routes could not read gets.
 fn unreadable() -> Response {
-    let body = concat!(
-        r#"<p class="error" id="error">The request could not be read. "#,
-        r#"<a href="/">Start again</a>.</p>"#
+    let body = error_banner(
+        "The request could not be read. ",
+        r#"<a href="/">Start again</a>."#,
     );
     html(
         StatusCode::BAD_REQUEST,
-        page("That did not work", body, false),
+        page("That did not work", &body, false),
         None,
     )
 }

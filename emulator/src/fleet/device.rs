@@ -1,5 +1,12 @@
 //! DPS registration as a device performs it, over HTTPS or MQTT: sign a SAS token with the device
 //! key (`skn=registration`), register, then poll the operation honouring `Retry-After`.
+//!
+//! A second copy of the device crate's `device::provision::Provisioner`, kept on purpose: it is
+//! an independent client to check the emulator against (the tests read the whole registration
+//! state and every refusal, which the device client turns into its own errors), and its HTTPS
+//! registrar lets many simulated devices share one connection pool in one process. The storms and
+//! soaks (bench/) use the device crate's client instead, as what they measure is the device's
+//! behaviour.
 
 use super::{error_message, ClientError};
 use crate::dps::model::{DeviceRegistrationState, RegistrationOperationStatus, RegistrationStatus};

@@ -2,6 +2,11 @@
 //! enough that one process can hold ten thousand connections for a benchmark. It speaks the
 //! device side of IoT Hub's protocol: telemetry with property bags, reported properties, and
 //! twin reads; against a plain broker (the benchmark's reference) it only publishes.
+//!
+//! A second copy of the device crate's hub client (the telemetry sender, `device::sender`, on
+//! rumqttc), kept on purpose: it is an independent client to check the emulator's hubs against,
+//! built on the emulator's own strict codec, and it is light enough for the benchmarks to hold
+//! ten thousand connections in one process, where a rumqttc event loop per device is not.
 
 use super::ClientError;
 use crate::net::mqtt_codec::{self, Connect, ConnectReturnCode, Packet, Publish, QoS};

@@ -133,7 +133,12 @@ fn command(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .then(|id: Segment, name: Segment, service: Arc<Service>, request: CommandRequest| async move {
             respond(async {
                 let answer = service.command(&id.0, &name.0, request).await?;
-                tracing::info!(device.id = %id.0, method = %name.0, status = answer.status, "a device answered a command");
+                tracing::info!(
+                    device.id = %id.0,
+                    method = %name.0,
+                    status = answer.status,
+                    "a device answered a command"
+                );
                 Ok(json_reply(StatusCode::OK, &json!({ "status": answer.status, "payload": answer.payload }), None))
             }
             .await)

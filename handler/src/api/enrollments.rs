@@ -43,22 +43,28 @@ fn rotate_key(service: Arc<Service>) -> BoxedFilter<(Response,)> {
     warp::path!("api" / "enrollments" / Segment / "rotate-key")
         .and(warp::post())
         .and(with(service))
-        .then(|id: Segment, service: Arc<Service>| async move {
-            respond(
-                async {
-                    let stored = service.rotate_key(&id.0).await?;
-                    let step = stored.record.key_rotation.as_ref().map_or("completed", |r| r.step.as_str());
-                    tracing::info!(registration.id = %stored.record.registration_id, step, "asked for a key rotation");
-                    Ok(json_reply(
-                        StatusCode::ACCEPTED,
-                        &views::enrollment(&stored),
-                        Some(&stored.etag),
-                    ))
-                }
-                .await,
-            )
-        })
+        .then(start_key_rotation)
+        .map(respond)
         .boxed()
+}
+
+async fn start_key_rotation(id: Segment, service: Arc<Service>) -> Result<Response, ApiError> {
+    let stored = service.rotate_key(&id.0).await?;
+    let step = stored
+        .record
+        .key_rotation
+        .as_ref()
+        .map_or("completed", |r| r.step.as_str());
+    tracing::info!(
+        registration.id = %stored.record.registration_id,
+        step,
+        "asked for a key rotation"
+    );
+    Ok(json_reply(
+        StatusCode::ACCEPTED,
+        &views::enrollment(&stored),
+        Some(&stored.etag),
+    ))
 }
 
 /// `POST /api/enrollments`
@@ -67,20 +73,32 @@ fn create(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with(service))
         .and(json_body::<NewEnrollment>(JSON_LIMIT))
-        .then(|service: Arc<Service>, request: NewEnrollment| async move {
-            respond(async {
-                let stored = service.enroll(request).await?;
-                tracing::info!(registration.id = %stored.record.registration_id, customer.id = %stored.record.customer.id, "enrolled a device");
-                let mut response = json_reply(StatusCode::CREATED, &views::enrollment(&stored), Some(&stored.etag));
-                let location = format!("/api/enrollments/{}", stored.record.registration_id);
-                if let Ok(location) = HeaderValue::from_str(&location) {
-                    response.headers_mut().insert(header::LOCATION, location);
-                }
-                Ok(response)
-            }
-            .await)
-        })
+        .then(enroll_device)
+        .map(respond)
         .boxed()
+}
+
+async fn enroll_device(
+    service: Arc<Service>,
+    request: NewEnrollment,
+) -> Result<Response, ApiError> {
+    let stored = service.enroll(request).await?;
+    let record = &stored.record;
+    tracing::info!(
+        registration.id = %record.registration_id,
+        customer.id = %record.customer.id,
+        "enrolled a device"
+    );
+    let mut response = json_reply(
+        StatusCode::CREATED,
+        &views::enrollment(&stored),
+        Some(&stored.etag),
+    );
+    let location = format!("/api/enrollments/{}", record.registration_id);
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }
 
 /// `GET /api/enrollments`
@@ -91,9 +109,10 @@ fn list(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(query_pairs())
         .then(
             |service: Arc<Service>, pairs: Vec<(String, String)>| async move {
-                respond(list_reply(&service, pairs, views::enrollment).await)
+                list_reply(&service, pairs, views::enrollment).await
             },
         )
+        .map(respond)
         .boxed()
 }
 
@@ -102,20 +121,18 @@ fn read(service: Arc<Service>) -> BoxedFilter<(Response,)> {
     warp::path!("api" / "enrollments" / Segment)
         .and(warp::get())
         .and(with(service))
-        .then(|id: Segment, service: Arc<Service>| async move {
-            respond(
-                async {
-                    let stored = service.enrollment(&id.0).await?;
-                    Ok(json_reply(
-                        StatusCode::OK,
-                        &views::enrollment(&stored),
-                        Some(&stored.etag),
-                    ))
-                }
-                .await,
-            )
-        })
+        .then(show_enrollment)
+        .map(respond)
         .boxed()
+}
+
+async fn show_enrollment(id: Segment, service: Arc<Service>) -> Result<Response, ApiError> {
+    let stored = service.enrollment(&id.0).await?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &views::enrollment(&stored),
+        Some(&stored.etag),
+    ))
 }
 
 /// `PATCH /api/enrollments/{registrationId}`
@@ -125,15 +142,24 @@ fn change(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(with(service))
         .and(if_match())
         .and(json_body::<EnrollmentPatch>(JSON_LIMIT))
-        .then(|id: Segment, service: Arc<Service>, if_match: Option<String>, patch: EnrollmentPatch| async move {
-            respond(async {
-                let stored = service.change(&id.0, patch, if_match.as_deref()).await?;
-                tracing::info!(registration.id = %stored.record.registration_id, "changed an enrollment");
-                Ok(json_reply(StatusCode::OK, &views::enrollment(&stored), Some(&stored.etag)))
-            }
-            .await)
-        })
+        .then(change_enrollment)
+        .map(respond)
         .boxed()
+}
+
+async fn change_enrollment(
+    id: Segment,
+    service: Arc<Service>,
+    if_match: Option<String>,
+    patch: EnrollmentPatch,
+) -> Result<Response, ApiError> {
+    let stored = service.change(&id.0, patch, if_match.as_deref()).await?;
+    tracing::info!(registration.id = %stored.record.registration_id, "changed an enrollment");
+    Ok(json_reply(
+        StatusCode::OK,
+        &views::enrollment(&stored),
+        Some(&stored.etag),
+    ))
 }
 
 /// `DELETE /api/enrollments/{registrationId}`
@@ -142,19 +168,19 @@ fn remove(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(with(service))
         .and(if_match())
-        .then(
-            |id: Segment, service: Arc<Service>, if_match: Option<String>| async move {
-                respond(
-                    async {
-                        service.remove(&id.0, if_match.as_deref()).await?;
-                        tracing::info!(registration.id = %id.0, "removed an enrollment");
-                        Ok(StatusCode::NO_CONTENT.into_response())
-                    }
-                    .await,
-                )
-            },
-        )
+        .then(remove_enrollment)
+        .map(respond)
         .boxed()
+}
+
+async fn remove_enrollment(
+    id: Segment,
+    service: Arc<Service>,
+    if_match: Option<String>,
+) -> Result<Response, ApiError> {
+    service.remove(&id.0, if_match.as_deref()).await?;
+    tracing::info!(registration.id = %id.0, "removed an enrollment");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /api/enrollments/import`: `text/csv` with a header row, or a JSON array.
@@ -164,24 +190,35 @@ fn import(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(with(service))
         .and(warp::header::optional::<String>("content-type"))
         .and(body_up_to(IMPORT_LIMIT))
-        .then(|service: Arc<Service>, content_type: Option<String>, body: bytes::Bytes| async move {
-            respond(async {
-                required(&body, "CSV rows with a header row, or a JSON array")?;
-                let rows: Vec<ImportRow> = if media_type_is(content_type.as_deref(), &["text/csv", "application/csv"]) {
-                    parse_csv(&body)?
-                } else if media_type_is(content_type.as_deref(), &["application/json"]) {
-                    parse_json(&body)?
-                } else {
-                    return Err(ApiError::UnsupportedMediaType("text/csv (with a header row) or application/json (an array)"));
-                };
-                let results = service.import(rows).await;
-                let view = views::import(&results);
-                tracing::info!(rows = results.len(), created = %view["summary"]["created"], "imported enrollments");
-                Ok(json_reply(StatusCode::OK, &view, None))
-            }
-            .await)
-        })
+        .then(import_enrollments)
+        .map(respond)
         .boxed()
+}
+
+async fn import_enrollments(
+    service: Arc<Service>,
+    content_type: Option<String>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    required(&body, "CSV rows with a header row, or a JSON array")?;
+    let content_type = content_type.as_deref();
+    let rows: Vec<ImportRow> = if media_type_is(content_type, &["text/csv", "application/csv"]) {
+        parse_csv(&body)?
+    } else if media_type_is(content_type, &["application/json"]) {
+        parse_json(&body)?
+    } else {
+        return Err(ApiError::UnsupportedMediaType(
+            "text/csv (with a header row) or application/json (an array)",
+        ));
+    };
+    let results = service.import(rows).await;
+    let view = views::import(&results);
+    tracing::info!(
+        rows = results.len(),
+        created = %view["summary"]["created"],
+        "imported enrollments"
+    );
+    Ok(json_reply(StatusCode::OK, &view, None))
 }
 
 /// `GET /api/enrollments/{registrationId}/provisioning-code` (`?format=svg` for the QR code
@@ -191,40 +228,56 @@ fn provisioning_code(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with(service))
         .and(query_pairs())
-        .then(|id: Segment, service: Arc<Service>, pairs: Vec<(String, String)>| async move {
-            respond(async {
-                let svg_only = match pairs.iter().find(|(k, _)| k == "format").map(|(_, v)| v.as_str()) {
-                    None | Some("json") => false,
-                    Some("svg") => true,
-                    Some(other) => return Err(ApiError::invalid(format!("format {other:?} is unknown; use json or svg"))),
-                };
-                let answer = service.provisioning_code(&id.0).await?;
-                let code = answer.code.expose();
-                let qr = QrCode::new(code.as_bytes())
-                    .map_err(|e| ApiError::invalid(format!("the code does not fit a QR code: {e}")))?
-                    .render::<svg::Color<'_>>()
-                    .min_dimensions(240, 240)
-                    .quiet_zone(true)
-                    .build();
-                // Handing out a device key is worth an audit line; the key itself is not in it.
-                tracing::info!(registration.id = %answer.code.registration_id, "issued a provisioning code");
-                let mut response = if svg_only {
-                    let mut response = qr.into_response();
-                    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"));
-                    response
-                } else {
-                    let body = json!({
-                        "registrationId": answer.code.registration_id,
-                        "code": code,
-                        "qrSvg": qr,
-                        "enabled": answer.enabled,
-                    });
-                    json_reply(StatusCode::OK, &body, None)
-                };
-                response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                Ok(response)
-            }
-            .await)
-        })
+        .then(issue_provisioning_code)
+        .map(respond)
         .boxed()
+}
+
+async fn issue_provisioning_code(
+    id: Segment,
+    service: Arc<Service>,
+    pairs: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
+    let format = pairs
+        .iter()
+        .find(|(k, _)| k == "format")
+        .map(|(_, v)| v.as_str());
+    let svg_only = match format {
+        None | Some("json") => false,
+        Some("svg") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "format {other:?} is unknown; use json or svg"
+            )))
+        }
+    };
+    let answer = service.provisioning_code(&id.0).await?;
+    let code = answer.code.expose();
+    let qr = QrCode::new(code.as_bytes())
+        .map_err(|e| ApiError::invalid(format!("the code does not fit a QR code: {e}")))?
+        .render::<svg::Color<'_>>()
+        .min_dimensions(240, 240)
+        .quiet_zone(true)
+        .build();
+    // Handing out a device key is worth an audit line; the key itself is not in it.
+    tracing::info!(registration.id = %answer.code.registration_id, "issued a provisioning code");
+    let mut response = if svg_only {
+        let mut response = qr.into_response();
+        let svg = HeaderValue::from_static("image/svg+xml");
+        response.headers_mut().insert(header::CONTENT_TYPE, svg);
+        response
+    } else {
+        let body = json!({
+            "registrationId": answer.code.registration_id,
+            "code": code,
+            "qrSvg": qr,
+            "enabled": answer.enabled,
+        });
+        json_reply(StatusCode::OK, &body, None)
+    };
+    let no_store = HeaderValue::from_static("no-store");
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, no_store);
+    Ok(response)
 }

@@ -74,7 +74,12 @@ impl ApiError {
                 | ServiceError::BadGateway { service, detail },
             ) => {
                 // Details name hosts and statuses, never secrets; they stay in the log.
-                tracing::warn!(dependency = service.name(), %detail, status = status.as_u16(), "a dependency failed");
+                tracing::warn!(
+                    dependency = service.name(),
+                    %detail,
+                    status = status.as_u16(),
+                    "a dependency failed"
+                );
                 (status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECONDS)
             }
             ApiError::Service(ServiceError::Throttled {

@@ -102,7 +102,11 @@ async fn invoke(service: &Service, function: &str, trigger: &str, invocation: Va
                     )
                 }
                 Err(error) => {
-                    tracing::warn!(function, %error, "a batch of events could not be recorded; the host will deliver it again");
+                    tracing::warn!(
+                        function,
+                        %error,
+                        "a batch of events could not be recorded; the host will deliver it again"
+                    );
                     failed(error.to_string())
                 }
             }
@@ -249,9 +253,7 @@ fn parse_event(
     if key.sequence < 0 {
         return Err("the event has no sequence number".into());
     }
-    let text = |map: &Map<String, Value>, name: &str| {
-        map.get(name).and_then(Value::as_str).map(str::to_owned)
-    };
+    let event = RawEvent { body, props };
     let source =
         text(sys, "iothub-message-source").ok_or("the event has no iothub-message-source")?;
     let device_id = text(props, "deviceId")
@@ -279,73 +281,15 @@ fn parse_event(
         None if telemetry => String::new(),
         None => return Err("the event names no hub (hubName)".into()),
     };
-    let body_json = || -> Result<Value, String> {
-        match body {
-            Value::String(text) => {
-                serde_json::from_str(text).map_err(|e| format!("the event body is not JSON: {e}"))
-            }
-            Value::Object(_) => Ok(body.clone()),
-            _ => Err("the event body is not a JSON object".into()),
-        }
-    };
-    let operation_time = || -> Result<Stamp, String> {
-        let at = text(props, "operationTimestamp").ok_or("the event has no operationTimestamp")?;
-        Stamp::parse(&at).ok_or_else(|| format!("operationTimestamp {at:?} is not a time"))
-    };
     let op = text(props, "opType").unwrap_or_default();
-    let (at, change) = match source.to_ascii_lowercase().as_str() {
-        "telemetry" => (enqueued.clone(), Change::Telemetry),
-        "devicelifecycleevents" => {
-            let at = operation_time()?;
-            match op.as_str() {
-                "createDeviceIdentity" => (
-                    at,
-                    Change::Created {
-                        reported: reported_section(&body_json()?),
-                    },
-                ),
-                "deleteDeviceIdentity" => (at, Change::Deleted),
-                // Module identities and the like are not the registry's business.
-                _ => return Ok(None),
-            }
-        }
-        "twinchangeevents" => {
-            let at = operation_time()?;
-            let body = body_json()?;
-            match op.as_str() {
-                "updateTwin" => (
-                    at,
-                    Change::Twin {
-                        reported: reported_section(&body),
-                        replaced: false,
-                    },
-                ),
-                "replaceTwin" => (
-                    at,
-                    Change::Twin {
-                        reported: reported_section(&body),
-                        replaced: true,
-                    },
-                ),
-                _ => return Ok(None),
-            }
-        }
-        "deviceconnectionstateevents" => {
-            let at = operation_time()?;
-            let body = body_json()?;
-            let sequence = body["sequenceNumber"]
-                .as_str()
-                .and_then(ConnectionSequence::parse)
-                .ok_or("the connection event has no hex sequenceNumber")?;
-            match op.as_str() {
-                "deviceConnected" => (at, Change::Connected(sequence)),
-                "deviceDisconnected" => (at, Change::Disconnected(sequence)),
-                other => return Err(format!("unknown connection opType {other:?}")),
-            }
-        }
-        _ => return Ok(None),
+    let change = match source.to_ascii_lowercase().as_str() {
+        "telemetry" => Some((enqueued.clone(), Change::Telemetry)),
+        "devicelifecycleevents" => event.lifecycle_change(&op)?,
+        "twinchangeevents" => event.twin_change(&op)?,
+        "deviceconnectionstateevents" => event.connection_change(&op)?,
+        _ => None,
     };
-    Ok(Some(HubEvent {
+    Ok(change.map(|(at, change)| HubEvent {
         key,
         device_id,
         hub,
@@ -353,4 +297,78 @@ fn parse_event(
         enqueued,
         change,
     }))
+}
+
+/// A property's text, if it is text.
+fn text(map: &Map<String, Value>, name: &str) -> Option<String> {
+    map.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// One event's body and application properties, as the host delivers them. Each kind reads its
+/// time and body before its operation type, so a malformed event is set aside whatever it does.
+struct RawEvent<'a> {
+    body: &'a Value,
+    props: &'a Map<String, Value>,
+}
+
+impl RawEvent<'_> {
+    /// The body as JSON: a string holding JSON (dataType string) or the object itself.
+    fn body_json(&self) -> Result<Value, String> {
+        match self.body {
+            Value::String(text) => {
+                serde_json::from_str(text).map_err(|e| format!("the event body is not JSON: {e}"))
+            }
+            Value::Object(_) => Ok(self.body.clone()),
+            _ => Err("the event body is not a JSON object".into()),
+        }
+    }
+
+    /// When the hub says the operation happened.
+    fn operation_time(&self) -> Result<Stamp, String> {
+        let at =
+            text(self.props, "operationTimestamp").ok_or("the event has no operationTimestamp")?;
+        Stamp::parse(&at).ok_or_else(|| format!("operationTimestamp {at:?} is not a time"))
+    }
+
+    /// An identity created or deleted; other lifecycle operations (module identities and the
+    /// like) are not the registry's business.
+    fn lifecycle_change(&self, op: &str) -> Result<Option<(Stamp, Change)>, String> {
+        let at = self.operation_time()?;
+        let change = match op {
+            "createDeviceIdentity" => Change::Created {
+                reported: reported_section(&self.body_json()?),
+            },
+            "deleteDeviceIdentity" => Change::Deleted,
+            _ => return Ok(None),
+        };
+        Ok(Some((at, change)))
+    }
+
+    /// A twin patched (`updateTwin`) or replaced (`replaceTwin`).
+    fn twin_change(&self, op: &str) -> Result<Option<(Stamp, Change)>, String> {
+        let at = self.operation_time()?;
+        let reported = reported_section(&self.body_json()?);
+        let replaced = match op {
+            "updateTwin" => false,
+            "replaceTwin" => true,
+            _ => return Ok(None),
+        };
+        Ok(Some((at, Change::Twin { reported, replaced })))
+    }
+
+    /// A device connected or disconnected, with the hub's sequence number of that change.
+    fn connection_change(&self, op: &str) -> Result<Option<(Stamp, Change)>, String> {
+        let at = self.operation_time()?;
+        let body = self.body_json()?;
+        let sequence = body["sequenceNumber"]
+            .as_str()
+            .and_then(ConnectionSequence::parse)
+            .ok_or("the connection event has no hex sequenceNumber")?;
+        let change = match op {
+            "deviceConnected" => Change::Connected(sequence),
+            "deviceDisconnected" => Change::Disconnected(sequence),
+            other => return Err(format!("unknown connection opType {other:?}")),
+        };
+        Ok(Some((at, change)))
+    }
 }

@@ -6,13 +6,13 @@
 //! The Functions host forwards `/api/...` requests unchanged (enableForwardingHttpRequest), so
 //! the paths here are the public ones. Function keys are checked by the host, not here.
 
-pub mod dashboard;
-pub mod devices;
-pub mod enrollments;
-pub mod error;
-pub mod functions;
-pub mod openapi;
-pub mod views;
+pub(crate) mod dashboard;
+pub(crate) mod devices;
+pub(crate) mod enrollments;
+pub(crate) mod error;
+pub(crate) mod functions;
+pub(crate) mod openapi;
+pub(crate) mod views;
 
 use crate::domain::{CustomerId, Filter, HubName, Status};
 use crate::service::Service;
@@ -80,7 +80,59 @@ pub fn routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(functions::route(service_for_functions))
         .unify();
-    api.recover(error::recover).unify().boxed()
+    api.recover(error::recover)
+        .unify()
+        .with(warp::trace(span_of))
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// The header the Functions host puts on every request and invocation it passes on
+/// (azure-functions-host, HttpWorkerConstants.InvocationIdHeaderName).
+const INVOCATION_ID_HEADER: &str = "x-azure-functions-invocationid";
+
+/// The span every log line of a request or invocation is written in: the host's invocation id
+/// (so a line can be matched with the host's own log of the call), and for the admin API the
+/// method, the path without its query (a browser's key may be in `?code=`) and the device or
+/// enrollment it names. The event functions open a span per device inside it
+/// (`Service::record_events`).
+fn span_of(info: warp::trace::Info<'_>) -> tracing::Span {
+    let invocation = info
+        .request_headers()
+        .get(INVOCATION_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| id.len() <= 64)
+        .unwrap_or_default();
+    let path = info.path();
+    let Some(api_path) = path.strip_prefix("/api/") else {
+        return tracing::info_span!(
+            "invocation",
+            function = %path.trim_start_matches('/'),
+            invocation.id = %invocation
+        );
+    };
+    let span = tracing::info_span!(
+        "request",
+        method = %info.method(),
+        path = %path,
+        invocation.id = %invocation,
+        device.id = tracing::field::Empty,
+        registration.id = tracing::field::Empty,
+    );
+    let mut segments = api_path.split('/');
+    let named = segments
+        .next()
+        .zip(segments.next().and_then(|s| s.parse::<Segment>().ok()));
+    match named {
+        Some(("devices", Segment(id))) => {
+            span.record("device.id", tracing::field::display(&id));
+        }
+        Some(("enrollments", Segment(id))) if id != "import" => {
+            span.record("registration.id", tracing::field::display(&id));
+        }
+        _ => {}
+    }
+    span
 }
 
 /// Passes the service to handlers.

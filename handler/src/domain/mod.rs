@@ -2,15 +2,15 @@
 //! tell about it, the bounds on what it keeps of device data (`bounded`), key rotations
 //! (`rotation`), and the record's summary the fleet dashboard reads (`summary`).
 
-pub mod bounded;
+pub(crate) mod bounded;
 pub mod events;
 /// Identifiers (shared with dpsctl through the enrollment-input crate).
 pub use enrollment_input::ids;
-pub mod hub_report;
+pub(crate) mod hub_report;
 pub mod journal;
-pub mod record;
-pub mod rotation;
-pub mod summary;
+pub(crate) mod record;
+pub(crate) mod rotation;
+pub(crate) mod summary;
 
 pub use ids::{CustomerId, DeviceId, HubName, InvalidId, RegistrationId};
 pub use record::{

@@ -278,7 +278,10 @@ impl Service {
                 break;
             }
         }
-        let letters = self.journal.dead_letters(DEAD_LETTERS_SHOWN + 1).await?;
+        let letters = self
+            .dead_letters
+            .dead_letters(DEAD_LETTERS_SHOWN + 1)
+            .await?;
         Ok(tally.finish(letters))
     }
 }

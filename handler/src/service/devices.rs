@@ -87,7 +87,11 @@ impl Service {
         {
             Ok(registration) => registration,
             Err(error) => {
-                tracing::warn!(device.id = %device_id, %error, "the registration could not be refreshed from DPS");
+                tracing::warn!(
+                    device.id = %device_id,
+                    %error,
+                    "the registration could not be refreshed from DPS"
+                );
                 return Ok(stored);
             }
         };
@@ -108,7 +112,11 @@ impl Service {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(device.id = %device_id, %error, "a refreshed registration could not be stored");
+                    tracing::warn!(
+                        device.id = %device_id,
+                        %error,
+                        "a refreshed registration could not be stored"
+                    );
                     return Ok(Stored {
                         record,
                         etag: current.etag,

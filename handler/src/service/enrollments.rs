@@ -70,28 +70,13 @@ fn linked(service: &Service, hub: Option<HubName>) -> Result<Option<HubName>, Se
     }
 }
 
-/// RFC 7386 JSON merge patch of one object into another.
+/// RFC 7386 JSON merge patch of one object into another (json-patch's `merge`; an object
+/// patched with an object stays an object).
 fn merge(target: &mut Map<String, Value>, patch: Map<String, Value>) {
-    for (key, value) in patch {
-        match value {
-            Value::Null => {
-                target.remove(&key);
-            }
-            Value::Object(inner) => {
-                let slot = target
-                    .entry(key)
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if !slot.is_object() {
-                    *slot = Value::Object(Map::new());
-                }
-                if let Value::Object(existing) = slot {
-                    merge(existing, inner);
-                }
-            }
-            other => {
-                target.insert(key, other);
-            }
-        }
+    let mut document = Value::Object(std::mem::take(target));
+    json_patch::merge(&mut document, &Value::Object(patch));
+    if let Value::Object(merged) = document {
+        *target = merged;
     }
 }
 
@@ -224,7 +209,11 @@ impl Service {
     /// which repair completes or the client's retry takes over; either way nothing is lost.
     pub(super) async fn abandon(&self, stored: &Stored) {
         if let Err(error) = self.store.delete(stored).await {
-            tracing::warn!(registration.id = %stored.record.registration_id, %error, "a refused enrollment's record could not be removed");
+            tracing::warn!(
+                registration.id = %stored.record.registration_id,
+                %error,
+                "a refused enrollment's record could not be removed"
+            );
         }
     }
 
@@ -357,7 +346,11 @@ impl Service {
                 let mut previous = stored.record.clone();
                 previous.updated_at = now();
                 if let Err(error) = self.store.replace(&pending, &previous).await {
-                    tracing::warn!(registration.id = %id, %error, "a refused change could not be rolled back; repair will retry it");
+                    tracing::warn!(
+                        registration.id = %id,
+                        %error,
+                        "a refused change could not be rolled back; repair will retry it"
+                    );
                 }
                 Err(invalid(format!("DPS refused the change: {message}")))
             }

@@ -16,47 +16,47 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tracing::Instrument;
 
 /// Records kept in memory between batches, so that events that change nothing (most telemetry)
 /// cost no storage call. Safe with several instances: merging only ever adds, so an event that
 /// changes nothing in an older copy changes nothing in a newer one either; a write from a stale
 /// copy is refused by its etag and retried from storage. Entries expire so that a record deleted
-/// and enrolled again is read afresh.
-#[derive(Default)]
+/// and enrolled again is read afresh; when full, the least used entries go first (moka's
+/// TinyLFU), so a busy fleet keeps its active devices cached.
 pub struct RecordCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Stored, Instant)>>,
+    entries: moka::sync::Cache<String, Stored>,
 }
 
 /// How long a cached record is trusted.
 const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Records kept (about 2 KiB each).
-const CACHE_CAPACITY: usize = 50_000;
+const CACHE_CAPACITY: u64 = 50_000;
+
+impl Default for RecordCache {
+    fn default() -> Self {
+        RecordCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(CACHE_TTL)
+                .build(),
+        }
+    }
+}
 
 impl RecordCache {
     fn get(&self, device_id: &str) -> Option<Stored> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(device_id)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-            .map(|(stored, _)| stored.clone())
+        self.entries.get(device_id)
     }
 
     fn put(&self, device_id: &str, stored: Stored) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= CACHE_CAPACITY && !entries.contains_key(device_id) {
-            // Crude but bounded: start over rather than track use.
-            entries.clear();
-        }
-        entries.insert(device_id.to_owned(), (stored, Instant::now()));
+        self.entries.insert(device_id.to_owned(), stored);
     }
 
     /// Drops a device's copy (its record was written elsewhere).
     pub(super) fn forget(&self, device_id: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(device_id);
+        self.entries.invalidate(device_id);
     }
 }
 
@@ -115,9 +115,12 @@ struct Recorded {
     set_aside: Vec<DeadLetter>,
 }
 
+/// A record's status and the provisioning status its device reported.
+type ProvisioningStatus = (Status, Option<String>);
+
 /// The provisioning status a notification reports: the registry's status and what the device
 /// last reported.
-fn provisioning_status(record: &DeviceRecord) -> (Status, Option<String>) {
+fn provisioning_status(record: &DeviceRecord) -> ProvisioningStatus {
     (
         record.status(),
         record.live.reported_status().map(str::to_owned),
@@ -273,7 +276,12 @@ impl Service {
             ..BatchReport::default()
         };
         for letter in &malformed {
-            tracing::warn!(function, event = %letter.key, reason = %letter.reason, "an event was set aside as malformed");
+            tracing::warn!(
+                function,
+                event = %letter.key,
+                reason = %letter.reason,
+                "an event was set aside as malformed"
+            );
             self.set_aside(function, letter).await?;
         }
         let mut by_device: BTreeMap<String, Vec<HubEvent>> = BTreeMap::new();
@@ -284,12 +292,20 @@ impl Service {
                 .push(event);
         }
         let outcomes: Vec<(usize, Result<Recorded, ServiceError>)> = stream::iter(by_device)
-            .map(|(device_id, events)| async move {
-                (
-                    events.len(),
-                    self.record_device_or_set_aside(function, &device_id, &events)
-                        .await,
-                )
+            .map(|(device_id, events)| {
+                let span = tracing::info_span!("device", device.id = %device_id);
+                async move {
+                    let recorded = self
+                        .record_device_or_set_aside(function, &device_id, &events)
+                        .await;
+                    tracing::debug!(
+                        events = events.len(),
+                        recorded = recorded.is_ok(),
+                        "applied a device's events"
+                    );
+                    (events.len(), recorded)
+                }
+                .instrument(span)
             })
             .buffer_unordered(DEVICE_CONCURRENCY)
             .collect()
@@ -331,10 +347,16 @@ impl Service {
     /// the letter); a letter refused for what it is is logged and dropped, since failing the
     /// batch for it would stall the partition as surely as the event it describes.
     async fn set_aside(&self, function: &str, letter: &DeadLetter) -> Result<(), ServiceError> {
-        match self.journal.dead_letter(letter).await {
+        match self.dead_letters.dead_letter(letter).await {
             Ok(()) => Ok(()),
             Err(error) if error.is_permanent() => {
-                tracing::error!(function, event = %letter.key, reason = %letter.reason, %error, "an event set aside could not be kept in the dead-letter table; it is dropped");
+                tracing::error!(
+                    function,
+                    event = %letter.key,
+                    reason = %letter.reason,
+                    %error,
+                    "an event set aside could not be kept in the dead-letter table; it is dropped"
+                );
                 Ok(())
             }
             Err(error) => Err(error.into()),
@@ -384,7 +406,13 @@ impl Service {
                     } else {
                         format!("Table Storage refuses the device's record with this event applied ({detail}); retrying cannot help")
                     };
-                    tracing::warn!(function, device.id = %device_id, event = %event.key, %reason, "an event that cannot be recorded was set aside");
+                    tracing::warn!(
+                        function,
+                        device.id = %device_id,
+                        event = %event.key,
+                        %reason,
+                        "an event that cannot be recorded was set aside"
+                    );
                     recorded
                         .set_aside
                         .push(dead_letter_of(function, event, &reason));
@@ -430,27 +458,18 @@ impl Service {
                 // (status changes are rare; one more read is cheap).
                 continue;
             }
-            let mut held = None;
-            if before != after && self.notifier.enabled() {
-                // Queued before the record is written, but held back until the write succeeds:
-                // a write that loses to a concurrent one (another partition's events for the same
-                // device) withdraws it, and the retry queues what the record really went
-                // through. A crash between the two leaves it held only for HOLD_MS, so a change
-                // is never left unannounced; the redelivered batch makes the same change and
-                // queues the same id again, which is a no-op.
-                let cause = events
-                    .iter()
-                    .map(|e| e.key.to_string())
-                    .max()
-                    .unwrap_or_default();
-                let mut notification = status_notification(&record, &before, &after, &cause);
-                notification.next_attempt_ms = now_ms().saturating_add(HOLD_MS);
-                self.journal.enqueue(&notification).await?;
-                held = Some(notification);
-            }
+            let held = if before != after {
+                self.hold_notification(&record, &before, &after, events)
+                    .await?
+            } else {
+                None
+            };
             record.updated_at = crate::domain::now();
             if !record.fit_storage() {
-                tracing::warn!(device.id = %device_id, "a record is beyond Table Storage's limits even without its reported properties");
+                tracing::warn!(
+                    device.id = %device_id,
+                    "a record is beyond Table Storage's limits even without its reported properties"
+                );
             }
             let entries = timeline(&stored.record, events);
             let written = self
@@ -458,27 +477,13 @@ impl Service {
                 .replace_with_history(&stored, &record, &entries)
                 .await;
             if let (Some(notification), Err(StoreError::PreconditionFailed)) = (&held, &written) {
-                self.journal.delivered(&notification.id).await?;
+                self.outbox.delivered(&notification.id).await?;
             }
             match written {
                 Ok(etag) => {
-                    // A key rotation waits on events: the device connecting (to hand it the
-                    // key) or reporting the rotation done (to retire the old key).
-                    let connected_now = record.connection().is_some_and(|c| c.connected)
-                        && events
-                            .iter()
-                            .any(|e| matches!(e.change, Change::Connected(_)));
-                    self.follow_up_rotation(&record, connected_now);
-                    self.events_cache.put(device_id, Stored { record, etag });
                     let notified = held.is_some();
-                    if let Some(mut notification) = held {
-                        // Due from now: passes send in order of this time, so a device's
-                        // changes go out in the order they were recorded.
-                        notification.next_attempt_ms = now_ms();
-                        if let Err(error) = self.journal.reschedule(&notification).await {
-                            tracing::warn!(notification.id = %notification.id, %error, "a status notification stays held until its hold ends");
-                        }
-                    }
+                    self.after_write(Stored { record, etag }, events, held)
+                        .await;
                     return Ok(Outcome::Changed { notified });
                 }
                 // Changed elsewhere (or the cached copy was stale, or the record is gone): read
@@ -496,6 +501,59 @@ impl Service {
                 "the record of {device_id} kept changing during {WRITE_ATTEMPTS} attempts"
             ),
         })
+    }
+
+    /// Queues the notification of a status change before the record is written, held back
+    /// until the write succeeds: a write that loses to a concurrent one (another partition's
+    /// events for the same device) withdraws it, and the retry queues what the record really
+    /// went through. A crash between the two leaves it held only for HOLD_MS, so a change is
+    /// never left unannounced; the redelivered batch makes the same change and queues the same
+    /// id again, which is a no-op. `None` when no webhook is set.
+    async fn hold_notification(
+        &self,
+        record: &DeviceRecord,
+        before: &ProvisioningStatus,
+        after: &ProvisioningStatus,
+        events: &[HubEvent],
+    ) -> Result<Option<Notification>, ServiceError> {
+        if !self.notifier.enabled() {
+            return Ok(None);
+        }
+        let cause = events
+            .iter()
+            .map(|e| e.key.to_string())
+            .max()
+            .unwrap_or_default();
+        let mut notification = status_notification(record, before, after, &cause);
+        notification.next_attempt_ms = now_ms().saturating_add(HOLD_MS);
+        self.outbox.enqueue(&notification).await?;
+        Ok(Some(notification))
+    }
+
+    /// What follows a successful write of a device's record: a key rotation waiting on these
+    /// events is moved on, the record is cached, and a held notification is released.
+    async fn after_write(&self, stored: Stored, events: &[HubEvent], held: Option<Notification>) {
+        // A key rotation waits on events: the device connecting (to hand it the key) or
+        // reporting the rotation done (to retire the old key).
+        let connected_now = stored.record.connection().is_some_and(|c| c.connected)
+            && events
+                .iter()
+                .any(|e| matches!(e.change, Change::Connected(_)));
+        self.follow_up_rotation(&stored.record, connected_now);
+        let device_id = stored.record.device_id.to_string();
+        self.events_cache.put(&device_id, stored);
+        if let Some(mut notification) = held {
+            // Due from now: passes send in order of this time, so a device's changes go out in
+            // the order they were recorded.
+            notification.next_attempt_ms = now_ms();
+            if let Err(error) = self.outbox.reschedule(&notification).await {
+                tracing::warn!(
+                    notification.id = %notification.id,
+                    %error,
+                    "a status notification stays held until its hold ends"
+                );
+            }
+        }
     }
 
     /// Adds an entry made by the API (enrolled, deleted) to a device's history. Failures are
@@ -546,8 +604,8 @@ impl Service {
 /// the event that caused it, so recording the same events again gives the same id.
 fn status_notification(
     record: &DeviceRecord,
-    before: &(Status, Option<String>),
-    after: &(Status, Option<String>),
+    before: &ProvisioningStatus,
+    after: &ProvisioningStatus,
     cause: &str,
 ) -> Notification {
     let digest = Sha256::digest(format!(

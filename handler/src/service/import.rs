@@ -9,7 +9,7 @@ use crate::cloud::CloudError;
 use crate::domain::DeviceRecord;
 use crate::storage::Stored;
 use enrollment_input::import::Repeats;
-pub use enrollment_input::import::{ImportRow, Outcome, RowResult, MAX_ROWS};
+pub use enrollment_input::import::{ImportRow, Outcome, RowResult};
 use futures_util::stream::{self, StreamExt};
 use std::collections::BTreeMap;
 

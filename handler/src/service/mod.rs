@@ -16,20 +16,20 @@
 //! cleared. A failure anywhere leaves an intent behind, never a DPS enrollment the registry does
 //! not know about, and [`repair`] finishes it the next time the record is touched.
 
-pub mod dashboard;
-pub mod devices;
-pub mod enrollments;
-pub mod events;
-pub mod import;
+pub(crate) mod dashboard;
+pub(crate) mod devices;
+pub(crate) mod enrollments;
+pub(crate) mod events;
+pub(crate) mod import;
 pub mod notify;
-pub mod reconcile;
-pub mod repair;
-pub mod rotation;
+pub(crate) mod reconcile;
+pub(crate) mod repair;
+pub(crate) mod rotation;
 
 use crate::cloud::dps::Provisioning;
 use crate::cloud::hub::DeviceHubs;
 use crate::cloud::CloudError;
-use crate::storage::{Journal, Registry, StoreError};
+use crate::storage::{DeadLetters, NotificationOutbox, Registry, StoreError};
 use std::sync::Arc;
 
 /// Which outside service failed.
@@ -196,8 +196,10 @@ pub struct Service {
     pub dps: Arc<dyn Provisioning>,
     /// The linked hubs.
     pub hubs: Arc<dyn DeviceHubs>,
-    /// History, dead letters, notification outbox.
-    pub journal: Arc<dyn Journal>,
+    /// Events that could not be recorded, with the reason.
+    pub dead_letters: Arc<dyn DeadLetters>,
+    /// Status notifications waiting for the webhook.
+    pub outbox: Arc<dyn NotificationOutbox>,
     /// Status notifications.
     pub notifier: Arc<notify::Notifier>,
     /// For provisioning codes.
@@ -257,7 +259,8 @@ impl Service {
             store: Arc::new(crate::storage::memory::MemoryRegistry::default()),
             dps: Arc::new(crate::cloud::fake::FakeDps::default()),
             hubs: Arc::new(crate::cloud::fake::FakeHubs::linked(&["hub-1.example"])),
-            journal: Arc::new(crate::storage::memory::MemoryJournal::default()),
+            dead_letters: Arc::new(crate::storage::memory::MemoryDeadLetters::default()),
+            outbox: Arc::new(crate::storage::memory::MemoryOutbox::default()),
             notifier: Arc::new(notify::Notifier::new(None, reqwest::Client::new())),
             codes: CodeSettings {
                 id_scope: "0ne00000001".into(),

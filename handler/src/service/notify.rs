@@ -191,12 +191,12 @@ impl Service {
         let mut report = DeliveryReport::default();
         // The outbox answers in id order; send in the order they came due (for a device's
         // changes, the order they were recorded).
-        let mut due = self.journal.due(now_ms(), PASS_LIMIT).await?;
+        let mut due = self.outbox.due(now_ms(), PASS_LIMIT).await?;
         due.sort_by_key(|n| n.next_attempt_ms);
         for mut notification in due {
             let now = now_ms();
             if !self
-                .journal
+                .outbox
                 .claim(&notification.id, now, now.saturating_add(CLAIM_MS))
                 .await?
             {
@@ -216,17 +216,26 @@ impl Service {
                 .await;
             let accepted = sent.as_ref().is_ok_and(|r| r.status().is_success());
             if accepted {
-                self.journal.delivered(&notification.id).await?;
+                self.outbox.delivered(&notification.id).await?;
                 report.delivered += 1;
-                tracing::info!(notification.id = %notification.id, device.id = %notification.document["deviceId"], "delivered a status notification");
+                tracing::info!(
+                    notification.id = %notification.id,
+                    device.id = %notification.document["deviceId"],
+                    "delivered a status notification"
+                );
             } else {
                 notification.attempts += 1;
                 notification.next_attempt_ms =
                     now_ms() + self.notifier.retry.backoff_ms(notification.attempts);
-                self.journal.reschedule(&notification).await?;
+                self.outbox.reschedule(&notification).await?;
                 report.retried += 1;
                 let status = sent.map(|r| r.status().as_u16()).unwrap_or_default();
-                tracing::warn!(notification.id = %notification.id, attempts = notification.attempts, status, "the webhook did not accept a notification; it will be retried");
+                tracing::warn!(
+                    notification.id = %notification.id,
+                    attempts = notification.attempts,
+                    status,
+                    "the webhook did not accept a notification; it will be retried"
+                );
             }
         }
         Ok(report)

@@ -5,6 +5,7 @@
 //! operator's decision).
 
 use super::{Service, ServiceError};
+use crate::cloud::hub::HubDevice;
 use crate::cloud::CloudError;
 use crate::domain::events::{
     reported_section, Change, ConnectionSequence, EventKey, HubEvent, Stamp,
@@ -143,7 +144,6 @@ impl Service {
 
     async fn reconcile_one(&self, stored: Stored) -> Result<Option<Repair>, ServiceError> {
         let device_id = stored.record.device_id.to_string();
-        let mut fixed = Vec::new();
         if stored.record.sync != DpsSync::Complete {
             // The repair pass at the start of `reconcile` just tried it; the next pass tries again.
             return Err(ServiceError::Unavailable {
@@ -151,112 +151,46 @@ impl Service {
                 detail: format!("{device_id} still has an unfinished DPS change"),
             });
         }
-        let mut record = stored.record.clone();
-        let now = Stamp::now();
-
+        let mut check = Check {
+            record: stored.record.clone(),
+            now: Stamp::now(),
+            fixed: Vec::new(),
+        };
         let registration = self
             .dps
-            .registration(record.registration_id.as_str())
+            .registration(check.record.registration_id.as_str())
             .await
             .map_err(ServiceError::dps)?;
-        let differs = |a: &Option<crate::domain::Registration>,
-                       b: &Option<crate::domain::Registration>| {
-            let key = |r: &Option<crate::domain::Registration>| {
-                r.as_ref().map(|r| {
-                    (
-                        r.status.clone(),
-                        r.assigned_hub.clone(),
-                        r.device_id.clone(),
-                    )
-                })
-            };
-            key(a) != key(b)
-        };
-        if registration.is_some() && differs(&registration, &record.registration) {
-            record.registration = registration.clone();
-            fixed.push("registration");
-        }
-        record.registration_checked_at = Some(crate::domain::now());
-
-        let mut hubs: BTreeSet<String> = record.live.identities.keys().cloned().collect();
-        if let Some(hub) = registration
-            .as_ref()
-            .filter(|r| r.status == "assigned")
-            .and_then(|r| r.assigned_hub.clone())
-        {
-            hubs.insert(hub);
-        }
-        for hub in hubs.into_iter().filter(|h| self.hubs.knows(h)) {
+        check.registration(registration.as_ref());
+        for hub in check.hubs_to_ask(registration.as_ref()) {
+            if !self.hubs.knows(&hub) {
+                continue;
+            }
             let on_hub = match self.hubs.device(&hub, &device_id).await {
                 Ok(found) => found,
                 Err(CloudError::NotFound(_)) => None,
                 Err(e) => return Err(ServiceError::hub(e)),
             };
-            let recorded_present = record.live.identities.get(&hub).is_some_and(|p| p.present);
-            if on_hub.is_some() != recorded_present {
-                record.live.identities.insert(
-                    hub.clone(),
-                    Presence {
-                        present: on_hub.is_some(),
-                        at: now.clone(),
-                        sequence: i64::MAX,
-                    },
-                );
-                fixed.push("hubIdentity");
-            }
-            let Some(on_hub) = on_hub else { continue };
-            let recorded_connected = record.live.connections.get(&hub).map(|c| c.connected);
-            if recorded_connected != Some(on_hub.connected) {
-                // One past the last sequence seen: any later real event still wins.
-                let sequence = record
-                    .live
-                    .connections
-                    .get(&hub)
-                    .map_or_else(ConnectionSequence::zero, |c| c.sequence.successor());
-                let at = on_hub
-                    .connection_state_updated
-                    .as_deref()
-                    .and_then(Stamp::parse)
-                    .unwrap_or_else(|| now.clone());
-                record.live.connections.insert(
-                    hub.clone(),
-                    ConnectionState {
-                        connected: on_hub.connected,
-                        sequence,
-                        at,
-                    },
-                );
-                fixed.push("connection");
-            }
-            let twin =
-                json!({ "properties": { "reported": Value::Object(on_hub.reported.clone()) } });
-            if let Some(section) = reported_section(&twin) {
-                let at = on_hub
-                    .reported
-                    .get("$metadata")
-                    .and_then(|m| m.get("$lastUpdated"))
-                    .and_then(Value::as_str)
-                    .and_then(Stamp::parse)
-                    .unwrap_or_else(|| now.clone());
-                // Only a different value is worth a repair; the section's version and time differ
-                // from the per-property ones events left even when nothing is missing.
-                let mut candidate = record.live.clone();
-                candidate.apply(&observed(
-                    &device_id,
-                    &hub,
-                    at,
-                    Change::Twin {
-                        reported: Some(section),
-                        replaced: true,
-                    },
-                ));
-                if candidate.reported_properties() != record.live.reported_properties() {
-                    record.live = candidate;
-                    fixed.push("reported");
-                }
+            check.identity(&hub, on_hub.is_some());
+            if let Some(on_hub) = on_hub {
+                check.connection(&hub, &on_hub);
+                check.reported(&device_id, &hub, &on_hub);
             }
         }
+        self.write_repair(&stored, check).await
+    }
 
+    /// Writes a record the check changed (nothing when only the check time would change).
+    async fn write_repair(
+        &self,
+        stored: &Stored,
+        check: Check,
+    ) -> Result<Option<Repair>, ServiceError> {
+        let Check {
+            mut record,
+            mut fixed,
+            ..
+        } = check;
         if fixed.is_empty() {
             // Only the check time changed; not worth a write per record per pass.
             return Ok(None);
@@ -264,14 +198,134 @@ impl Service {
         // The hub's reported properties are bounded as events bound them; a record near the
         // limit may need them cut further.
         record.fit_storage();
-        match self.store.replace(&stored, &record).await {
+        match self.store.replace(stored, &record).await {
             Ok(_) => {}
             // Events changed it meanwhile; the next pass looks again.
             Err(StoreError::PreconditionFailed) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
         fixed.dedup();
+        let device_id = record.device_id.to_string();
         tracing::info!(device.id = %device_id, fixed = ?fixed, "reconciliation repaired a record");
         Ok(Some(Repair { device_id, fixed }))
+    }
+}
+
+/// One record being compared with DPS and the hubs: the record as repaired so far and what
+/// was repaired.
+struct Check {
+    record: crate::domain::DeviceRecord,
+    now: Stamp,
+    fixed: Vec<&'static str>,
+}
+
+impl Check {
+    /// Takes DPS's registration state where it differs in status, hub or device id.
+    fn registration(&mut self, registration: Option<&crate::domain::Registration>) {
+        let key = |r: Option<&crate::domain::Registration>| {
+            r.map(|r| {
+                (
+                    r.status.clone(),
+                    r.assigned_hub.clone(),
+                    r.device_id.clone(),
+                )
+            })
+        };
+        if registration.is_some() && key(registration) != key(self.record.registration.as_ref()) {
+            self.record.registration = registration.cloned();
+            self.fixed.push("registration");
+        }
+        self.record.registration_checked_at = Some(crate::domain::now());
+    }
+
+    /// The hubs to ask about the device: every hub the record knows an identity in, and the hub
+    /// DPS assigned it to.
+    fn hubs_to_ask(&self, registration: Option<&crate::domain::Registration>) -> BTreeSet<String> {
+        let mut hubs: BTreeSet<String> = self.record.live.identities.keys().cloned().collect();
+        if let Some(hub) = registration
+            .filter(|r| r.status == "assigned")
+            .and_then(|r| r.assigned_hub.clone())
+        {
+            hubs.insert(hub);
+        }
+        hubs
+    }
+
+    /// Whether the hub holds the device's identity, as the record says.
+    fn identity(&mut self, hub: &str, present: bool) {
+        let recorded = self
+            .record
+            .live
+            .identities
+            .get(hub)
+            .is_some_and(|p| p.present);
+        if present != recorded {
+            self.record.live.identities.insert(
+                hub.to_owned(),
+                Presence {
+                    present,
+                    at: self.now.clone(),
+                    sequence: i64::MAX,
+                },
+            );
+            self.fixed.push("hubIdentity");
+        }
+    }
+
+    /// The device's connection state on the hub, as the record says.
+    fn connection(&mut self, hub: &str, on_hub: &HubDevice) {
+        let connections = &self.record.live.connections;
+        if connections.get(hub).map(|c| c.connected) == Some(on_hub.connected) {
+            return;
+        }
+        // One past the last sequence seen: any later real event still wins.
+        let sequence = connections
+            .get(hub)
+            .map_or_else(ConnectionSequence::zero, |c| c.sequence.successor());
+        let at = on_hub
+            .connection_state_updated
+            .as_deref()
+            .and_then(Stamp::parse)
+            .unwrap_or_else(|| self.now.clone());
+        self.record.live.connections.insert(
+            hub.to_owned(),
+            ConnectionState {
+                connected: on_hub.connected,
+                sequence,
+                at,
+            },
+        );
+        self.fixed.push("connection");
+    }
+
+    /// The device's reported properties on the hub, merged as a twin event would merge them.
+    fn reported(&mut self, device_id: &str, hub: &str, on_hub: &HubDevice) {
+        let twin = json!({ "properties": { "reported": Value::Object(on_hub.reported.clone()) } });
+        let Some(section) = reported_section(&twin) else {
+            return;
+        };
+        let at = on_hub
+            .reported
+            .get("$metadata")
+            .and_then(|m| m.get("$lastUpdated"))
+            .and_then(Value::as_str)
+            .and_then(Stamp::parse)
+            .unwrap_or_else(|| self.now.clone());
+        // Only a different value is worth a repair; the section's version and time differ from
+        // the per-property ones events left even when nothing is missing.
+        let mut candidate = self.record.live.clone();
+        candidate.apply(&observed(
+            device_id,
+            hub,
+            at,
+            Change::Twin {
+                reported: Some(section),
+                replaced: true,
+            },
+        ));
+        if candidate.reported_properties() != self.record.live.reported_properties() {
+            self.record.live = candidate;
+            self.fixed.push("reported");
+        }
     }
 }

@@ -64,7 +64,11 @@ impl Service {
         match self.settle(stored).await {
             Ok(settled) => Ok(settled),
             Err(error) => {
-                tracing::warn!(registration.id = %fallback.record.registration_id, %error, "an interrupted DPS change is still unfinished");
+                tracing::warn!(
+                    registration.id = %fallback.record.registration_id,
+                    %error,
+                    "an interrupted DPS change is still unfinished"
+                );
                 Ok(Some(fallback))
             }
         }
@@ -95,7 +99,11 @@ impl Service {
                     .await
                     .map_err(ServiceError::hub)?;
             } else {
-                tracing::warn!(registration.id = %id, hub = %hub, "the device's hub is not linked; its identity there was left");
+                tracing::warn!(
+                    registration.id = %id,
+                    hub = %hub,
+                    "the device's hub is not linked; its identity there was left"
+                );
             }
         }
         // Last of DPS's: until it is gone, a retry can still learn the hub from it.
@@ -162,7 +170,11 @@ impl Service {
                     Ok(false) => {}
                     Err(error) => {
                         report.failed += 1;
-                        tracing::warn!(registration.id = %id, %error, "an interrupted DPS change or key rotation could not be finished yet");
+                        tracing::warn!(
+                            registration.id = %id,
+                            %error,
+                            "an interrupted DPS change or key rotation could not be finished yet"
+                        );
                     }
                 }
             }

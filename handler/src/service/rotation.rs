@@ -134,13 +134,23 @@ impl Service {
                 format!("the record of {id} keeps changing; retry"),
             )
         })?;
-        tracing::info!(registration.id = %id, rotation.id = %rotation.id, slot = rotation.slot.as_str(), "started a key rotation");
+        tracing::info!(
+            registration.id = %id,
+            rotation.id = %rotation.id,
+            slot = rotation.slot.as_str(),
+            "started a key rotation"
+        );
         match self.advance_rotation(started.clone(), Delivery::Now).await {
             Ok(stored) => Ok(stored),
             // The rotation is accepted (its intent is stored, and the repair pass takes it on
             // from the step it reached); the answer says where it stopped and why.
             Err(error) => {
-                tracing::warn!(registration.id = %id, rotation.id = %rotation.id, %error, "a key rotation could not move on now; the repair pass takes it on");
+                tracing::warn!(
+                    registration.id = %id,
+                    rotation.id = %rotation.id,
+                    %error,
+                    "a key rotation could not move on now; the repair pass takes it on"
+                );
                 let current = self.store.get(&id).await?.unwrap_or(started);
                 self.update_rotation(&current, &rotation.id, |record| {
                     if let Some(pending) = record.key_rotation.as_mut() {
@@ -203,7 +213,11 @@ impl Service {
                                     r.last_error = None;
                                 })
                                 .await?;
-                            tracing::info!(registration.id = %id, rotation.id = %rotation.id, "handed the new key to the device");
+                            tracing::info!(
+                                registration.id = %id,
+                                rotation.id = %rotation.id,
+                                "handed the new key to the device"
+                            );
                             self.note(
                                 stored.record.device_id.as_str(),
                                 "keyDelivered",
@@ -213,7 +227,12 @@ impl Service {
                             delivered
                         }
                         Err(reason) => {
-                            tracing::info!(registration.id = %id, rotation.id = %rotation.id, %reason, "the new key could not be handed to the device yet; the rotation stays pending");
+                            tracing::info!(
+                                registration.id = %id,
+                                rotation.id = %rotation.id,
+                                %reason,
+                                "the new key could not be handed to the device yet; the rotation stays pending"
+                            );
                             return self
                                 .move_rotation(&stored, &rotation, |r| {
                                     r.deliveries += 1;
@@ -317,7 +336,12 @@ impl Service {
                 record.last_key_rotation = Some(done.clone());
             })
             .await?;
-        tracing::info!(registration.id = %id, rotation.id = %rotation.id, slot = rotation.slot.as_str(), "finished a key rotation; the old key is retired");
+        tracing::info!(
+            registration.id = %id,
+            rotation.id = %rotation.id,
+            slot = rotation.slot.as_str(),
+            "finished a key rotation; the old key is retired"
+        );
         self.note(
             record.device_id.as_str(),
             "keyRotationCompleted",
@@ -420,7 +444,11 @@ impl Service {
                 }
                 .await;
                 if let Err(error) = outcome {
-                    tracing::warn!(registration.id = %id, %error, "a key rotation could not move on now; the repair pass tries again");
+                    tracing::warn!(
+                        registration.id = %id,
+                        %error,
+                        "a key rotation could not move on now; the repair pass tries again"
+                    );
                 }
                 // Events that arrived meanwhile asked for another look.
                 match service.rotations_in_flight.release(&id) {

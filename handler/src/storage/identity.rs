@@ -131,7 +131,11 @@ impl TokenCredential for ManagedIdentityCredential {
             }
         }
         let token = self.fetch(&resource).await?;
-        tracing::debug!(%resource, expires_on = %token.expires_on, "a managed identity token was issued");
+        tracing::debug!(
+            %resource,
+            expires_on = %token.expires_on,
+            "a managed identity token was issued"
+        );
         cache.insert(resource, token.clone());
         Ok(token)
     }

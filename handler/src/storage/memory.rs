@@ -2,7 +2,8 @@
 //! for unit tests of the logic above it.
 
 use super::{
-    decode_token, encode_token, limits, Journal, Page, Registry, StoreError, Stored, SummaryPage,
+    decode_token, encode_token, limits, DeadLetters, NotificationOutbox, Page, Registry,
+    StoreError, Stored, SummaryPage,
 };
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, RegistrationId};
@@ -285,15 +286,14 @@ impl Registry for MemoryRegistry {
     }
 }
 
-/// History, dead letters and outbox in memory.
+/// Dead letters in memory.
 #[derive(Default)]
-pub struct MemoryJournal {
+pub struct MemoryDeadLetters {
     dead: Mutex<Vec<DeadLetter>>,
-    outbox: Mutex<BTreeMap<String, Notification>>,
     faults: Faults,
 }
 
-impl MemoryJournal {
+impl MemoryDeadLetters {
     /// Makes the next `times` calls of `operation` fail as unavailable (for failure tests).
     pub fn fail(&self, operation: &'static str, times: u32) {
         self.faults.fail(operation, times, injected(operation));
@@ -303,26 +303,12 @@ impl MemoryJournal {
     pub fn fail_with(&self, operation: &'static str, times: u32, error: StoreError) {
         self.faults.fail(operation, times, error);
     }
-
-    fn check(&self, operation: &'static str) -> Result<(), StoreError> {
-        self.faults.check(operation)
-    }
-
-    /// Every queued notification.
-    pub fn queued(&self) -> Vec<Notification> {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
 }
 
 #[async_trait]
-impl Journal for MemoryJournal {
+impl DeadLetters for MemoryDeadLetters {
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        self.check("dead_letter")?;
+        self.faults.check("dead_letter")?;
         let letter = letter.clone().fitted();
         check_size(&letter)?;
         self.dead
@@ -343,9 +329,36 @@ impl Journal for MemoryJournal {
             .cloned()
             .collect())
     }
+}
 
+/// The notification outbox in memory.
+#[derive(Default)]
+pub struct MemoryOutbox {
+    outbox: Mutex<BTreeMap<String, Notification>>,
+    faults: Faults,
+}
+
+impl MemoryOutbox {
+    /// Makes the next `times` calls of `operation` fail as unavailable (for failure tests).
+    pub fn fail(&self, operation: &'static str, times: u32) {
+        self.faults.fail(operation, times, injected(operation));
+    }
+
+    /// Every queued notification.
+    pub fn queued(&self) -> Vec<Notification> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl NotificationOutbox for MemoryOutbox {
     async fn enqueue(&self, notification: &Notification) -> Result<(), StoreError> {
-        self.check("enqueue")?;
+        self.faults.check("enqueue")?;
         self.outbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -5,7 +5,7 @@
 //! - [`identity`]: Entra tokens from the app's managed identity, for Table Storage in Azure.
 //! - [`memory`]: an in-memory store with the same semantics, for unit tests.
 
-pub mod identity;
+pub(crate) mod identity;
 pub mod memory;
 pub mod tables;
 
@@ -194,15 +194,20 @@ pub trait Registry: Send + Sync {
     ) -> Result<(Vec<HistoryEntry>, Option<String>), StoreError>;
 }
 
-/// Dead letters and the notification outbox.
+/// Events set aside because they cannot be recorded, with the reason, for operators.
 #[async_trait]
-pub trait Journal: Send + Sync {
+pub trait DeadLetters: Send + Sync {
     /// Keeps an event that cannot be applied.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
 
     /// The newest dead letters (for operators and tests).
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+}
 
+/// Status notifications waiting to be delivered to the webhook (queued with the record write
+/// that caused them, removed once delivered).
+#[async_trait]
+pub trait NotificationOutbox: Send + Sync {
     /// Queues a notification; one with the same id already queued is left as it is.
     async fn enqueue(&self, notification: &Notification) -> Result<(), StoreError>;
 

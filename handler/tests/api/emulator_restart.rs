@@ -8,7 +8,7 @@ use crate::faults::{assert_dps_agrees, assert_same_records, records, refresh_reg
 use crate::helpers::{spawn_app, spawn_restartable_app, ProvisionedDevice, TestApp};
 use device::sender::{run, Stats};
 use device::telemetry::Source;
-use handler::storage::Journal;
+use handler::storage::DeadLetters;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -180,7 +180,7 @@ async fn a_malformed_event_lands_in_the_dead_letter_table_and_the_rest_is_applie
         &app.table_prefix,
         handler::storage::tables::http_client(),
     );
-    let letters = handler::storage::Journal::dead_letters(&registry, 10)
+    let letters = handler::storage::DeadLetters::dead_letters(&registry, 10)
         .await
         .unwrap();
     assert_eq!(letters.len(), 1);

@@ -49,9 +49,11 @@ async fn a_thousand_row_csv_enrolls_every_valid_row_and_explains_the_rest() {
     assert_eq!(summary["rows"], 1001);
     assert_eq!(summary["exists"], 1, "crm-0007 was enrolled before");
     assert_eq!(summary["invalid"], expected_invalid);
-    assert_eq!(summary["failed"], 0);
-    assert_eq!(summary["created"], 1001 - 1 - expected_invalid);
     let results = answer.body["results"].as_array().unwrap();
+    let failed: Vec<&serde_json::Value> =
+        results.iter().filter(|r| r["result"] == "failed").collect();
+    assert_eq!(summary["failed"], 0, "{failed:?}");
+    assert_eq!(summary["created"], 1001 - 1 - expected_invalid);
     let bad = results.iter().find(|r| r["row"] == 51).unwrap();
     assert_eq!(bad["result"], "invalid");
     assert!(
@@ -133,17 +135,18 @@ async fn a_json_array_imports_too_and_bad_bodies_are_refused_whole() {
 
 #[tokio::test]
 async fn an_import_faster_than_dps_admits_waits_out_the_throttling_and_enrolls_every_row() {
-    // DPS admits ten service calls a second here, five at once: the import's 40 bulk calls, four
-    // in flight, run into 429s within the first second (Azure: 1,000 a minute per unit).
+    // DPS admits one service call a second here, one at once (Azure: 1,000 a minute per unit).
+    // The import's ten bulk calls, several chunks in flight, meet 429s however slow the
+    // machine is: any two calls within a second of each other collide.
     let app = spawn_app_adjusted(|config| {
         config.operation_rate = Some(emulator::dps::rate_limit::Rate {
-            per_minute: 600,
-            burst: 5,
+            per_minute: 60,
+            burst: 1,
         });
     })
     .await;
     let mut csv = String::from("Registration ID,Customer ID,Serial Number\n");
-    for i in 0..400 {
+    for i in 0..100 {
         csv.push_str(&format!("paced-{i:03},acme,SN{i}\n"));
     }
     let answer = app
@@ -160,12 +163,12 @@ async fn an_import_faster_than_dps_admits_waits_out_the_throttling_and_enrolls_e
         &answer.text[..answer.text.len().min(500)]
     );
     let summary = &answer.body["summary"];
-    assert_eq!(summary["created"], 400, "{summary}");
+    assert_eq!(summary["created"], 100, "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");
     assert!(
         app.emulator.dps().operations_throttled() > 0,
         "DPS throttled the import, which waited"
     );
     let listed = app.get("/enrollments?customer=acme&pageSize=1000").await;
-    assert_eq!(listed.body["items"].as_array().unwrap().len(), 400);
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 100);
 }

@@ -24,5 +24,6 @@ mod logs;
 mod mission;
 mod poison;
 mod rotation;
+mod spans;
 #[path = "../../../device/tests/support/webdriver.rs"]
 mod webdriver;

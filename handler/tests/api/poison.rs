@@ -3,7 +3,7 @@
 //! Table Storage's 32K-character string properties.
 
 use crate::helpers::{azurite_endpoint, eventually, spawn_app, TestApp};
-use handler::storage::{Journal, Registry};
+use handler::storage::{DeadLetters, Registry};
 use serde_json::{json, Value};
 
 /// The registry's own tables, as the handler of `app` sees them.

@@ -1,5 +1,5 @@
 //! Key rotation with device rollover, through the real device program: the telemetry sender
-//! (`device::sender::run`, what the `telemetry-sender` binary runs) takes the new key over its
+//! (`device::sender::run`, what `device sender` runs) takes the new key over its
 //! hub connection, stores it, re-provisions with it and reports; the handler, behind the
 //! Functions host stand-in, retires the old key only then. Online, offline during the rotation,
 //! and killed between storing the key and re-provisioning; the old key is refused by DPS and the

@@ -3,10 +3,11 @@
 //! from its provisioning code, connects and reports, and the backend reads and drives it through
 //! the same API.
 
-use super::admin::AdminApi;
-use super::Emulator;
 use anyhow::{bail, Context};
 use base64::Engine;
+use emulator::endpoints::FunctionsEndpoints;
+use emulator::fleet::admin::AdminApi;
+use emulator::fleet::clients::Emulator;
 use emulator::fleet::device::DeviceCredentials;
 use iot_credentials::{ProvisioningCode, SharedAccessKey};
 use serde_json::{json, Value};
@@ -194,6 +195,34 @@ pub async fn run(
         "the emulator runs no function app; start it with --functions-app (make demo does)",
     )?;
     let api = AdminApi::new(&functions);
+    introduce(emulator, &functions);
+    let id = format!("thermostat-{}", std::process::id());
+    enroll_device(&api, &id).await?;
+    let code = hand_out_code(&api, &functions, &id, dpsctl).await?;
+    let portal = portal_url
+        .context("the demo needs the device's portal (--portal-url; make demo starts it)")?;
+    let device_id = set_up_device(emulator, portal, &code).await?;
+    follow_device(emulator, &api, &device_id).await?;
+    ask_for_diagnostics(&api, &device_id).await?;
+    change_reporting_interval(&api, &device_id).await?;
+    forge_registration(emulator, &id, &code).await?;
+    print_history(emulator, &api, &device_id).await?;
+    if let Some((received, stop)) = receiver {
+        print_notifications(&received, &device_id).await;
+        let _ = stop.send(true);
+    }
+    println!();
+    println!(
+        "Done: enrolled through the middleware, provisioned from one code, assigned, connected,"
+    );
+    println!(
+        "reporting, driven from the backend and followed through its events, all on this machine."
+    );
+    Ok(())
+}
+
+/// What runs where: DPS, the hubs and the admin API.
+fn introduce(emulator: &Emulator, functions: &FunctionsEndpoints) {
     let dps = &emulator.endpoints.dps;
     println!("Local Azure is running:");
     println!(
@@ -208,8 +237,10 @@ pub async fn run(
         functions.base_url
     );
     println!();
+}
 
-    let id = format!("thermostat-{}", std::process::id());
+/// Steps 1 and 2: the CRM enrolls the device, and the middleware's record of it.
+async fn enroll_device(api: &AdminApi, id: &str) -> anyhow::Result<()> {
     println!("1. The CRM enrolls a delivered device through the admin API: POST /api/enrollments");
     println!("   (registration id {id}, serial SN-0001, model TX-100, sold to Contoso).");
     let created = api
@@ -234,13 +265,22 @@ pub async fn run(
         "   customer {}, asset {}, status {}",
         record["customer"], record["asset"], record["status"]
     );
+    Ok(())
+}
 
+/// Step 3: the provisioning code the customer receives, shown through dpsctl when given.
+async fn hand_out_code(
+    api: &AdminApi,
+    functions: &FunctionsEndpoints,
+    id: &str,
+    dpsctl: Option<&std::path::Path>,
+) -> anyhow::Result<ProvisioningCode> {
     println!("3. The customer receives one provisioning code (GET .../provisioning-code, also as a QR code):");
-    let code = api.code(&id).await?;
+    let code = api.code(id).await?;
     match dpsctl {
         Some(dpsctl) => {
             println!("   The administrator prints it with dpsctl, the admin command line: $ dpsctl code {id}");
-            for line in dpsctl_code(dpsctl, &functions, &id).await?.lines() {
+            for line in dpsctl_code(dpsctl, functions, id).await?.lines() {
                 println!("   {line}");
             }
         }
@@ -248,10 +288,16 @@ pub async fn run(
     }
     println!("   It carries the ID scope, registration id, device key and DPS endpoint, with check digits;");
     println!("   a phone scans the QR code into the portal's form.");
+    Ok(code)
+}
 
-    let portal = portal_url
-        .context("the demo needs the device's portal (--portal-url; make demo starts it)")?;
-    println!("4. On the device, the setup portal runs at {portal} (the device-portal program).");
+/// Step 4: the code entered in the device's portal, which provisions it; answers its device id.
+async fn set_up_device(
+    emulator: &Emulator,
+    portal: &str,
+    code: &ProvisioningCode,
+) -> anyhow::Result<String> {
+    println!("4. On the device, the setup portal runs at {portal} (`device portal`).");
     println!("   The customer opens it, pastes the code and presses \"Connect this device\".");
     let (hub_host, device_id) = submit_code(portal, &code.expose()).await?;
     println!("   -> The portal registered the device with DPS (HTTPS, a SAS token signed with its key) and shows:");
@@ -259,11 +305,15 @@ pub async fn run(
         "      \"provisioned to IoT hub {} as device {device_id}\"",
         emulator.hub_name(&hub_host)
     );
+    Ok(device_id)
+}
 
+/// Step 5: the device connected and reporting, as the backend sees it through the middleware.
+async fn follow_device(emulator: &Emulator, api: &AdminApi, device_id: &str) -> anyhow::Result<()> {
     println!("5. The telemetry sender (a second program on the device) reads the stored assignment, connects");
     println!("   to the hub over MQTT with TLS, reports its provisioning status and starts sending readings.");
     println!("   The backend sees it through the middleware (GET /api/devices/{device_id}), learned from IoT Hub's events:");
-    let record = wait_for(&api, &format!("/devices/{device_id}"), |d| {
+    let record = wait_for(api, &format!("/devices/{device_id}"), |d| {
         d["reported"]["provisioningStatus"] == "provisioned"
             && d["connection"]["state"] == "connected"
     })
@@ -279,7 +329,11 @@ pub async fn run(
         record["customer"]["name"]
     );
     println!("   reported {}", record["reported"]["properties"]);
+    Ok(())
+}
 
+/// Step 6: a direct method through the middleware, the device's diagnostics.
+async fn ask_for_diagnostics(api: &AdminApi, device_id: &str) -> anyhow::Result<()> {
     println!("6. The backend asks the device for its diagnostics (POST /api/devices/{device_id}/commands/GetDiagnostics):");
     // Ask until the first readings are through (the enrollment set a 2 s interval).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -306,7 +360,11 @@ pub async fn run(
         "   -> {} readings accepted, {} acknowledged by the hub, {} waiting, {} dropped; interval {} ms",
         payload["accepted"], payload["acknowledged"], payload["queued"], payload["dropped"], payload["intervalMs"]
     );
+    Ok(())
+}
 
+/// Step 7: a desired property through the middleware, acknowledged by the device.
+async fn change_reporting_interval(api: &AdminApi, device_id: &str) -> anyhow::Result<()> {
     println!("7. ...and changes how often it reports (PATCH /api/devices/{device_id}/desired, telemetryIntervalSeconds = 1):");
     let desired = api
         .call(
@@ -316,7 +374,7 @@ pub async fn run(
         )
         .await?;
     let version = desired["desired"]["$version"].as_u64().unwrap_or_default();
-    let acknowledged = wait_for(&api, &format!("/devices/{device_id}"), |d| {
+    let acknowledged = wait_for(api, &format!("/devices/{device_id}"), |d| {
         d["reported"]["properties"]["acknowledgedDesiredVersion"].as_u64() >= Some(version)
     })
     .await?;
@@ -324,17 +382,29 @@ pub async fn run(
         "   -> the device applied it and acknowledged desired version {} (seen in the record, from the twin-change event)",
         acknowledged["reported"]["properties"]["acknowledgedDesiredVersion"]
     );
+    Ok(())
+}
 
+/// Step 8: a registration with a key of someone's own, refused.
+async fn forge_registration(
+    emulator: &Emulator,
+    id: &str,
+    code: &ProvisioningCode,
+) -> anyhow::Result<()> {
     println!("8. Someone tries to register {id:?} with a key of their own.");
     let forged = DeviceCredentials {
         key: SharedAccessKey::generate(64),
-        ..credentials(&code)
+        ..credentials(code)
     };
     match emulator.registrar.register(&forged, None).await {
         Err(error) => println!("   -> Refused: {error}. No hub was assigned."),
         Ok(_) => bail!("a wrong key was accepted"),
     }
+    Ok(())
+}
 
+/// Step 9: the device's history, oldest first.
+async fn print_history(emulator: &Emulator, api: &AdminApi, device_id: &str) -> anyhow::Result<()> {
     println!("9. The device's history (GET /api/devices/{device_id}/history), oldest first:");
     let history = api
         .call(
@@ -363,42 +433,35 @@ pub async fn run(
             entry["kind"].as_str().unwrap_or("?")
         );
     }
-
-    if let Some((received, stop)) = receiver {
-        println!("10. Each change of the device's provisioning status was POSTed to a webhook (a Logic App in");
-        println!("    Azure; here a receiver in this program), signed with HMAC-SHA256:");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let notes = loop {
-            let notes: Vec<(Value, bool)> = received
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .filter(|(d, _)| d["deviceId"] == device_id.as_str())
-                .cloned()
-                .collect();
-            if notes.len() >= 2 || Instant::now() > deadline {
-                break notes;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        for (document, signed) in &notes {
-            println!(
-                "    {} -> {} (reported {}), signature {}",
-                document["previousStatus"].as_str().unwrap_or("?"),
-                document["status"].as_str().unwrap_or("?"),
-                document["reportedStatus"],
-                if *signed { "valid" } else { "INVALID" }
-            );
-        }
-        let _ = stop.send(true);
-    }
-
-    println!();
-    println!(
-        "Done: enrolled through the middleware, provisioned from one code, assigned, connected,"
-    );
-    println!(
-        "reporting, driven from the backend and followed through its events, all on this machine."
-    );
     Ok(())
+}
+
+/// Step 10: the status notifications the webhook receiver got for the device, and their
+/// signatures.
+async fn print_notifications(received: &Received, device_id: &str) {
+    println!("10. Each change of the device's provisioning status was POSTed to a webhook (a Logic App in");
+    println!("    Azure; here a receiver in this program), signed with HMAC-SHA256:");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let notes = loop {
+        let notes: Vec<(Value, bool)> = received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(d, _)| d["deviceId"] == device_id)
+            .cloned()
+            .collect();
+        if notes.len() >= 2 || Instant::now() > deadline {
+            break notes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (document, signed) in &notes {
+        println!(
+            "    {} -> {} (reported {}), signature {}",
+            document["previousStatus"].as_str().unwrap_or("?"),
+            document["status"].as_str().unwrap_or("?"),
+            document["reportedStatus"],
+            if *signed { "valid" } else { "INVALID" }
+        );
+    }
 }

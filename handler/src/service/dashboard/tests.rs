@@ -7,8 +7,8 @@ use crate::domain::events::{Change, ConnectionSequence, EventKey, HubEvent};
 use crate::domain::journal::DeadLetter;
 use crate::domain::{Registration, RegistrationId};
 use crate::service::enrollments::NewEnrollment;
-use crate::storage::memory::{MemoryJournal, MemoryRegistry};
-use crate::storage::{Journal, Registry};
+use crate::storage::memory::{MemoryDeadLetters, MemoryRegistry};
+use crate::storage::{DeadLetters, Registry};
 use serde_json::json;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -16,15 +16,15 @@ use time::OffsetDateTime;
 struct World {
     service: Service,
     store: Arc<MemoryRegistry>,
-    journal: Arc<MemoryJournal>,
+    dead_letters: Arc<MemoryDeadLetters>,
 }
 
 fn world() -> World {
     let store = Arc::new(MemoryRegistry::default());
-    let journal = Arc::new(MemoryJournal::default());
+    let dead_letters = Arc::new(MemoryDeadLetters::default());
     let service = Service {
         store: store.clone(),
-        journal: journal.clone(),
+        dead_letters: dead_letters.clone(),
         hubs: Arc::new(FakeHubs::linked(&["hub-1.example", "hub-2.example"])),
         hub_names: [
             ("hub-1".to_owned(), "hub-1.example".to_owned()),
@@ -37,7 +37,7 @@ fn world() -> World {
     World {
         service,
         store,
-        journal,
+        dead_letters,
     }
 }
 
@@ -206,7 +206,7 @@ async fn fleet() -> World {
     let mut record = off.record.clone();
     record.enabled = false;
     w.store.replace(&off, &record).await.unwrap();
-    w.journal
+    w.dead_letters
         .dead_letter(&DeadLetter {
             function: "OnHubEvents".into(),
             key: "hub-1~0~41".into(),
@@ -340,7 +340,7 @@ async fn the_lists_name_the_longest_standing_devices_and_count_them_all() {
 async fn more_dead_letters_than_shown_are_announced() {
     let w = world();
     for i in 0..DEAD_LETTERS_SHOWN + 5 {
-        w.journal
+        w.dead_letters
             .dead_letter(&DeadLetter {
                 function: "OnHubEvents".into(),
                 key: format!("hub-1~0~{i}"),

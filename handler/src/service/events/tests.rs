@@ -8,27 +8,30 @@ use crate::domain::events::{Change, ConnectionSequence, EventKey, HubEvent, Stam
 use crate::domain::journal::DeadLetter;
 use crate::domain::Status;
 use crate::service::enrollments::NewEnrollment;
-use crate::storage::memory::{MemoryJournal, MemoryRegistry};
-use crate::storage::{Journal, Registry};
+use crate::storage::memory::{MemoryDeadLetters, MemoryOutbox, MemoryRegistry};
+use crate::storage::{DeadLetters, Registry};
 use serde_json::json;
 use std::sync::Arc;
 
 struct World {
     service: Service,
     store: Arc<MemoryRegistry>,
-    journal: Arc<MemoryJournal>,
+    dead_letters: Arc<MemoryDeadLetters>,
+    outbox: Arc<MemoryOutbox>,
 }
 
 fn world() -> World {
     let store = Arc::new(MemoryRegistry::default());
-    let journal = Arc::new(MemoryJournal::default());
+    let dead_letters = Arc::new(MemoryDeadLetters::default());
+    let outbox = Arc::new(MemoryOutbox::default());
     let webhook = Webhook {
         url: "http://127.0.0.1:9/notify".into(),
         secret: WebhookSecret::new("a-secret-of-enough-length".into()).unwrap(),
     };
     let service = Service {
         store: store.clone(),
-        journal: journal.clone(),
+        dead_letters: dead_letters.clone(),
+        outbox: outbox.clone(),
         hubs: Arc::new(FakeHubs::linked(&["hub-1.example", "hub-2.example"])),
         notifier: Arc::new(Notifier::new(Some(webhook), reqwest::Client::new())),
         hub_names: [
@@ -41,7 +44,8 @@ fn world() -> World {
     World {
         service,
         store,
-        journal,
+        dead_letters,
+        outbox,
     }
 }
 
@@ -238,7 +242,7 @@ async fn malformed_events_are_set_aside_and_the_rest_applied() {
         .unwrap();
     assert_eq!((report.dead_lettered, report.changed), (1, 1));
     assert_eq!(
-        w.journal.dead_letters(10).await.unwrap()[0].reason,
+        w.dead_letters.dead_letters(10).await.unwrap()[0].reason,
         "no device"
     );
 }
@@ -295,7 +299,7 @@ async fn each_status_change_queues_one_notification_however_often_it_is_delivere
             .await
             .unwrap();
     }
-    let queued = w.journal.queued();
+    let queued = w.outbox.queued();
     // enrolled -> assigned (and reported "provisioned" in the same batch): one change.
     assert_eq!(queued.len(), 1, "{queued:?}");
     assert_eq!(queued[0].document["status"], "assigned");
@@ -306,7 +310,7 @@ async fn each_status_change_queues_one_notification_however_often_it_is_delivere
         .await
         .unwrap();
     assert_eq!(
-        w.journal.queued().len(),
+        w.outbox.queued().len(),
         2,
         "reprovisioned is a new reported status"
     );
@@ -368,7 +372,7 @@ async fn events_storage_refuses_are_set_aside_with_the_reason_and_the_batch_goes
         before,
         "the refused record is left as it was"
     );
-    let letters = w.journal.dead_letters(10).await.unwrap();
+    let letters = w.dead_letters.dead_letters(10).await.unwrap();
     let keys: Vec<&str> = letters.iter().take(3).map(|l| l.key.as_str()).collect();
     for event in &batch[..3] {
         assert!(keys.contains(&event.key.to_string().as_str()), "{keys:?}");
@@ -432,7 +436,7 @@ async fn an_event_refused_alone_is_set_aside_and_the_devices_other_events_are_re
         .await
         .unwrap();
     assert_eq!((report.dead_lettered, report.changed), (1, 1), "{report:?}");
-    let letter = &w.journal.dead_letters(1).await.unwrap()[0];
+    let letter = &w.dead_letters.dead_letters(1).await.unwrap()[0];
     assert_eq!(letter.key, events[0].key.to_string());
     assert!(
         letter.reason.contains("EntityTooLarge"),
@@ -463,7 +467,7 @@ async fn a_transient_storage_failure_still_fails_the_batch_so_it_is_delivered_ag
         "{error:?}"
     );
     assert!(
-        w.journal.dead_letters(10).await.unwrap().is_empty(),
+        w.dead_letters.dead_letters(10).await.unwrap().is_empty(),
         "nothing set aside"
     );
 }
@@ -479,13 +483,13 @@ async fn a_dead_letter_that_cannot_be_written_yet_fails_the_batch_and_one_refuse
         event: "{}".into(),
         at: Stamp::now(),
     };
-    w.journal.fail("dead_letter", 1);
+    w.dead_letters.fail("dead_letter", 1);
     assert!(w
         .service
         .record_events("f", Vec::new(), vec![letter.clone()])
         .await
         .is_err());
-    w.journal.fail_with(
+    w.dead_letters.fail_with(
         "dead_letter",
         1,
         crate::storage::StoreError::Refused("HTTP 400 EntityTooLarge".into()),
@@ -496,5 +500,5 @@ async fn a_dead_letter_that_cannot_be_written_yet_fails_the_batch_and_one_refuse
         .await
         .unwrap();
     assert_eq!(report.dead_lettered, 1);
-    assert!(w.journal.dead_letters(10).await.unwrap().is_empty());
+    assert!(w.dead_letters.dead_letters(10).await.unwrap().is_empty());
 }

@@ -36,7 +36,10 @@ mod records;
 
 pub use connection::{http_client, http_client_trusting};
 
-use super::{decode_token, encode_token, Journal, Page, Registry, StoreError, Stored, SummaryPage};
+use super::{
+    decode_token, encode_token, DeadLetters, NotificationOutbox, Page, Registry, StoreError,
+    Stored, SummaryPage,
+};
 use crate::domain::journal::{DeadLetter, HistoryEntry, Notification};
 use crate::domain::{DeviceRecord, Filter, RegistrationId};
 use async_trait::async_trait;
@@ -165,7 +168,7 @@ impl Registry for TableRegistry {
 }
 
 #[async_trait]
-impl Journal for TableRegistry {
+impl DeadLetters for TableRegistry {
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         self.put_dead_letter(letter).await
     }
@@ -173,7 +176,10 @@ impl Journal for TableRegistry {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         self.newest_dead_letters(limit).await
     }
+}
 
+#[async_trait]
+impl NotificationOutbox for TableRegistry {
     async fn enqueue(&self, notification: &Notification) -> Result<(), StoreError> {
         self.enqueue_notification(notification).await
     }

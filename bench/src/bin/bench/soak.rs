@@ -1,102 +1,16 @@
-//! `fleet storm`, `fleet soak` and `fleet plot-memory`: the fleet's devices, provisioned by the
-//! device crate's own client, all powered on at once, or kept busy for a long time while the
-//! servers' memory is sampled.
+//! `bench soak` and `bench plot-memory`: a fleet kept busy for a long time while the servers'
+//! memory is sampled, and the chart drawn from the samples.
 
-use super::Emulator;
+use crate::storm::{enrolled, provisioner};
 use anyhow::{bail, Context};
-use device::assignment::Credentials;
-use device::provision::{DpsTransport, Provisioner};
-use emulator::fleet::hub_device::Endpoint;
-use emulator::fleet::load::enroll;
-use emulator::fleet::soak::{self, SoakPlan};
-use emulator::fleet::storm;
-use std::collections::HashMap;
+use bench::memory_chart::{self, MemorySample};
+use bench::soak::{self, SoakPlan};
+use device::provision::DpsTransport;
+use emulator::fleet::clients::Emulator;
 use std::path::Path;
 use std::time::Duration;
 
-/// Enrolls `count` devices and answers their credentials as the device crate holds them.
-async fn enrolled(
-    emulator: &Emulator,
-    prefix: &str,
-    count: usize,
-) -> anyhow::Result<Vec<Credentials>> {
-    let dps = &emulator.endpoints.dps;
-    let devices = enroll(&emulator.service, prefix, count, &dps.id_scope).await?;
-    Ok(devices
-        .into_iter()
-        .map(|d| Credentials {
-            id_scope: d.id_scope,
-            registration_id: d.registration_id,
-            key: d.key,
-            endpoint: dps.device_endpoint.clone(),
-        })
-        .collect())
-}
-
-/// Every hub's MQTT endpoint by the host name DPS assigns.
-fn hubs(emulator: &Emulator) -> anyhow::Result<HashMap<String, Endpoint>> {
-    emulator
-        .endpoints
-        .hubs
-        .iter()
-        .map(|hub| {
-            Ok((
-                hub.host_name.clone(),
-                emulator.hub_endpoint(&hub.host_name)?,
-            ))
-        })
-        .collect()
-}
-
-/// The device crate's provisioner, trusting the emulator's CA.
-fn provisioner(
-    emulator: &Emulator,
-    transport: DpsTransport,
-    jitter: bool,
-    deadline: Duration,
-) -> anyhow::Result<Provisioner> {
-    let ca = std::fs::read_to_string(&emulator.endpoints.ca_certificate_path)?;
-    let mut provisioner = Provisioner::new(Some(&ca)).map_err(anyhow::Error::msg)?;
-    provisioner.transport = transport;
-    provisioner.mqtt_port = emulator.endpoints.dps.mqtt_port;
-    provisioner.deadline = deadline;
-    provisioner.backoff.jitter = jitter;
-    Ok(provisioner)
-}
-
-/// `fleet storm`: prints one results row.
-pub async fn run_storm(
-    emulator: &Emulator,
-    devices: usize,
-    transport: DpsTransport,
-    jitter: bool,
-    deadline: Duration,
-    label: &str,
-) -> anyhow::Result<()> {
-    let prefix = format!("storm-{}", std::process::id());
-    eprintln!("Enrolling {devices} devices...");
-    let credentials = enrolled(emulator, &prefix, devices).await?;
-    let provisioner = provisioner(emulator, transport, jitter, deadline)?;
-    eprintln!(
-        "Powering on {devices} devices at once (jitter {})...",
-        if jitter { "on" } else { "off" }
-    );
-    let report = storm::power_on_all(&credentials, &provisioner, &hubs(emulator)?).await;
-    let all = report.all_connected_after.map_or_else(
-        || "never".to_owned(),
-        |d| format!("{:.1} s", d.as_secs_f64()),
-    );
-    println!(
-        "| {label} | {} | {transport:?} | {all} | {} | {} | {} |",
-        report.devices, report.peak_registrations_per_second, report.retries, report.gave_up
-    );
-    if let Some(error) = report.first_error {
-        bail!("{} devices gave up; the first: {error}", report.gave_up);
-    }
-    Ok(())
-}
-
-/// What `fleet soak` is told.
+/// What `bench soak` is told.
 pub struct SoakArgs<'a> {
     pub minutes: f64,
     pub devices: usize,
@@ -132,8 +46,8 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("{name} must be a positive number of seconds, not {value}"))
 }
 
-/// `fleet soak`: keeps the fleet busy, samples memory to the CSV, draws the SVG.
-pub async fn run_soak(emulator: &Emulator, args: SoakArgs<'_>) -> anyhow::Result<()> {
+/// Keeps the fleet busy, samples memory to the CSV, draws the SVG.
+pub async fn run(emulator: &Emulator, args: SoakArgs<'_>) -> anyhow::Result<()> {
     let plan = SoakPlan {
         duration: seconds("--minutes", args.minutes * 60.0)?,
         telemetry_interval: seconds("--telemetry-seconds", args.telemetry_seconds)?,
@@ -170,7 +84,7 @@ pub async fn run_soak(emulator: &Emulator, args: SoakArgs<'_>) -> anyhow::Result
     let report = soak::run(
         &credentials,
         &provisioner,
-        &hubs(emulator)?,
+        &emulator.hub_endpoints()?,
         &plan,
         std::io::BufWriter::new(csv),
     )
@@ -190,10 +104,10 @@ pub async fn run_soak(emulator: &Emulator, args: SoakArgs<'_>) -> anyhow::Result
 }
 
 /// One line per process: first, last and peak resident memory and the late slope.
-fn print_memory(samples: &[soak::MemorySample]) {
+fn print_memory(samples: &[MemorySample]) {
     println!("| process | samples | first | last | peak | growth, second half |");
     println!("|---|---|---|---|---|---|");
-    for (name, slope) in soak::slopes(samples) {
+    for (name, slope) in memory_chart::slopes(samples) {
         let mine: Vec<u64> = samples
             .iter()
             .filter(|s| s.process == name)
@@ -210,7 +124,7 @@ fn print_memory(samples: &[soak::MemorySample]) {
 }
 
 fn write_svg(
-    samples: &[soak::MemorySample],
+    samples: &[MemorySample],
     path: &Path,
     devices: usize,
     minutes: f64,
@@ -219,16 +133,16 @@ fn write_svg(
         "Resident memory during a {minutes} min soak, {devices} devices ({})",
         time::OffsetDateTime::now_utc().date()
     );
-    std::fs::write(path, soak::render_svg(samples, &title))
+    std::fs::write(path, memory_chart::render_svg(samples, &title))
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// `fleet plot-memory`: the SVG from a soak's CSV.
+/// `bench plot-memory`: the SVG from a soak's CSV.
 pub fn plot(csv: &Path, svg: &Path, title: &str) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    let samples = soak::read_csv(&text).map_err(anyhow::Error::msg)?;
-    std::fs::write(svg, soak::render_svg(&samples, title))
+    let samples = memory_chart::read_csv(&text).map_err(anyhow::Error::msg)?;
+    std::fs::write(svg, memory_chart::render_svg(&samples, title))
         .with_context(|| format!("writing {}", svg.display()))?;
     print_memory(&samples);
     Ok(())

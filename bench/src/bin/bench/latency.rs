@@ -1,15 +1,17 @@
-//! `fleet bench-event-latency`: how long after a device's report the middleware shows it. The
+//! `bench event-latency`: how long after a device's report the middleware shows it. The
 //! clock starts when the hub acknowledges the reported-properties patch (the twin-change event
 //! is then in the hub's stream) and stops when `GET /api/devices/{id}` returns the value.
 
-use super::admin::AdminApi;
-use super::Emulator;
 use anyhow::Context;
+use bench::figures::{millis, quantile};
+use emulator::fleet::admin::AdminApi;
+use emulator::fleet::clients::Emulator;
 use emulator::fleet::device::DeviceCredentials;
 use emulator::fleet::hub_device::DeviceConnection;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+/// Times `samples` reports of one device and prints p50, p99 and the slowest.
 pub async fn run(emulator: &Emulator, samples: usize) -> anyhow::Result<()> {
     let functions = emulator
         .endpoints
@@ -54,9 +56,7 @@ pub async fn run(emulator: &Emulator, samples: usize) -> anyhow::Result<()> {
     }
     connection.close().await;
     latencies.sort_unstable();
-    let at = |p: f64| {
-        latencies[((latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
-    };
+    let at = |p: f64| millis(quantile(&latencies, p));
     println!(
         "Event to readable record ({samples} reported-property changes, through the hub's event stream, the Functions host stand-in and the handler): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         at(0.5),

@@ -1,23 +1,25 @@
-//! `telemetry-sender`: keeps a provisioned device connected to its hub and sends telemetry
-//! (see `device::sender`). Runs until SIGTERM or Ctrl-C, then flushes what it can.
+//! The `sender` role (`device sender`, or the binary called as `telemetry-sender`): keeps a
+//! provisioned device connected to its hub and sends telemetry (see `device::sender`). Runs until
+//! SIGTERM or Ctrl-C, then flushes what it can.
 
 use anyhow::Context;
 use clap::Parser;
 use device::assignment::StateDir;
 use device::provision::{DeviceInfo, DpsTransport, Provisioner};
-use device::sender::{run, SenderConfig, Stats};
+use device::sender::{SenderConfig, Stats};
 use device::telemetry::Source;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The sender's command line.
 #[derive(Parser)]
 #[command(
     version,
     about = "Send a provisioned device's telemetry to its IoT hub"
 )]
-struct Args {
+pub struct Args {
     /// The device's state directory (the assignment the portal stored, and the outbox).
     #[arg(long, env = "DEVICE_STATE_DIR", default_value = "device-state")]
     state_dir: PathBuf,
@@ -59,14 +61,8 @@ struct Args {
     firmware: String,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let args = Args::parse();
+/// Sends telemetry until SIGTERM or Ctrl-C, then drains the outbox for a while.
+pub async fn run(args: Args) -> anyhow::Result<()> {
     let extra_ca = match &args.extra_ca_file {
         Some(path) => Some(
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
@@ -113,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     let stats = Arc::new(Stats::default());
-    run(config, source, stats.clone(), stopped).await?;
+    device::sender::run(config, source, stats.clone(), stopped).await?;
     tracing::info!(?stats, "stopped");
     Ok(())
 }

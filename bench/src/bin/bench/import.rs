@@ -1,12 +1,12 @@
-//! `fleet bench-import`: a fleet enrolled from a CRM export through the admin API
+//! `bench import`: a fleet enrolled from a CRM export through the admin API
 //! (`POST /api/enrollments/import`, CSV, a batch of rows a request), next to the ceiling of that
 //! path measured in the same run: DPS's bulk creates alone, ten enrollments a call with as many
 //! calls in flight as the handler's import makes. Every imported row costs its share of a bulk
 //! create plus the registry's Table Storage writes, so the ratio is what the bookkeeping costs.
 
-use super::admin::AdminApi;
-use super::Emulator;
 use anyhow::Context;
+use emulator::fleet::admin::AdminApi;
+use emulator::fleet::clients::Emulator;
 use emulator::fleet::service::DpsService;
 use emulator::fleet::ClientError;
 use futures_util::{StreamExt, TryStreamExt};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 /// `DPS_CONCURRENCY`).
 const IMPORT_DPS_IN_FLIGHT: usize = 4;
 
+/// Imports `rows` rows, `batch` a request, next to the bulk-create ceiling; prints the table.
 pub async fn run(emulator: &Emulator, rows: usize, batch: usize) -> anyhow::Result<()> {
     let functions = emulator
         .endpoints

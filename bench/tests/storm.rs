@@ -3,23 +3,52 @@
 // In a test crate a panic, with the failing call's message, is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use bench::storm::power_on_all;
 use device::assignment::Credentials;
 use device::provision::{Backoff, DpsTransport, Provisioner};
 use emulator::dps::rate_limit::Rate;
 use emulator::fleet::hub_device::Endpoint;
 use emulator::fleet::load::enroll;
-use emulator::fleet::storm::power_on_all;
+use emulator::fleet::service::DpsService;
+use emulator::RunningEmulator;
+use iot_credentials::ServiceConnectionString;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
-use support::TestEmulator;
+use tempfile::TempDir;
 
 /// 10 registrations a second after a burst of 10: 50 devices need at least (50 - 10) / 10 = 4 s.
 const RATE: Rate = Rate {
     per_minute: 600,
     burst: 10,
 };
+
+/// An emulator on free loopback ports, with the clients the storm needs.
+struct TestEmulator {
+    running: RunningEmulator,
+    service: DpsService,
+    tls: Arc<rustls::ClientConfig>,
+    _state_dir: TempDir,
+}
+
+impl TestEmulator {
+    async fn start_with(adjust: impl FnOnce(&mut emulator::config::EmulatorConfig)) -> Self {
+        let state_dir = tempfile::tempdir().unwrap();
+        let mut config = emulator::config::EmulatorConfig::for_tests(state_dir.path());
+        adjust(&mut config);
+        let running = emulator::start(config).await.unwrap();
+        let ca = running.ca_certificate_pem().to_owned();
+        let connection =
+            ServiceConnectionString::parse(&running.endpoints().dps.service_connection_string)
+                .unwrap();
+        Self {
+            service: DpsService::new(connection, &ca).unwrap(),
+            tls: Arc::new(emulator::fleet::client_tls(&ca).unwrap()),
+            running,
+            _state_dir: state_dir,
+        }
+    }
+}
 
 async fn fleet(emu: &TestEmulator, prefix: &str, count: usize) -> Vec<Credentials> {
     let endpoints = emu.running.endpoints();

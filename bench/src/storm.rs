@@ -4,9 +4,9 @@
 //! provisioned. Measured: the time until the last device is connected, the peak number of
 //! registrations completed in one second, the retries DPS asked for (429s), and who gave up.
 
-use super::hub_device::{DeviceConnection, Endpoint};
 use device::assignment::Credentials;
 use device::provision::Provisioner;
+use emulator::fleet::hub_device::{DeviceConnection, Endpoint};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -140,7 +140,7 @@ async fn boot(
                     &json!({ "provisioning": { "status": "provisioned", "hub": assignment.hub } }),
                 )
                 .await?;
-            Ok::<_, super::ClientError>(connection)
+            Ok::<_, emulator::fleet::ClientError>(connection)
         };
         match attempt.await {
             Ok(connection) => break Ok((started.elapsed(), connection)),

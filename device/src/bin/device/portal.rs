@@ -1,4 +1,5 @@
-//! `device-portal`: the setup page a device serves to its owner (see `device::portal`).
+//! The `portal` role (`device portal`, or the binary called as `device-portal`): the setup page a
+//! device serves to its owner (see `device::portal`).
 
 use anyhow::Context;
 use clap::Parser;
@@ -8,13 +9,14 @@ use device::provision::{DeviceInfo, DpsTransport, Provisioner};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The portal's command line.
 #[derive(Parser)]
 #[command(version, about = "Serve the device's setup portal")]
-struct Args {
+pub struct Args {
     /// Where to listen. Loopback by default: expose it on a network only on purpose.
     #[arg(long, env = "PORTAL_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// The device's state directory (shared with telemetry-sender).
+    /// The device's state directory (shared with the sender).
     #[arg(long, env = "DEVICE_STATE_DIR", default_value = "device-state")]
     state_dir: PathBuf,
     /// The DPS endpoint used with hand-typed fields.
@@ -47,14 +49,8 @@ struct Args {
     ready_file: Option<PathBuf>,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let args = Args::parse();
+/// Serves the portal until Ctrl-C.
+pub async fn run(args: Args) -> anyhow::Result<()> {
     let extra_ca = match &args.extra_ca_file {
         Some(path) => Some(
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,

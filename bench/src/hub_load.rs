@@ -1,9 +1,9 @@
-//! Hub load: open many device connections, send pipelined telemetry bursts, and read a server
-//! process's memory, so the emulator and a reference broker can be measured the same way.
+//! Hub load: open many device connections and send pipelined telemetry bursts, the same way to
+//! the emulator's hubs and to a reference broker.
 
-use super::hub_device::{DeviceConnection, Endpoint};
-use super::ClientError;
 use bytes::Bytes;
+use emulator::fleet::hub_device::{DeviceConnection, Endpoint};
+use emulator::fleet::ClientError;
 use futures_util::stream::{self, StreamExt};
 use iot_credentials::SharedAccessKey;
 use std::time::{Duration, Instant};
@@ -110,17 +110,4 @@ pub async fn burst_all(
         failed_connections: outcomes.len() - succeeded,
         elapsed: started.elapsed(),
     }
-}
-
-/// A process's resident memory and its peak, in KiB (Linux).
-pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
