@@ -1,6 +1,7 @@
 //! `endpoints.json`: how clients find and trust the emulator (the `emulator` object of
 //! ../shared/design.md, plus the ports when they are not Azure's).
 
+use iot_io::atomic_file::{self, Access};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
@@ -102,21 +103,12 @@ impl fmt::Debug for Endpoints {
 }
 
 impl Endpoints {
-    /// Writes `dir/endpoints.json` atomically (readers never see half a file), owner-readable
-    /// only since it holds keys.
+    /// Writes `dir/endpoints.json` atomically and durably (readers never see half a file),
+    /// owner-readable only since it holds keys.
     pub fn write(&self, dir: &Path) -> io::Result<PathBuf> {
         let path = dir.join(FILE_NAME);
-        let temp = dir.join(format!("{FILE_NAME}.tmp"));
         let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        io::Write::write_all(&mut options.open(&temp)?, &text)?;
-        std::fs::rename(&temp, &path)?;
+        atomic_file::write(&path, &text, Access::OwnerOnly)?;
         Ok(path)
     }
 

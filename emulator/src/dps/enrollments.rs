@@ -9,8 +9,8 @@ use super::model::{
     SymmetricKeyAttestation,
 };
 use super::{validate, Dps};
-use crate::stamps;
-use crate::state::{id_key, Change, CloudState};
+use crate::azure_format;
+use crate::cloud_state::{id_key, Change, CloudState};
 use iot_credentials::SharedAccessKey;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -191,7 +191,7 @@ pub(super) fn check_if_match(
 ) -> Result<(), DpsError> {
     match (if_match, current) {
         (None, _) => Ok(()),
-        (Some(wanted), Some(etag)) if stamps::etag_matches(wanted, etag) => Ok(()),
+        (Some(wanted), Some(etag)) if azure_format::etag_matches(wanted, etag) => Ok(()),
         (Some(_), Some(_)) => Err(DpsError::PreconditionFailed(format!(
             "the etag of {id:?} has changed; read it again and retry"
         ))),
@@ -443,67 +443,9 @@ impl Dps {
                 let mut errors = Vec::new();
                 for (item, fresh) in valid.into_iter().zip(&fresh) {
                     let id = K::id(&item).to_owned();
-                    let key = id_key(&id);
-                    let existing = match batch.get(&key) {
-                        Some(seen) => seen.clone(),
-                        None => K::table(state).get(&key).cloned(),
-                    };
-                    let outcome = match (mode, &existing) {
-                        // `update` without an etag refuses an existing record as `create` does:
-                        // the live service answers 409201/409202 "… already exists." there
-                        // (recorded bulk operations, see docs/emulator.md).
-                        (BulkMode::Create, Some(_)) => Err(K::exists()),
-                        (BulkMode::Update, Some(_)) if K::settings(&item).etag.is_none() => {
-                            Err(K::exists())
-                        }
-                        (BulkMode::Update, Some(current))
-                            if !K::settings(current).etag.as_deref().is_some_and(|etag| {
-                                K::settings(&item)
-                                    .etag
-                                    .as_deref()
-                                    .is_some_and(|wanted| stamps::etag_matches(wanted, etag))
-                            }) =>
-                        {
-                            Err(DpsError::PreconditionFailed(format!(
-                                "the etag of {id:?} does not match"
-                            )))
-                        }
-                        (BulkMode::Delete, None) => Err(K::not_found(&id)),
-                        (BulkMode::Delete, Some(_)) => {
-                            changes.extend(K::delete(state, &key));
-                            batch.insert(key, None);
-                            Ok(())
-                        }
-                        (BulkMode::UpdateIfMatchETag, _) => {
-                            let wanted = K::settings(&item).etag.clone();
-                            match (
-                                wanted,
-                                existing.as_ref().and_then(|e| K::settings(e).etag.clone()),
-                            ) {
-                                (Some(wanted), Some(current))
-                                    if stamps::etag_matches(&wanted, &current) =>
-                                {
-                                    Ok(())
-                                }
-                                (None, None) => Ok(()),
-                                _ => Err(DpsError::PreconditionFailed(format!(
-                                    "the etag of {id:?} does not match"
-                                ))),
-                            }
-                            .map(|()| {
-                                let stored = stamp::<K>(item, existing.as_ref(), fresh);
-                                batch.insert(key, Some(stored.clone()));
-                                changes.push(K::put(stored));
-                            })
-                        }
-                        (BulkMode::Create | BulkMode::Update, _) => {
-                            let stored = stamp::<K>(item, existing.as_ref(), fresh);
-                            batch.insert(key, Some(stored.clone()));
-                            changes.push(K::put(stored));
-                            Ok(())
-                        }
-                    };
-                    if let Err(error) = outcome {
+                    if let Err(error) =
+                        bulk_item::<K>(state, mode, item, fresh, &mut batch, &mut changes)
+                    {
                         errors.push(item_error(&id, &error));
                     }
                 }
@@ -515,17 +457,86 @@ impl Dps {
     }
 }
 
+/// One item of a bulk operation, inside the operation's transaction: checks it against the
+/// stored record (or what an earlier item of the batch left in `batch`) and adds its changes.
+fn bulk_item<K: EnrollmentKind>(
+    state: &CloudState,
+    mode: BulkMode,
+    item: K::Record,
+    fresh: &(SharedAccessKey, SharedAccessKey),
+    batch: &mut HashMap<String, Option<K::Record>>,
+    changes: &mut Vec<Change>,
+) -> Result<(), DpsError> {
+    let id = K::id(&item).to_owned();
+    let key = id_key(&id);
+    let existing = match batch.get(&key) {
+        Some(seen) => seen.clone(),
+        None => K::table(state).get(&key).cloned(),
+    };
+    match (mode, &existing) {
+        // `update` without an etag refuses an existing record as `create` does:
+        // the live service answers 409201/409202 "… already exists." there
+        // (recorded bulk operations, see docs/emulator.md).
+        (BulkMode::Create, Some(_)) => Err(K::exists()),
+        (BulkMode::Update, Some(_)) if K::settings(&item).etag.is_none() => Err(K::exists()),
+        (BulkMode::Update, Some(current))
+            if !K::settings(current).etag.as_deref().is_some_and(|etag| {
+                K::settings(&item)
+                    .etag
+                    .as_deref()
+                    .is_some_and(|wanted| azure_format::etag_matches(wanted, etag))
+            }) =>
+        {
+            Err(DpsError::PreconditionFailed(format!(
+                "the etag of {id:?} does not match"
+            )))
+        }
+        (BulkMode::Delete, None) => Err(K::not_found(&id)),
+        (BulkMode::Delete, Some(_)) => {
+            changes.extend(K::delete(state, &key));
+            batch.insert(key, None);
+            Ok(())
+        }
+        (BulkMode::UpdateIfMatchETag, _) => {
+            let wanted = K::settings(&item).etag.clone();
+            match (
+                wanted,
+                existing.as_ref().and_then(|e| K::settings(e).etag.clone()),
+            ) {
+                (Some(wanted), Some(current)) if azure_format::etag_matches(&wanted, &current) => {
+                    Ok(())
+                }
+                (None, None) => Ok(()),
+                _ => Err(DpsError::PreconditionFailed(format!(
+                    "the etag of {id:?} does not match"
+                ))),
+            }
+            .map(|()| {
+                let stored = stamp::<K>(item, existing.as_ref(), fresh);
+                batch.insert(key, Some(stored.clone()));
+                changes.push(K::put(stored));
+            })
+        }
+        (BulkMode::Create | BulkMode::Update, _) => {
+            let stored = stamp::<K>(item, existing.as_ref(), fresh);
+            batch.insert(key, Some(stored.clone()));
+            changes.push(K::put(stored));
+            Ok(())
+        }
+    }
+}
+
 /// Sets the service-owned fields of a record about to be stored.
 fn stamp<K: EnrollmentKind>(
     mut record: K::Record,
     existing: Option<&K::Record>,
     fresh: &(SharedAccessKey, SharedAccessKey),
 ) -> K::Record {
-    let now = stamps::now();
+    let now = azure_format::now();
     let previous = existing.map(K::settings);
     K::strip_derived(&mut record);
     let settings = K::settings_mut(&mut record);
-    settings.etag = Some(stamps::etag());
+    settings.etag = Some(azure_format::etag());
     settings.created_date_time_utc = previous
         .and_then(|p| p.created_date_time_utc.clone())
         .or_else(|| Some(now.clone()));

@@ -5,9 +5,9 @@
 //! to use are used as such (401002 unauthorized, 404201 enrollment not found, 404202 registration
 //! not found, 409201/409202 enrollment/group exists); the others follow the same pattern and are listed in docs/emulator.md.
 
+use crate::azure_format;
+use crate::journaled_store::StoreError;
 use crate::net::https::Body;
-use crate::stamps;
-use crate::store::StoreError;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use serde::Serialize;
@@ -112,9 +112,9 @@ impl DpsError {
         let message = self.to_string();
         serde_json::to_vec(&Details {
             error_code: self.code(),
-            tracking_id: stamps::tracking_id(),
+            tracking_id: azure_format::tracking_id(),
             message: &message,
-            timestamp_utc: stamps::now(),
+            timestamp_utc: azure_format::now(),
         })
         .unwrap_or_default()
     }

@@ -9,21 +9,21 @@
 //! - [`service_http`], [`device_http`], [`device_mqtt`]: the wire protocols over the above.
 //! - [`error`], [`validate`]: errors in Azure's shape, Azure's naming rules.
 
-pub mod allocation;
-pub mod device_http;
-pub mod device_mqtt;
+pub(crate) mod allocation;
+pub(crate) mod device_http;
+pub(crate) mod device_mqtt;
 pub mod enrollments;
 pub mod error;
 pub mod model;
-pub mod provisioning;
+pub(crate) mod provisioning;
 pub mod rate_limit;
-pub mod registrations;
-pub mod service_http;
-pub mod validate;
+pub(crate) mod registrations;
+pub(crate) mod service_http;
+pub(crate) mod validate;
 
+use crate::cloud_state::CloudState;
 use crate::hub::Hubs;
-use crate::state::CloudState;
-use crate::store::Store;
+use crate::journaled_store::Store;
 use iot_credentials::SharedAccessKey;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -9,13 +9,13 @@ use super::allocation::Allocation;
 use super::error::DpsError;
 use super::model::{
     AssignedSubstatus, AttestationType, DeviceRegistration, DeviceRegistrationState,
-    EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, RegistrationOperationStatus,
-    RegistrationStatus, SymmetricKeyRegistrationResult,
+    EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, InitialTwin,
+    RegistrationOperationStatus, RegistrationStatus, SymmetricKeyRegistrationResult,
 };
 use super::{validate, Dps};
+use crate::azure_format;
+use crate::cloud_state::{id_key, Change, CloudState};
 use crate::hub::registry::{DeviceIdentity, DeviceStatus, PropertySet, Twin};
-use crate::stamps;
-use crate::state::{id_key, Change, CloudState};
 use iot_credentials::sas::unix_now;
 use iot_credentials::{derive_device_key, SasError, SharedAccessKey, SignedSas};
 use serde_json::Value;
@@ -372,7 +372,7 @@ fn assignment(
     allocation: Allocation,
     previous: Option<&DeviceRegistrationState>,
 ) -> (DeviceRegistrationState, Vec<Change>) {
-    let now = stamps::now();
+    let now = azure_format::now();
     let settings = admission.settings();
     let migrate = settings
         .reprovision_policy
@@ -383,47 +383,15 @@ fn assignment(
     let before = previous
         .filter(|p| p.status == RegistrationStatus::Assigned)
         .and_then(|p| Some((p.assigned_hub.clone()?, p.device_id.clone()?)));
-    let substatus = match &before {
-        None => AssignedSubstatus::InitialAssignment,
-        Some((old_hub, _)) if old_hub.eq_ignore_ascii_case(&hub) => {
-            AssignedSubstatus::ReprovisionedToInitialAssignment
-        }
-        Some(_) if migrate => AssignedSubstatus::DeviceDataMigrated,
-        Some(_) => AssignedSubstatus::DeviceDataReset,
-    };
+    let substatus = assigned_substatus(before.as_ref(), &hub, migrate);
     let initial_twin = allocation
         .initial_twin
         .or_else(|| settings.initial_twin.clone())
         .unwrap_or_default();
-    let fresh_twin = || Twin {
-        tags: initial_twin.tags(),
-        desired: PropertySet::new(initial_twin.desired()),
-        reported: PropertySet::new(Default::default()),
-        version: 1,
-        etag: stamps::hub_etag(),
-    };
     let device_in = |hub: &str, id: &str| state.hubs.get(hub).and_then(|r| r.get(id));
     let existing = device_in(&hub, &device_id);
     let old = before.as_ref().and_then(|(h, d)| device_in(h, d));
-    let (twin, keep_identity) = match substatus {
-        AssignedSubstatus::InitialAssignment => (
-            existing.map(|d| d.twin.clone()).unwrap_or_else(fresh_twin),
-            true,
-        ),
-        AssignedSubstatus::ReprovisionedToInitialAssignment if migrate => (
-            existing
-                .or(old)
-                .map(|d| d.twin.clone())
-                .unwrap_or_else(fresh_twin),
-            true,
-        ),
-        AssignedSubstatus::DeviceDataMigrated => (
-            old.map(|d| d.twin.clone()).unwrap_or_else(fresh_twin),
-            false,
-        ),
-        // Reset (same hub or another): the device starts over from the enrollment's twin.
-        _ => (fresh_twin(), false),
-    };
+    let (twin, keep_identity) = assigned_twin(substatus, migrate, existing, old, &initial_twin);
     let keys = admission.device_keys(registration_id);
     let key_text = |i: usize| {
         keys.get(i)
@@ -436,7 +404,7 @@ fn assignment(
             .filter(|_| keep_identity)
             .map(|d| d.generation_id.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
-        etag: stamps::hub_etag(),
+        etag: azure_format::hub_etag(),
         status: existing.map_or(DeviceStatus::Enabled, |d| d.status),
         status_reason: existing.and_then(|d| d.status_reason.clone()),
         primary_key: key_text(0),
@@ -471,11 +439,66 @@ fn assignment(
         error_code: None,
         error_message: None,
         last_updated_date_time_utc: Some(now),
-        etag: Some(stamps::etag()),
+        etag: Some(azure_format::etag()),
         payload: allocation.payload,
         symmetric_key: None,
     };
     (record, changes)
+}
+
+/// How an assignment relates to the device's last one (`before`: its hub and device id): first,
+/// back to the same hub, or to another hub with its data migrated or reset.
+fn assigned_substatus(
+    before: Option<&(String, String)>,
+    hub: &str,
+    migrate: bool,
+) -> AssignedSubstatus {
+    match before {
+        None => AssignedSubstatus::InitialAssignment,
+        Some((old_hub, _)) if old_hub.eq_ignore_ascii_case(hub) => {
+            AssignedSubstatus::ReprovisionedToInitialAssignment
+        }
+        Some(_) if migrate => AssignedSubstatus::DeviceDataMigrated,
+        Some(_) => AssignedSubstatus::DeviceDataReset,
+    }
+}
+
+/// The twin the assigned identity gets, and whether the identity keeps its generation: the
+/// identity already in the hub, the one migrated from the old hub, or a fresh twin from the
+/// enrollment's initial twin when the data is reset (or there is nothing to keep).
+fn assigned_twin(
+    substatus: AssignedSubstatus,
+    migrate: bool,
+    existing: Option<&DeviceIdentity>,
+    old: Option<&DeviceIdentity>,
+    initial_twin: &InitialTwin,
+) -> (Twin, bool) {
+    let fresh_twin = || Twin {
+        tags: initial_twin.tags(),
+        desired: PropertySet::new(initial_twin.desired()),
+        reported: PropertySet::new(Default::default()),
+        version: 1,
+        etag: azure_format::hub_etag(),
+    };
+    match substatus {
+        AssignedSubstatus::InitialAssignment => (
+            existing.map(|d| d.twin.clone()).unwrap_or_else(fresh_twin),
+            true,
+        ),
+        AssignedSubstatus::ReprovisionedToInitialAssignment if migrate => (
+            existing
+                .or(old)
+                .map(|d| d.twin.clone())
+                .unwrap_or_else(fresh_twin),
+            true,
+        ),
+        AssignedSubstatus::DeviceDataMigrated => (
+            old.map(|d| d.twin.clone()).unwrap_or_else(fresh_twin),
+            false,
+        ),
+        // Reset (same hub or another): the device starts over from the enrollment's twin.
+        _ => (fresh_twin(), false),
+    }
 }
 
 /// The record of a registration that did not assign: disabled (no reason) or failed. The last
@@ -485,7 +508,7 @@ fn unassigned(
     previous: Option<&DeviceRegistrationState>,
     failure: Option<String>,
 ) -> DeviceRegistrationState {
-    let now = stamps::now();
+    let now = azure_format::now();
     let (status, error_code) = match &failure {
         Some(_) => (RegistrationStatus::Failed, Some(ALLOCATION_FAILED)),
         None => (RegistrationStatus::Disabled, None),
@@ -502,7 +525,7 @@ fn unassigned(
         error_code,
         error_message: failure,
         last_updated_date_time_utc: Some(now),
-        etag: Some(stamps::etag()),
+        etag: Some(azure_format::etag()),
         payload: None,
         symmetric_key: None,
     }

@@ -5,7 +5,7 @@ use super::enrollments::{check_if_match, decode_continuation, page_of_filtered, 
 use super::error::DpsError;
 use super::model::{DeviceRegistrationState, QuerySpecification};
 use super::Dps;
-use crate::state::{id_key, Change};
+use crate::cloud_state::{id_key, Change};
 
 fn not_found(id: &str) -> DpsError {
     DpsError::RegistrationNotFound(format!("no registration record for {id:?}"))

@@ -1,6 +1,8 @@
 //! Consumer checkpoints: per consumer and stream, the next sequence number to process in each
-//! partition. Saved atomically (write, then rename) so a restart resumes exactly there.
+//! partition. Saved through `iot_io::atomic_file` (atomic and durable) so a restart resumes
+//! exactly there.
 
+use iot_io::atomic_file::{self, Access};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
@@ -78,13 +80,9 @@ impl Checkpoints {
             positions.clone()
         };
         if let Some(dir) = &self.dir {
-            let path = dir.join(format!("{key}.json"));
-            let temp = dir.join(format!("{key}.json.tmp"));
-            fs::write(
-                &temp,
-                serde_json::to_vec(&snapshot).map_err(io::Error::other)?,
-            )?;
-            fs::rename(temp, path)?;
+            let bytes = serde_json::to_vec(&snapshot).map_err(io::Error::other)?;
+            // Positions are no secret: the umask decides, as for the event log itself.
+            atomic_file::write(&dir.join(format!("{key}.json")), &bytes, Access::Default)?;
         }
         Ok(())
     }

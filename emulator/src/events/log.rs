@@ -153,7 +153,7 @@ impl EventStream {
                 properties: new.properties,
                 body: new.body,
             };
-            let enqueued = crate::stamps::format_time(now);
+            let enqueued = crate::azure_format::format_time(now);
             event
                 .system_properties
                 .insert("iothub-enqueuedtime".into(), enqueued.clone().into());

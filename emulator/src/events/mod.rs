@@ -5,9 +5,9 @@
 //! - [`routing`]: which endpoints (built-in, or event hubs of the [`namespace`]) an event goes to.
 //! - [`Event`]: one event with Azure's system and application properties.
 
-pub mod checkpoints;
+pub(crate) mod checkpoints;
 pub mod log;
-pub mod namespace;
+pub(crate) mod namespace;
 pub mod routing;
 
 use bytes::Bytes;

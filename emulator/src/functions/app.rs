@@ -295,25 +295,61 @@ impl FunctionApp {
                 "no customHandler section: only custom handler apps are supported",
             )
         })?;
+        let http_mode = Self::http_mode(custom, &host_path)?;
+        let handler = Self::handler_description(&root, custom, &host_path)?;
+        let route_prefix = host
+            .pointer("/extensions/http/routePrefix")
+            .and_then(Value::as_str)
+            .unwrap_or("api")
+            .trim_matches('/')
+            .to_owned();
+        let max_event_batch = host
+            .pointer("/extensions/eventHubs/maxEventBatchSize")
+            .and_then(Value::as_u64)
+            .map_or(100, |n| n.clamp(1, 1000) as usize);
+        let settings = Self::settings(&root, overrides)?;
+        let functions = Self::enabled_functions(&root, &settings)?;
+        Ok(Self {
+            root,
+            handler,
+            http_mode,
+            route_prefix,
+            max_event_batch,
+            settings,
+            functions,
+        })
+    }
+
+    /// How HTTP requests reach the handler, from host.json's `customHandler` flags.
+    fn http_mode(custom: &Value, host_path: &Path) -> Result<HttpMode, AppError> {
         let flag = |name: &str| custom.get(name).and_then(Value::as_bool) == Some(true);
         // The host checks proxying first (DefaultHttpWorkerService.InvokeAsync).
-        let http_mode = if flag("enableProxyingHttpRequest") {
-            HttpMode::Proxying
+        if flag("enableProxyingHttpRequest") {
+            Ok(HttpMode::Proxying)
         } else if flag("enableForwardingHttpRequest") {
-            HttpMode::Forwarding
+            Ok(HttpMode::Forwarding)
         } else {
-            return Err(invalid(
-                &host_path,
+            Err(invalid(
+                host_path,
                 "set customHandler.enableProxyingHttpRequest (or the older enableForwardingHttpRequest) to true: the stand-in hands HTTP requests to the handler as they are, and does not build the HTTP invocation payload",
-            ));
-        };
+            ))
+        }
+    }
+
+    /// The handler's executable, working directory and arguments (`customHandler.description`),
+    /// relative to the app root.
+    fn handler_description(
+        root: &Path,
+        custom: &Value,
+        host_path: &Path,
+    ) -> Result<HandlerDescription, AppError> {
         let description = custom.get("description").cloned().unwrap_or_default();
         let executable = description
             .get("defaultExecutablePath")
             .and_then(Value::as_str)
             .ok_or_else(|| {
                 invalid(
-                    &host_path,
+                    host_path,
                     "customHandler.description.defaultExecutablePath is missing",
                 )
             })?;
@@ -321,7 +357,7 @@ impl FunctionApp {
             .get("workingDirectory")
             .and_then(Value::as_str)
             .unwrap_or("");
-        let handler = HandlerDescription {
+        Ok(HandlerDescription {
             executable: root.join(executable),
             working_directory: root.join(working),
             arguments: description
@@ -333,18 +369,14 @@ impl FunctionApp {
                         .collect()
                 })
                 .unwrap_or_default(),
-        };
-        let route_prefix = host
-            .pointer("/extensions/http/routePrefix")
-            .and_then(Value::as_str)
-            .unwrap_or("api")
-            .trim_matches('/')
-            .to_owned();
-        let max_event_batch = host
-            .pointer("/extensions/eventHubs/maxEventBatchSize")
-            .and_then(Value::as_u64)
-            .map_or(100, |n| n.clamp(1, 1000) as usize);
+        })
+    }
 
+    /// The app settings: local.settings.json's `Values`, with `overrides` on top.
+    fn settings(
+        root: &Path,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, AppError> {
         let settings_path = root.join("local.settings.json");
         let mut settings: BTreeMap<String, String> = if settings_path.exists() {
             read_json(&settings_path)?
@@ -366,9 +398,18 @@ impl FunctionApp {
             BTreeMap::new()
         };
         settings.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(settings)
+    }
 
+    /// Every enabled function: a folder holding function.json, in the root or in `functions/`,
+    /// in name order; a function disabled by `disabled` or `AzureWebJobs.<name>.Disabled` is
+    /// left out, and two of one name stop the load.
+    fn enabled_functions(
+        root: &Path,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Vec<FunctionDef>, AppError> {
         let mut functions = Vec::new();
-        for dir in [root.clone(), root.join("functions")] {
+        for dir in [root.to_owned(), root.join("functions")] {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
@@ -399,20 +440,14 @@ impl FunctionApp {
                 {
                     continue;
                 }
-                functions.push(Self::function(&path, name, &definition, &settings)?);
+                functions.push(Self::function(&path, name, &definition, settings)?);
             }
         }
-        Ok(Self {
-            root,
-            handler,
-            http_mode,
-            route_prefix,
-            max_event_batch,
-            settings,
-            functions,
-        })
+        Ok(functions)
     }
 
+    /// One function from its function.json: the trigger binding, read by its type, and the
+    /// retry policy.
     fn function(
         path: &Path,
         name: String,
@@ -431,84 +466,10 @@ impl FunctionApp {
                     .is_some_and(|t| t.ends_with("Trigger"))
             })
             .ok_or_else(|| invalid(path, "no trigger binding"))?;
-        let text = |field: &str| {
-            trigger_json
-                .get(field)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let binding = text("name").unwrap_or_else(|| "trigger".into());
-        let resolve =
-            |value: String| match value.strip_prefix('%').and_then(|v| v.strip_suffix('%')) {
-                Some(setting) => settings.get(setting).cloned().unwrap_or(value),
-                None => value,
-            };
-        if text("type").as_deref() == Some("httpTrigger") && !http_in_and_out(bindings) {
-            return Err(invalid(
-                path,
-                "an HTTP function must have exactly one httpTrigger input and one http output: \
-                 only those are proxied or forwarded to the handler (IsHttpInAndOutFunction); \
-                 others get the invocation payload, which the stand-in does not build",
-            ));
-        }
-        let trigger = match text("type").as_deref() {
-            Some("httpTrigger") => Trigger::Http {
-                auth: match text("authLevel")
-                    .unwrap_or_else(|| "function".into())
-                    .to_ascii_lowercase()
-                    .as_str()
-                {
-                    "anonymous" => AuthLevel::Anonymous,
-                    "function" => AuthLevel::Function,
-                    "system" => AuthLevel::System,
-                    "admin" => AuthLevel::Admin,
-                    other => return Err(invalid(path, format!("unknown authLevel {other:?}"))),
-                },
-                methods: trigger_json
-                    .get("methods")
-                    .and_then(Value::as_array)
-                    .map(|m| {
-                        m.iter()
-                            .filter_map(|v| v.as_str().map(str::to_ascii_uppercase))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                route: RouteTemplate::parse(&text("route").unwrap_or_else(|| name.clone()))
-                    .map_err(|e| invalid(path, e))?,
-            },
-            Some("eventHubTrigger") => Trigger::EventHub {
-                binding,
-                event_hub_name: text("eventHubName").map(resolve),
-                connection: text("connection")
-                    .ok_or_else(|| invalid(path, "eventHubTrigger needs connection"))?,
-                many: text("cardinality").is_none_or(|c| c.eq_ignore_ascii_case("many")),
-                consumer_group: text("consumerGroup")
-                    .map(resolve)
-                    .unwrap_or_else(|| "$Default".into()),
-                binary: text("dataType").is_some_and(|d| d.eq_ignore_ascii_case("binary")),
-            },
-            Some("timerTrigger") => {
-                let schedule = Schedule::parse(&resolve(
-                    text("schedule").ok_or_else(|| invalid(path, "timerTrigger needs schedule"))?,
-                ))
-                .map_err(|e| invalid(path, e))?;
-                // `useMonitor: true` cannot force monitoring of a sub-minute schedule: the host
-                // turns it off (TimerTriggerAttributeBindingProvider.CreateSchedule).
-                let monitored = trigger_json
-                    .get("useMonitor")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true)
-                    && !schedule.fires_more_than_once_a_minute();
-                Trigger::Timer {
-                    binding,
-                    schedule,
-                    run_on_startup: trigger_json
-                        .get("runOnStartup")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                    monitored,
-                }
-            }
+        let trigger = match text(trigger_json, "type").as_deref() {
+            Some("httpTrigger") => http_trigger(path, &name, trigger_json, bindings)?,
+            Some("eventHubTrigger") => event_hub_trigger(path, trigger_json, settings)?,
+            Some("timerTrigger") => timer_trigger(path, trigger_json, settings)?,
             Some(other) => {
                 return Err(invalid(
                     path,
@@ -527,6 +488,117 @@ impl FunctionApp {
             retry,
         })
     }
+}
+
+/// A string field of a binding.
+fn text(binding: &Value, field: &str) -> Option<String> {
+    binding
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// `%name%` replaced by the app setting `name` (left as it is when there is no such setting).
+fn resolve(settings: &BTreeMap<String, String>, value: String) -> String {
+    match value.strip_prefix('%').and_then(|v| v.strip_suffix('%')) {
+        Some(setting) => settings.get(setting).cloned().unwrap_or(value),
+        None => value,
+    }
+}
+
+/// The name the trigger's data goes by in an invocation (`trigger` when unnamed).
+fn binding_name(trigger: &Value) -> String {
+    text(trigger, "name").unwrap_or_else(|| "trigger".into())
+}
+
+/// An `httpTrigger`: its `authLevel`, methods and route (the function's name when none).
+fn http_trigger(
+    path: &Path,
+    name: &str,
+    trigger: &Value,
+    bindings: &[Value],
+) -> Result<Trigger, AppError> {
+    if !http_in_and_out(bindings) {
+        return Err(invalid(
+            path,
+            "an HTTP function must have exactly one httpTrigger input and one http output: \
+             only those are proxied or forwarded to the handler (IsHttpInAndOutFunction); \
+             others get the invocation payload, which the stand-in does not build",
+        ));
+    }
+    Ok(Trigger::Http {
+        auth: match text(trigger, "authLevel")
+            .unwrap_or_else(|| "function".into())
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "anonymous" => AuthLevel::Anonymous,
+            "function" => AuthLevel::Function,
+            "system" => AuthLevel::System,
+            "admin" => AuthLevel::Admin,
+            other => return Err(invalid(path, format!("unknown authLevel {other:?}"))),
+        },
+        methods: trigger
+            .get("methods")
+            .and_then(Value::as_array)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|v| v.as_str().map(str::to_ascii_uppercase))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        route: RouteTemplate::parse(&text(trigger, "route").unwrap_or_else(|| name.to_owned()))
+            .map_err(|e| invalid(path, e))?,
+    })
+}
+
+/// An `eventHubTrigger`: the event hub and consumer group (`%setting%` resolved), connection,
+/// cardinality and data type.
+fn event_hub_trigger(
+    path: &Path,
+    trigger: &Value,
+    settings: &BTreeMap<String, String>,
+) -> Result<Trigger, AppError> {
+    Ok(Trigger::EventHub {
+        binding: binding_name(trigger),
+        event_hub_name: text(trigger, "eventHubName").map(|v| resolve(settings, v)),
+        connection: text(trigger, "connection")
+            .ok_or_else(|| invalid(path, "eventHubTrigger needs connection"))?,
+        many: text(trigger, "cardinality").is_none_or(|c| c.eq_ignore_ascii_case("many")),
+        consumer_group: text(trigger, "consumerGroup")
+            .map(|v| resolve(settings, v))
+            .unwrap_or_else(|| "$Default".into()),
+        binary: text(trigger, "dataType").is_some_and(|d| d.eq_ignore_ascii_case("binary")),
+    })
+}
+
+/// A `timerTrigger`: its schedule (`%setting%` resolved), `runOnStartup` and `useMonitor`.
+fn timer_trigger(
+    path: &Path,
+    trigger: &Value,
+    settings: &BTreeMap<String, String>,
+) -> Result<Trigger, AppError> {
+    let schedule = Schedule::parse(&resolve(
+        settings,
+        text(trigger, "schedule").ok_or_else(|| invalid(path, "timerTrigger needs schedule"))?,
+    ))
+    .map_err(|e| invalid(path, e))?;
+    // `useMonitor: true` cannot force monitoring of a sub-minute schedule: the host turns it
+    // off (TimerTriggerAttributeBindingProvider.CreateSchedule).
+    let monitored = trigger
+        .get("useMonitor")
+        .and_then(Value::as_bool)
+        .unwrap_or(true)
+        && !schedule.fires_more_than_once_a_minute();
+    Ok(Trigger::Timer {
+        binding: binding_name(trigger),
+        schedule,
+        run_on_startup: trigger
+            .get("runOnStartup")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        monitored,
+    })
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 //! checkpoints); `maxRetryCount: -1` retries until it succeeds.
 
 use super::app::{FunctionDef, RetryPolicy, Trigger};
-use super::handler::HandlerProcess;
 use super::invoke::{self, BatchSource, Invoker, RetryContext};
 use super::schedule::Schedule;
+use super::supervisor::HandlerSupervisor;
 use crate::events::checkpoints::Checkpoints;
 use crate::events::log::EventStream;
 use serde_json::Value;
@@ -23,7 +23,7 @@ pub struct Delivery {
     /// Calls the handler.
     pub invoker: Invoker,
     /// Tells when the handler is up.
-    pub handler: Arc<HandlerProcess>,
+    pub handler: Arc<HandlerSupervisor>,
     /// Stops the loops.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -200,7 +200,7 @@ pub async fn run_timer(delivery: Delivery, function: FunctionDef) {
         pending_startup = false;
         let after = schedule
             .next_after(time::OffsetDateTime::now_utc())
-            .map(crate::stamps::format_time);
+            .map(crate::azure_format::format_time);
         let ran = delivery
             .run(&function.name, function.retry.as_ref(), "timer", |retry| {
                 let status = monitored.then(|| invoke::ScheduleStatus {
@@ -213,6 +213,6 @@ pub async fn run_timer(delivery: Delivery, function: FunctionDef) {
         if !ran {
             return;
         }
-        last = Some(crate::stamps::now());
+        last = Some(crate::azure_format::now());
     }
 }

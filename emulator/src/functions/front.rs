@@ -5,11 +5,11 @@
 //! `GET /admin/host/status` answers without a key, so tools can wait for the host; the rest of
 //! `/admin/` (running a function, the keys API) needs the master key.
 
-use super::app::{AuthLevel, FunctionApp, HttpMode, Trigger};
-use super::handler::HandlerProcess;
+use super::app::{AuthLevel, FunctionApp, FunctionDef, HttpMode, Trigger};
 use super::invoke::{Invoker, HOST_VERSION};
 use super::keys::{Grant, KeyStore};
 use super::link::{Answer, Framing, LinkError, Outgoing};
+use super::supervisor::HandlerSupervisor;
 use crate::net::https::{json, query_param, read_body, Body, BodyError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
@@ -27,7 +27,7 @@ pub struct Front {
     /// The key store.
     pub keys: Arc<KeyStore>,
     /// The handler process.
-    pub handler: Arc<HandlerProcess>,
+    pub handler: Arc<HandlerSupervisor>,
     /// Reaches the handler.
     pub invoker: Invoker,
 }
@@ -43,15 +43,7 @@ pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<B
 pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     if path.eq_ignore_ascii_case("/admin/host/status") {
-        let state = if front.handler.is_ready() {
-            "Running"
-        } else {
-            "Initializing"
-        };
-        return json(
-            StatusCode::OK,
-            &json!({ "state": state, "version": HOST_VERSION }),
-        );
+        return host_status(&front);
     }
     if let Some(rest) = path
         .get(..7)
@@ -60,21 +52,79 @@ pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<B
     {
         return super::admin::handle(&front, rest, request).await;
     }
-    let prefix = format!("/{}/", front.app.route_prefix);
-    let Some(rest) = path.get(prefix.len()..).filter(|_| {
-        path.to_ascii_lowercase()
-            .starts_with(&prefix.to_ascii_lowercase())
-    }) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "no function serves this path",
-        );
+    let (function, auth) = match http_function(&front.app, &path, request.method()) {
+        Ok(found) => found,
+        Err(NoFunction::ForPath) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "no function serves this path",
+            )
+        }
+        Err(NoFunction::ForMethod) => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "the function does not accept this method",
+            )
+        }
     };
+    if !authorized(
+        &front.keys,
+        auth,
+        Some(&function.name),
+        request.headers(),
+        request.uri(),
+    ) {
+        tracing::info!(function = %function.name, "request refused: missing or wrong function key");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "a valid function key is required (x-functions-key header or code query parameter)",
+        );
+    }
+    forward(&front, function, request).await
+}
+
+/// `GET /admin/host/status`: `Running` once the handler listens, as tools wait for it.
+fn host_status(front: &Front) -> Response<Body> {
+    let state = if front.handler.is_ready() {
+        "Running"
+    } else {
+        "Initializing"
+    };
+    json(
+        StatusCode::OK,
+        &json!({ "state": state, "version": HOST_VERSION }),
+    )
+}
+
+/// Why no function takes a request.
+enum NoFunction {
+    /// No route matches the path (404).
+    ForPath,
+    /// Routes match, but none accepts the method (405).
+    ForMethod,
+}
+
+/// The HTTP-triggered function serving `path` and `method`, with its `authLevel`: the
+/// best-ranked route that matches and accepts the method.
+fn http_function<'a>(
+    app: &'a FunctionApp,
+    path: &str,
+    method: &http::Method,
+) -> Result<(&'a FunctionDef, AuthLevel), NoFunction> {
+    let prefix = format!("/{}/", app.route_prefix);
+    let rest = path
+        .get(prefix.len()..)
+        .filter(|_| {
+            path.to_ascii_lowercase()
+                .starts_with(&prefix.to_ascii_lowercase())
+        })
+        .ok_or(NoFunction::ForPath)?;
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let method = request.method().as_str().to_ascii_uppercase();
-    let mut candidates: Vec<_> = front
-        .app
+    let method = method.as_str().to_ascii_uppercase();
+    let mut candidates: Vec<_> = app
         .functions
         .iter()
         .filter_map(|f| match &f.trigger {
@@ -87,37 +137,22 @@ pub async fn handle(front: Arc<Front>, request: Request<Incoming>) -> Response<B
         })
         .collect();
     if candidates.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "no function serves this path",
-        );
+        return Err(NoFunction::ForPath);
     }
     candidates.sort_by_key(|(_, _, _, rank)| *rank);
-    let Some((function, auth, _, _)) = candidates
+    candidates
         .iter()
         .find(|(_, _, methods, _)| methods.is_empty() || methods.contains(&method))
-    else {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "the function does not accept this method",
-        );
-    };
-    if !authorized(
-        &front.keys,
-        *auth,
-        Some(&function.name),
-        request.headers(),
-        request.uri(),
-    ) {
-        tracing::info!(function = %function.name, "request refused: missing or wrong function key");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "a valid function key is required (x-functions-key header or code query parameter)",
-        );
-    }
+        .map(|(function, auth, _, _)| (*function, *auth))
+        .ok_or(NoFunction::ForMethod)
+}
+
+/// Forwards an authorized request to the handler and relays its answer; logs the invocation.
+async fn forward(
+    front: &Front,
+    function: &FunctionDef,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let started = std::time::Instant::now();
     let invocation_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = request.into_parts();

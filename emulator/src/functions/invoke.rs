@@ -152,7 +152,7 @@ pub fn dotnet_datetime(ms: i64) -> String {
 pub fn sys(function: &str) -> Value {
     json!({
         "MethodName": function,
-        "UtcNow": crate::stamps::now(),
+        "UtcNow": crate::azure_format::now(),
         "RandGuid": uuid::Uuid::new_v4().to_string(),
     })
 }
@@ -303,7 +303,7 @@ pub fn timer(
         binding.to_owned(),
         json!({
             "Schedule": { "AdjustForDST": true },
-            "ScheduleStatus": status.map(|s| json!({ "Last": s.last, "Next": s.next, "LastUpdated": crate::stamps::now() })),
+            "ScheduleStatus": status.map(|s| json!({ "Last": s.last, "Next": s.next, "LastUpdated": crate::azure_format::now() })),
             "IsPastDue": past_due,
         }),
     );

@@ -18,6 +18,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use iot_credentials::secrets_equal;
+use iot_io::atomic_file::{self, Access};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -198,21 +199,8 @@ impl KeyStore {
             source,
         };
         let text = serde_json::to_string_pretty(secrets).unwrap_or_default();
-        let temporary = path.with_extension("json.tmp");
-        {
-            use std::io::Write as _;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&temporary).map_err(io)?;
-            file.write_all(text.as_bytes()).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&temporary, path).map_err(io)
+        // The file holds every function's keys: owner-only.
+        atomic_file::write(path, text.as_bytes(), Access::OwnerOnly).map_err(io)
     }
 
     /// The function's key set, made with a generated `default` key on first use.

@@ -15,7 +15,7 @@
 //! event batches the same way after a worker restart (the checkpoint was not written), so every
 //! function must be idempotent anyway.
 
-use super::handler::HandlerProcess;
+use super::supervisor::HandlerSupervisor;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use std::sync::{Arc, Mutex};
@@ -81,7 +81,7 @@ pub enum LinkError {
 /// Requests to the supervised handler.
 #[derive(Clone)]
 pub struct HandlerLink {
-    handler: Arc<HandlerProcess>,
+    handler: Arc<HandlerSupervisor>,
     base: String,
     timeout: Duration,
     /// The client of the newest start seen, with that start's number.
@@ -90,7 +90,7 @@ pub struct HandlerLink {
 
 impl HandlerLink {
     /// A link to `handler`; each exchange may take up to `timeout`.
-    pub fn new(handler: Arc<HandlerProcess>, timeout: Duration) -> Self {
+    pub fn new(handler: Arc<HandlerSupervisor>, timeout: Duration) -> Self {
         let base = format!("http://127.0.0.1:{}", handler.port());
         Self {
             handler,
@@ -98,11 +98,6 @@ impl HandlerLink {
             timeout,
             client: Arc::new(Mutex::new((0, client(timeout)))),
         }
-    }
-
-    /// The supervised handler.
-    pub fn handler(&self) -> &Arc<HandlerProcess> {
-        &self.handler
     }
 
     /// The client whose connections all go to start `generation`.

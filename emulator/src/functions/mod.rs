@@ -2,7 +2,7 @@
 //! locally, with the parts a custom handler depends on made faithful.
 //!
 //! - [`app`]: reading host.json, function.json folders and local.settings.json.
-//! - [`handler`]: starting, watching and restarting the handler process.
+//! - [`supervisor`]: starting, watching and restarting the handler process.
 //! - [`identity`]: the app's managed identity (the local token service behind IDENTITY_ENDPOINT).
 //! - [`front`]: `http://127.0.0.1:7071/api/*` with function keys, forwarded as is.
 //! - [`keys`], [`admin`]: the key store and what each key opens; the admin API (`/admin/...`:
@@ -12,26 +12,25 @@
 //! - [`dispatch`]: event delivery (batches, order, checkpoints, retry policies) and timers.
 //! - [`routes`], [`schedule`]: route templates and NCRONTAB schedules.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod dispatch;
-pub mod front;
-pub mod handler;
+pub(crate) mod dispatch;
+pub(crate) mod front;
 pub mod identity;
-pub mod invoke;
-pub mod keys;
-pub mod link;
-pub mod routes;
-pub mod schedule;
+pub(crate) mod invoke;
+pub(crate) mod keys;
+pub(crate) mod link;
+pub(crate) mod routes;
+pub(crate) mod schedule;
+pub mod supervisor;
 
 use crate::events::checkpoints::Checkpoints;
 use crate::events::log::EventStream;
 use crate::events::namespace::Namespace;
 use crate::hub::Hubs;
-use app::{FunctionApp, Trigger};
+use app::{FunctionApp, FunctionDef, Trigger};
 use dispatch::Delivery;
 use front::Front;
-use handler::HandlerProcess;
 use invoke::Invoker;
 use iot_credentials::SharedAccessKey;
 use keys::KeyStore;
@@ -39,6 +38,7 @@ use link::HandlerLink;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use supervisor::HandlerSupervisor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -78,7 +78,7 @@ pub struct FunctionsHost {
     /// Where the front listens.
     pub address: SocketAddr,
     /// The handler process.
-    pub handler: Arc<HandlerProcess>,
+    pub handler: Arc<HandlerSupervisor>,
     /// The loaded app.
     pub app: Arc<FunctionApp>,
     /// The app's managed identity.
@@ -110,7 +110,7 @@ fn event_hub_connection(text: &str) -> Option<(String, String, String, Option<St
 
 /// Where event functions can read: the hubs' built-in endpoints and the namespace's event hubs.
 #[derive(Clone, Copy)]
-pub struct EventSources<'a> {
+pub(crate) struct EventSources<'a> {
     /// The hubs by host name.
     pub hubs: &'a Hubs,
     /// The Event Hubs namespace.
@@ -198,32 +198,22 @@ fn event_source(
 /// What the command line changes about an app: settings (already filled in) and the handler
 /// executable.
 #[derive(Debug, Clone, Default)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// Replaced or added app settings.
     pub settings: std::collections::BTreeMap<String, String>,
     /// The handler executable.
     pub executable: Option<std::path::PathBuf>,
 }
 
-/// Starts the stand-in for the app at `root`: the handler process, the HTTP front on `listener`,
-/// one delivery loop per event function and partition, one loop per timer function.
-pub async fn start(
-    root: &std::path::Path,
-    overrides: Overrides,
-    listener: TcpListener,
-    keys: Arc<KeyStore>,
-    sources: EventSources<'_>,
-    checkpoints: Arc<Checkpoints>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(FunctionsHost, Vec<JoinHandle<()>>), FunctionsError> {
-    let mut app = FunctionApp::load_with(root, &overrides.settings)?;
-    if let Some(executable) = overrides.executable {
-        app.handler.executable = executable;
-    }
-    let address = listener.local_addr()?;
-    let mut tasks = Vec::new();
+/// An event-triggered function with the stream it reads and that stream's namespace host.
+type EventListener = (FunctionDef, Arc<EventStream>, String);
 
-    // Resolve every event binding first, so a wrong setting stops the start with its reason.
+/// Every event-triggered function of the app with its resolved source; a binding whose
+/// settings name no known stream stops the start with its reason.
+fn event_listeners(
+    app: &FunctionApp,
+    sources: EventSources<'_>,
+) -> Result<Vec<EventListener>, FunctionsError> {
     let mut listeners = Vec::new();
     for function in &app.functions {
         let Trigger::EventHub {
@@ -247,6 +237,62 @@ pub async fn start(
         .map_err(binding_error)?;
         listeners.push((function.clone(), stream, host));
     }
+    Ok(listeners)
+}
+
+/// One delivery loop per event function and partition.
+fn spawn_deliveries(
+    delivery: &Delivery,
+    listeners: Vec<EventListener>,
+    checkpoints: &Arc<Checkpoints>,
+    max_event_batch: usize,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (function, stream, host) in listeners {
+        for partition in 0..stream.partition_count() {
+            tasks.push(tokio::spawn(dispatch::deliver_partition(
+                delivery.clone(),
+                function.clone(),
+                stream.clone(),
+                host.clone(),
+                partition,
+                checkpoints.clone(),
+                max_event_batch,
+            )));
+        }
+    }
+    tasks
+}
+
+/// One loop per timer function.
+fn spawn_timers(delivery: &Delivery, app: &FunctionApp) -> Vec<JoinHandle<()>> {
+    app.functions
+        .iter()
+        .filter(|f| matches!(f.trigger, Trigger::Timer { .. }))
+        .map(|function| tokio::spawn(dispatch::run_timer(delivery.clone(), function.clone())))
+        .collect()
+}
+
+/// Starts the stand-in for the app at `root`: the handler process, the HTTP front on `listener`,
+/// one delivery loop per event function and partition, one loop per timer function.
+pub(crate) async fn start(
+    root: &std::path::Path,
+    overrides: Overrides,
+    listener: TcpListener,
+    keys: Arc<KeyStore>,
+    sources: EventSources<'_>,
+    checkpoints: Arc<Checkpoints>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(FunctionsHost, Vec<JoinHandle<()>>), FunctionsError> {
+    let mut app = FunctionApp::load_with(root, &overrides.settings)?;
+    if let Some(executable) = overrides.executable {
+        app.handler.executable = executable;
+    }
+    let address = listener.local_addr()?;
+    let mut tasks = Vec::new();
+
+    // Resolve every event binding first, so a wrong setting stops the start with its reason.
+    let listeners = event_listeners(&app, sources)?;
 
     // The platform gives every app with an identity these two variables. Kept beside the app
     // settings (which the handler's environment is made of) unless a setting already names them,
@@ -258,7 +304,7 @@ pub async fn start(
     }
     let app = Arc::new(app);
 
-    let (handler, supervisor) = HandlerProcess::start(&app, shutdown.clone())?;
+    let (handler, supervisor) = HandlerSupervisor::start(&app, shutdown.clone())?;
     tasks.push(supervisor);
     let handler = Arc::new(handler);
     // 230 s: the front end's limit on an HTTP answer, and the longest an invocation may run here.
@@ -279,29 +325,13 @@ pub async fn start(
         handler: handler.clone(),
         shutdown: shutdown.clone(),
     };
-    for (function, stream, host) in listeners {
-        for partition in 0..stream.partition_count() {
-            tasks.push(tokio::spawn(dispatch::deliver_partition(
-                delivery.clone(),
-                function.clone(),
-                stream.clone(),
-                host.clone(),
-                partition,
-                checkpoints.clone(),
-                app.max_event_batch,
-            )));
-        }
-    }
-    for function in app
-        .functions
-        .iter()
-        .filter(|f| matches!(f.trigger, Trigger::Timer { .. }))
-    {
-        tasks.push(tokio::spawn(dispatch::run_timer(
-            delivery.clone(),
-            function.clone(),
-        )));
-    }
+    tasks.extend(spawn_deliveries(
+        &delivery,
+        listeners,
+        &checkpoints,
+        app.max_event_batch,
+    ));
+    tasks.extend(spawn_timers(&delivery, &app));
     tracing::info!(
         %address,
         functions = ?app.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),

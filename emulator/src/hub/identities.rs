@@ -6,8 +6,8 @@ use super::registry::{DeviceIdentity, DeviceStatus, PropertySet, Twin};
 use super::routing::twin_body;
 use super::twin::{self, TwinError};
 use super::{publish, Hub, HubError};
-use crate::stamps;
-use crate::state::{Change, CloudState};
+use crate::azure_format;
+use crate::cloud_state::{Change, CloudState};
 use bytes::Bytes;
 use iot_credentials::SharedAccessKey;
 use serde_json::{json, Map, Value};
@@ -63,7 +63,7 @@ pub(super) fn fresh_twin(tags: Map<String, Value>, desired: Map<String, Value>) 
         desired: PropertySet::new(desired),
         reported: PropertySet::new(Map::new()),
         version: 1,
-        etag: stamps::hub_etag(),
+        etag: azure_format::hub_etag(),
     }
 }
 
@@ -111,14 +111,14 @@ impl Hub {
                 let device = DeviceIdentity {
                     device_id: device_id.to_owned(),
                     generation_id: uuid::Uuid::new_v4().simple().to_string(),
-                    etag: stamps::hub_etag(),
+                    etag: azure_format::hub_etag(),
                     status: spec.status.unwrap_or_default(),
                     status_reason: spec.status_reason,
                     primary_key: spec.primary_key.unwrap_or_else(new_key),
                     secondary_key: spec.secondary_key.unwrap_or_else(new_key),
                     iot_edge: spec.iot_edge.unwrap_or(false),
                     twin: fresh_twin(Map::new(), Map::new()),
-                    last_updated: stamps::now(),
+                    last_updated: azure_format::now(),
                 };
                 Ok((
                     device.clone(),
@@ -145,7 +145,7 @@ impl Hub {
             .store
             .transact(|state| {
                 let current = existing(state, &host, device_id)?;
-                if !stamps::etag_matches(if_match, &current.etag) {
+                if !azure_format::etag_matches(if_match, &current.etag) {
                     return Err(HubError::PreconditionFailed);
                 }
                 let mut device = current.clone();
@@ -154,8 +154,8 @@ impl Hub {
                 device.primary_key = spec.primary_key.unwrap_or(device.primary_key);
                 device.secondary_key = spec.secondary_key.unwrap_or(device.secondary_key);
                 device.iot_edge = spec.iot_edge.unwrap_or(device.iot_edge);
-                device.etag = stamps::hub_etag();
-                device.last_updated = stamps::now();
+                device.etag = azure_format::hub_etag();
+                device.last_updated = azure_format::now();
                 Ok((
                     device.clone(),
                     vec![Change::PutDevice {
@@ -182,7 +182,7 @@ impl Hub {
             .store
             .transact(|state| {
                 let current = existing(state, &host, device_id)?;
-                if if_match.is_some_and(|m| !stamps::etag_matches(m, &current.etag)) {
+                if if_match.is_some_and(|m| !azure_format::etag_matches(m, &current.etag)) {
                     return Err(HubError::PreconditionFailed);
                 }
                 Ok((
@@ -296,14 +296,14 @@ impl Hub {
         self.store
             .transact(|state| {
                 let current = existing(state, &host, device_id)?;
-                if if_match.is_some_and(|m| !stamps::etag_matches(m, &current.twin.etag)) {
+                if if_match.is_some_and(|m| !azure_format::etag_matches(m, &current.twin.etag)) {
                     return Err(HubError::PreconditionFailed);
                 }
                 let old_desired = current.twin.desired.values.clone();
                 let mut device = current.clone();
                 edit(&mut device.twin)?;
                 device.twin.version += 1;
-                device.twin.etag = stamps::hub_etag();
+                device.twin.etag = azure_format::hub_etag();
                 Ok((
                     (device.clone(), old_desired),
                     vec![Change::PutDevice {

@@ -4,9 +4,9 @@
 use super::registry::{CloudMessage, DeviceIdentity};
 use super::sessions::Session;
 use super::{now_ms, Hub, HubError};
+use crate::cloud_state::Change;
 use crate::events::NewEvent;
 use crate::net::mqtt_codec::{Packet, Publish, QoS};
-use crate::state::Change;
 use bytes::Bytes;
 use serde_json::{json, Map};
 use std::time::Duration;

@@ -19,26 +19,26 @@
 //! This file wires a [`Hub`] together: its settings, its errors, and what it knows of connected
 //! devices beyond the registry (presence).
 
-pub mod device_mqtt;
+pub(crate) mod device_mqtt;
 mod identities;
 mod messages;
 mod methods;
 pub mod modules;
 pub mod registry;
 mod routing;
-pub mod service_http;
+pub(crate) mod service_http;
 pub mod sessions;
 pub mod twin;
 
 pub use identities::DeviceSpec;
 pub use messages::{DEFAULT_MESSAGE_TTL, MAX_QUEUED_MESSAGES};
 
+use crate::azure_format;
+use crate::cloud_state::CloudState;
 use crate::events::log::EventStream;
 use crate::events::routing::Router;
+use crate::journaled_store::{Store, StoreError};
 use crate::net::mqtt_codec::{Packet, Publish, QoS};
-use crate::stamps;
-use crate::state::CloudState;
-use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use iot_credentials::SharedAccessKey;
 use sessions::{Session, Sessions};
@@ -184,7 +184,7 @@ impl Hub {
     /// ([`sessions::session_key`]).
     pub fn touch(&self, key: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.entry(key.to_owned()).or_default().last_activity = Some(stamps::now());
+        seen.entry(key.to_owned()).or_default().last_activity = Some(azure_format::now());
     }
 
     /// Closes a device's connection, if any.

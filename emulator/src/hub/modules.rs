@@ -18,8 +18,8 @@ use super::registry::{DeviceStatus, ModuleIdentity, Twin};
 use super::sessions::{session_key, MethodReply};
 use super::twin::{self, Presence, TwinError};
 use super::{publish, Hub, HubError};
-use crate::stamps;
-use crate::state::{Change, CloudState};
+use crate::azure_format;
+use crate::cloud_state::{Change, CloudState};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -168,11 +168,11 @@ impl Hub {
                     module_id: module_id.to_owned(),
                     managed_by: spec.managed_by,
                     generation_id: uuid::Uuid::new_v4().simple().to_string(),
-                    etag: stamps::hub_etag(),
+                    etag: azure_format::hub_etag(),
                     primary_key: spec.primary_key.unwrap_or_else(new_key),
                     secondary_key: spec.secondary_key.unwrap_or_else(new_key),
                     twin: fresh_twin(Map::new(), Map::new()),
-                    last_updated: stamps::now(),
+                    last_updated: azure_format::now(),
                 };
                 Ok((module.clone(), vec![put(&host, &module)]))
             })
@@ -193,15 +193,15 @@ impl Hub {
         self.store
             .transact(|state| {
                 let current = existing(state, &host, device_id, module_id)?;
-                if !stamps::etag_matches(if_match, &current.etag) {
+                if !azure_format::etag_matches(if_match, &current.etag) {
                     return Err(HubError::PreconditionFailed);
                 }
                 let mut module = current.clone();
                 module.managed_by = spec.managed_by.or(module.managed_by);
                 module.primary_key = spec.primary_key.unwrap_or(module.primary_key);
                 module.secondary_key = spec.secondary_key.unwrap_or(module.secondary_key);
-                module.etag = stamps::hub_etag();
-                module.last_updated = stamps::now();
+                module.etag = azure_format::hub_etag();
+                module.last_updated = azure_format::now();
                 Ok((module.clone(), vec![put(&host, &module)]))
             })
             .await
@@ -219,7 +219,7 @@ impl Hub {
             .store
             .transact(|state| {
                 let current = existing(state, &host, device_id, module_id)?;
-                if if_match.is_some_and(|m| !stamps::etag_matches(m, &current.etag)) {
+                if if_match.is_some_and(|m| !azure_format::etag_matches(m, &current.etag)) {
                     return Err(HubError::PreconditionFailed);
                 }
                 Ok((
@@ -346,14 +346,14 @@ impl Hub {
         self.store
             .transact(|state| {
                 let current = existing(state, &host, device_id, module_id)?;
-                if if_match.is_some_and(|m| !stamps::etag_matches(m, &current.twin.etag)) {
+                if if_match.is_some_and(|m| !azure_format::etag_matches(m, &current.twin.etag)) {
                     return Err(HubError::PreconditionFailed);
                 }
                 let old_desired = current.twin.desired.values.clone();
                 let mut module = current.clone();
                 edit(&mut module.twin)?;
                 module.twin.version += 1;
-                module.twin.etag = stamps::hub_etag();
+                module.twin.etag = azure_format::hub_etag();
                 Ok(((module.clone(), old_desired), vec![put(&host, &module)]))
             })
             .await
@@ -410,7 +410,7 @@ impl Hub {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.entry(session_key(device_id, Some(module_id)))
                 .or_default()
-                .connection_state_updated = Some(stamps::now());
+                .connection_state_updated = Some(azure_format::now());
         }
         let op = if connected {
             "deviceConnected"

@@ -36,7 +36,7 @@ impl PropertySet {
         Self {
             values,
             version: 1,
-            last_updated: crate::stamps::now(),
+            last_updated: crate::azure_format::now(),
         }
     }
 }

@@ -4,8 +4,8 @@
 use super::registry::DeviceIdentity;
 use super::twin;
 use super::Hub;
+use crate::azure_format;
 use crate::events::NewEvent;
-use crate::stamps;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -16,7 +16,7 @@ impl Hub {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.entry(device_id.to_owned())
                 .or_default()
-                .connection_state_updated = Some(stamps::now());
+                .connection_state_updated = Some(azure_format::now());
         }
         let sequence = self.next_connection_sequence();
         let op = if connected {
@@ -121,7 +121,7 @@ impl Hub {
         }
         application.insert("opType".into(), json!(op));
         application.insert("iothub-message-schema".into(), json!(schema));
-        application.insert("operationTimestamp".into(), json!(stamps::now()));
+        application.insert("operationTimestamp".into(), json!(azure_format::now()));
         self.append(NewEvent {
             device_id: device_id.to_owned(),
             system_properties: system,

@@ -21,8 +21,8 @@
 use super::modules::{self, ModuleSpec};
 use super::registry::{CloudMessage, DeviceStatus};
 use super::{twin, DeviceSpec, Hub, HubError, DEFAULT_MESSAGE_TTL};
+use crate::azure_format;
 use crate::net::https::{header, json, path_segments, query_param, read_body, Body, BodyError};
-use crate::stamps;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -60,7 +60,7 @@ impl ApiError {
     fn into_response(self) -> Response<Body> {
         let body = json!({
             "Message": format!("ErrorCode:{};{}", self.code, self.message),
-            "ExceptionMessage": format!("Tracking ID:{} TimestampUtc:{}", stamps::tracking_id(), stamps::now()),
+            "ExceptionMessage": format!("Tracking ID:{} TimestampUtc:{}", azure_format::tracking_id(), azure_format::now()),
         });
         let mut response = json(self.status, &body);
         response
@@ -110,10 +110,64 @@ async fn serve(hub: &Hub, request: Request<Incoming>) -> Result<Response<Body>, 
             "the api-version query parameter is required",
         ));
     }
-    let is = |s: &String, word: &str| s.eq_ignore_ascii_case(word);
     let if_match = header(&parts.headers, http::header::IF_MATCH).map(str::to_owned);
+    let request = Routed {
+        hub,
+        parts,
+        body,
+        if_match,
+    };
+    let is = |index: usize, word: &str| {
+        segments
+            .get(index)
+            .is_some_and(|s| s.eq_ignore_ascii_case(word))
+    };
+    // Every path under /devices or /twins that no route takes is a method the resource does
+    // not support (405); anything else is not a resource at all (404).
+    match (is(0, "devices"), is(0, "twins"), is(2, "modules")) {
+        (true, _, false) => device_routes(request, &segments).await,
+        (true, _, true) => module_routes(request, &segments).await,
+        (_, true, false) => twin_routes(request, &segments).await,
+        (_, true, true) => module_twin_routes(request, &segments).await,
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "no such resource",
+        )),
+    }
+}
+
+/// A request that passed authorization, as each group of routes reads it.
+struct Routed<'a> {
+    hub: &'a Hub,
+    parts: http::request::Parts,
+    body: Incoming,
+    if_match: Option<String>,
+}
+
+/// The 405 for a path under `/devices` or `/twins` that no route takes.
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("{method} is not supported on this resource"),
+    )
+}
+
+/// `/devices`, `/devices/{id}` and `/devices/{id}/messages/devicebound`.
+async fn device_routes(
+    request: Routed<'_>,
+    segments: &[String],
+) -> Result<Response<Body>, ApiError> {
+    let Routed {
+        hub,
+        parts,
+        body,
+        if_match,
+    } = request;
+    let is = |s: &String, word: &str| s.eq_ignore_ascii_case(word);
     let presence = |id: &str| hub.presence(id);
-    match (&parts.method, segments.as_slice()) {
+    match (&parts.method, segments) {
         (&Method::GET, [devices]) if is(devices, "devices") => {
             let top = query_param(&parts.uri, "top")
                 .and_then(|t| t.parse::<usize>().ok())
@@ -166,6 +220,21 @@ async fn serve(hub: &Hub, request: Request<Incoming>) -> Result<Response<Body>, 
             }
             Ok(response)
         }
+        _ => Err(method_not_allowed(&parts.method)),
+    }
+}
+
+/// `/twins/{id}` and `/twins/{id}/methods`.
+async fn twin_routes(request: Routed<'_>, segments: &[String]) -> Result<Response<Body>, ApiError> {
+    let Routed {
+        hub,
+        parts,
+        body,
+        if_match,
+    } = request;
+    let is = |s: &String, word: &str| s.eq_ignore_ascii_case(word);
+    let presence = |id: &str| hub.presence(id);
+    match (&parts.method, segments) {
         (&Method::GET, [twins, id]) if is(twins, "twins") => {
             let device = hub
                 .device(id)
@@ -213,6 +282,23 @@ async fn serve(hub: &Hub, request: Request<Incoming>) -> Result<Response<Body>, 
                 &json!({ "status": reply.status, "payload": reply.payload }),
             ))
         }
+        _ => Err(method_not_allowed(&parts.method)),
+    }
+}
+
+/// `/devices/{id}/modules` and `/devices/{id}/modules/{mid}`.
+async fn module_routes(
+    request: Routed<'_>,
+    segments: &[String],
+) -> Result<Response<Body>, ApiError> {
+    let Routed {
+        hub,
+        parts,
+        body,
+        if_match,
+    } = request;
+    let is = |s: &String, word: &str| s.eq_ignore_ascii_case(word);
+    match (&parts.method, segments) {
         (&Method::GET, [devices, id, mods]) if is(devices, "devices") && is(mods, "modules") => {
             let list: Vec<Value> = hub
                 .modules_of(id)?
@@ -251,6 +337,23 @@ async fn serve(hub: &Hub, request: Request<Incoming>) -> Result<Response<Body>, 
             hub.delete_module(id, mid, if_match.as_deref()).await?;
             Ok(crate::net::https::empty(StatusCode::NO_CONTENT))
         }
+        _ => Err(method_not_allowed(&parts.method)),
+    }
+}
+
+/// `/twins/{id}/modules/{mid}` and `/twins/{id}/modules/{mid}/methods`.
+async fn module_twin_routes(
+    request: Routed<'_>,
+    segments: &[String],
+) -> Result<Response<Body>, ApiError> {
+    let Routed {
+        hub,
+        parts,
+        body,
+        if_match,
+    } = request;
+    let is = |s: &String, word: &str| s.eq_ignore_ascii_case(word);
+    match (&parts.method, segments) {
         (&Method::GET, [twins, id, mods, mid]) if is(twins, "twins") && is(mods, "modules") => {
             let module = known_module(hub, id, mid)?;
             Ok(json(
@@ -301,18 +404,7 @@ async fn serve(hub: &Hub, request: Request<Incoming>) -> Result<Response<Body>, 
                 &json!({ "status": reply.status, "payload": reply.payload }),
             ))
         }
-        (_, [collection, ..]) if is(collection, "devices") || is(collection, "twins") => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                format!("{} is not supported on this resource", parts.method),
-            ))
-        }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "no such resource",
-        )),
+        _ => Err(method_not_allowed(&parts.method)),
     }
 }
 

@@ -41,30 +41,33 @@ fn check_names(value: &Value, depth: usize) -> Result<(), TwinError> {
     Ok(())
 }
 
-/// Merges `patch` into `target`: objects merge recursively, `null` removes, anything else
-/// replaces.
+/// Merges `patch` into `target` as RFC 7386 does (`json_patch::merge`: objects merge
+/// recursively, `null` removes, anything else replaces), then drops every object the patch
+/// reached that is left empty.
+///
+/// The dropping is the twin's rule beyond RFC 7386 (which would leave `{}`), kept here because
+/// `json_patch` has no such option: a patch that removes an object's last member removes the
+/// object too, so a twin never holds an object a patch has emptied.
 pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    let mut document = Value::Object(std::mem::take(target));
+    json_patch::merge(&mut document, &Value::Object(patch.clone()));
+    if let Value::Object(merged) = document {
+        *target = merged;
+    }
+    drop_emptied_objects(target, patch);
+}
+
+/// Removes, deepest first, the members of `target` that `patch` merged an object into and that
+/// are now empty objects. Objects the patch did not reach are left as they are.
+fn drop_emptied_objects(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
     for (name, value) in patch {
-        match value {
-            Value::Null => {
+        let Value::Object(inner) = value else {
+            continue;
+        };
+        if let Some(Value::Object(existing)) = target.get_mut(name) {
+            drop_emptied_objects(existing, inner);
+            if existing.is_empty() {
                 target.remove(name);
-            }
-            Value::Object(inner) => {
-                let slot = target
-                    .entry(name.clone())
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if !slot.is_object() {
-                    *slot = Value::Object(Map::new());
-                }
-                if let Value::Object(existing) = slot {
-                    merge(existing, inner);
-                    if existing.is_empty() {
-                        target.remove(name);
-                    }
-                }
-            }
-            other => {
-                target.insert(name.clone(), other.clone());
             }
         }
     }
@@ -94,7 +97,7 @@ pub fn apply_to_set(set: &mut PropertySet, patch: &Map<String, Value>) -> Result
     }
     set.values = values;
     set.version += 1;
-    set.last_updated = crate::stamps::now();
+    set.last_updated = crate::azure_format::now();
     Ok(())
 }
 
@@ -211,6 +214,13 @@ mod tests {
         );
         merge(&mut target, &map(json!({ "b": { "y": null, "z": null } })));
         assert!(!target.contains_key("b"), "an emptied object disappears");
+    }
+
+    #[test]
+    fn only_objects_the_patch_empties_disappear() {
+        let mut target = map(json!({ "kept": {}, "b": { "x": 1 } }));
+        merge(&mut target, &map(json!({ "new": {}, "b": { "x": null } })));
+        assert_eq!(Value::Object(target), json!({ "kept": {} }));
     }
 
     #[test]

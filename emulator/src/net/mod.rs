@@ -1,7 +1,7 @@
 //! Listeners: HTTPS (hyper over rustls) and MQTT over TLS, each serving one protocol handler.
 
 pub mod https;
-pub mod mqtt;
+pub(crate) mod mqtt;
 pub mod mqtt_codec;
 
 use std::future::Future;

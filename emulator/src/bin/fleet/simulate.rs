@@ -55,7 +55,7 @@ pub async fn run(
             let mut count = 0;
             while started.elapsed() < std::time::Duration::from_secs(duration) {
                 ticker.tick().await;
-                let reading = json!({ "temperature": 20.0 + (n % 10) as f64 / 2.0, "sequence": count, "at": emulator::stamps::now() });
+                let reading = json!({ "temperature": 20.0 + (n % 10) as f64 / 2.0, "sequence": count, "at": emulator::azure_format::now() });
                 if connection
                     .send_telemetry(reading.to_string().into(), &[("$.ct", "application/json"), ("$.ce", "utf-8")])
                     .await

@@ -4,7 +4,7 @@ use crate::dps::model::{DeviceRegistrationState, EnrollmentGroup, IndividualEnro
 use crate::hub::registry::{
     CloudMessage, CloudQueues, DeviceIdentity, ModuleIdentity, ModuleRegistry, Registry,
 };
-use crate::store::Model;
+use crate::journaled_store::Model;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -11,9 +11,10 @@
 //! the same happens at a clean shutdown. A torn last journal line (the process died mid-write)
 //! is dropped; any other unreadable line stops the start with a message naming the file.
 
+use iot_io::atomic_file::{self, Access};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -309,26 +310,13 @@ fn replay<M: Model>(path: &Path, model: &mut M) -> Result<(), StoreError> {
 
 fn write_snapshot<M: Serialize>(dir: &Path, model: &M) -> Result<(), StoreError> {
     let path = dir.join(SNAPSHOT_FILE);
-    let temp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let io_err = |source| StoreError::Io {
+    let bytes = serde_json::to_vec(model).map_err(|e| StoreError::Io {
         path: path.clone(),
-        source,
-    };
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        // The state holds device keys, as DPS's own storage does.
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let file = options.open(&temp).map_err(io_err)?;
-    let mut out = io::BufWriter::new(file);
-    serde_json::to_writer(&mut out, model).map_err(|e| io_err(e.into()))?;
-    let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
-    file.sync_all().map_err(io_err)?;
-    fs::rename(&temp, &path).map_err(io_err)?;
-    Ok(())
+        source: e.into(),
+    })?;
+    // The state holds device keys, as DPS's own storage does: owner-only.
+    atomic_file::write(&path, &bytes, Access::OwnerOnly)
+        .map_err(|source| StoreError::Io { path, source })
 }
 
 #[cfg(test)]
@@ -391,7 +379,7 @@ mod tests {
             let store = Store::<Counters>::open(dir.path()).unwrap();
             add(&store, "a", 1).await;
         }
-        let mut journal = OpenOptions::new()
+        let mut journal = fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join(JOURNAL_FILE))
             .unwrap();

@@ -1,7 +1,7 @@
-//! The custom handler process: started with `FUNCTIONS_CUSTOMHANDLER_PORT` (and the older
-//! `FUNCTIONS_HTTPWORKER_PORT`) plus the app settings in its environment, considered ready once
-//! it accepts connections on that port (the host allows 60 s), and restarted with backoff
-//! whenever it exits.
+//! The supervisor of the custom handler process (the host's worker): it starts the handler with
+//! `FUNCTIONS_CUSTOMHANDLER_PORT` (and the older `FUNCTIONS_HTTPWORKER_PORT`) plus the app
+//! settings in its environment, counts it ready once it accepts connections on that port (the
+//! host allows 60 s), and restarts it with backoff whenever it exits.
 
 use super::app::FunctionApp;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -20,15 +20,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Starts of handlers, numbering each so callers can tell them apart.
 static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// A supervised handler process.
-pub struct HandlerProcess {
+/// The supervisor of one handler process: its port, and whether (and which start of) it is ready.
+pub struct HandlerSupervisor {
     port: u16,
     /// 0 while the handler is not listening; otherwise which start of it is (1, 2, …), so a
     /// caller can tell "restarted since I looked" from "still the one that failed me".
     ready: watch::Receiver<u64>,
 }
 
-impl HandlerProcess {
+impl HandlerSupervisor {
     /// Starts supervising the app's handler; the returned task ends at shutdown.
     pub fn start(
         app: &FunctionApp,
