@@ -115,7 +115,11 @@ pub async fn finish(state: &StateDir, provisioner: &Provisioner) -> Result<Finis
             };
             // Saved before anything else happens: from here the new key is the device's key.
             state.save(&done).map_err(|e| e.to_string())?;
-            tracing::info!(rotation.id = %pending.rotation_id, hub = %done.hub, "the rotated key is the device's key now");
+            tracing::info!(
+                rotation.id = %pending.rotation_id,
+                hub = %done.hub,
+                "the rotated key is the device's key now"
+            );
             Ok(Finished::Done(Box::new(done)))
         }
         Err(error @ (ProvisionError::Unauthorized | ProvisionError::UnknownRegistration)) => {
@@ -126,7 +130,11 @@ pub async fn finish(state: &StateDir, provisioner: &Provisioner) -> Result<Finis
                     let _ = state.save(&latest);
                 }
             }
-            tracing::warn!(rotation.id = %pending.rotation_id, %error, "DPS refused the rotated key; keeping the current one");
+            tracing::warn!(
+                rotation.id = %pending.rotation_id,
+                %error,
+                "DPS refused the rotated key; keeping the current one"
+            );
             Ok(Finished::Refused(pending.rotation_id, error.to_string()))
         }
         Err(error) => Err(error.to_string()),

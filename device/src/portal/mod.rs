@@ -248,19 +248,35 @@ impl Portal {
             field("registrationId"),
             field("deviceKey"),
         ) else {
-            return Err("Paste the provisioning code, or fill in all three fields: ID scope, registration ID and device key.".into());
+            return Err(
+                "Paste the provisioning code, or fill in all three fields: ID scope, \
+                registration ID and device key."
+                    .into(),
+            );
         };
         if !(scope.len() == 11
             && scope.starts_with("0ne")
             && scope.bytes().all(|b| b.is_ascii_alphanumeric()))
         {
-            return Err("The ID scope looks like 0ne followed by 8 letters and digits (for example 0ne00012345).".into());
+            return Err(
+                "The ID scope looks like 0ne followed by 8 letters and digits (for example \
+                0ne00012345)."
+                    .into(),
+            );
         }
         let registration_ok = iot_credentials::ids::is_registration_id(registration);
         if !registration_ok {
-            return Err("The registration ID may hold letters, digits and - . _ : only, and starts and ends with a letter or digit.".into());
+            return Err(
+                "The registration ID may hold letters, digits and - . _ : only, and starts \
+                and ends with a letter or digit."
+                    .into(),
+            );
         }
-        let key = SharedAccessKey::from_base64(key).map_err(|_| "The device key is not valid: copy it again, exactly (it ends with = in most cases).".to_owned())?;
+        let key = SharedAccessKey::from_base64(key).map_err(|_| {
+            "The device key is not valid: \
+            copy it again, exactly (it ends with = in most cases)."
+                .to_owned()
+        })?;
         Ok(Credentials {
             id_scope: scope.to_owned(),
             registration_id: registration.to_owned(),
@@ -276,7 +292,11 @@ impl Portal {
         {
             let mut jobs = self.jobs();
             if jobs.running().is_some() {
-                return Err("The device is already registering with the provisioning service; wait for that to finish, then try again if it fails.".into());
+                return Err(
+                    "The device is already registering with the provisioning service; wait \
+                    for that to finish, then try again if it fails."
+                        .into(),
+                );
             }
             jobs.start(id.clone());
         }
@@ -302,9 +322,23 @@ impl Portal {
 
     fn password_ok(&self, form: &Form) -> Result<(), String> {
         match &self.config.setup_password {
-            None => Err("This device has no setup password configured, so it cannot be changed from the portal.".into()),
-            Some(expected) if form.get("password").is_some_and(|p| secrets_equal(p, expected)) => Ok(()),
-            Some(_) => Err("The setup password is not right. It is printed on the device's label.".into()),
+            None => Err(
+                "This device has no setup password configured, so it cannot be changed \
+                from the portal."
+                    .into(),
+            ),
+            Some(expected)
+                if form
+                    .get("password")
+                    .is_some_and(|p| secrets_equal(p, expected)) =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(
+                "The setup password is not right. It is printed on the device's \
+                label."
+                    .into(),
+            ),
         }
     }
 }
@@ -326,7 +360,10 @@ fn html(status: StatusCode, body: String, csrf_cookie: Option<&str>) -> Response
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     headers.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action \
+            'self'; frame-ancestors 'none'",
+        ),
     );
     if let Some(token) = csrf_cookie {
         if let Ok(value) = HeaderValue::from_str(&format!(

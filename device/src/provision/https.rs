@@ -132,7 +132,10 @@ impl Provisioner {
         credentials: &Credentials,
         started: Instant,
     ) -> Result<Operation, ProvisionError> {
-        let body = json!({ "registrationId": credentials.registration_id, "payload": self.info.payload() });
+        let body = json!({
+            "registrationId": credentials.registration_id,
+            "payload": self.info.payload(),
+        });
         let register_url = self.url(credentials, "register");
         let (_, answer, mut wait) = self
             .call(

@@ -48,10 +48,16 @@ pub enum DpsTransport {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProvisionError {
     /// DPS refused the credentials.
-    #[error("DPS refused the device's credentials: the device key is wrong, or the registration id is not enrolled; check the provisioning code with whoever issued it")]
+    #[error(
+        "DPS refused the device's credentials: the device key is wrong, or the registration \
+        id is not enrolled; check the provisioning code with whoever issued it"
+    )]
     Unauthorized,
     /// The device's clock is off, so its tokens look expired or not yet valid.
-    #[error("DPS refused the device's credentials and the device's clock is {0} s away from DPS's; set the clock and try again")]
+    #[error(
+        "DPS refused the device's credentials and the device's clock is {0} s away from \
+        DPS's; set the clock and try again"
+    )]
     ClockSkew(i64),
     /// The enrollment is disabled.
     #[error("the device's enrollment is disabled; ask the administrator to enable it")]
@@ -89,7 +95,11 @@ pub struct DeviceInfo {
 
 impl DeviceInfo {
     fn payload(&self) -> Value {
-        json!({ "model": self.model, "serialNumber": self.serial_number, "firmware": self.firmware })
+        json!({
+            "model": self.model,
+            "serialNumber": self.serial_number,
+            "firmware": self.firmware,
+        })
     }
 }
 
@@ -220,7 +230,11 @@ impl Provisioner {
                         return Err(ProvisionError::Unreachable(reason));
                     }
                     self.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%reason, wait_ms = wait.as_millis() as u64, "DPS cannot be reached; retrying");
+                    tracing::info!(
+                        %reason,
+                        wait_ms = wait.as_millis() as u64,
+                        "DPS cannot be reached; retrying"
+                    );
                     tokio::time::sleep(wait).await;
                     retry = retry.saturating_add(1);
                 }

@@ -30,7 +30,11 @@ impl Provisioner {
         let mut registration = Registration {
             provisioner: self,
             client,
-            register_body: serde_json::to_vec(&json!({ "registrationId": credentials.registration_id, "payload": self.info.payload() })).unwrap_or_default(),
+            register_body: serde_json::to_vec(&json!({
+                "registrationId": credentials.registration_id,
+                "payload": self.info.payload(),
+            }))
+            .unwrap_or_default(),
             last_rid: 0,
             pending: None,
             retry: 0,

@@ -238,7 +238,11 @@ pub async fn run(
             End::Reassigned => backoff = FIRST_BACKOFF,
             End::Failed(reason) => {
                 let wait = backoff::spread(backoff);
-                tracing::warn!(%reason, retry_in_ms = wait.as_millis() as u64, "the connection to the hub failed; retrying");
+                tracing::warn!(
+                    %reason,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "the connection to the hub failed; retrying"
+                );
                 tokio::select! {
                     _ = stopped(&mut shutdown) => break,
                     _ = tokio::time::sleep(wait) => {}

@@ -65,7 +65,11 @@ pub(super) fn connect_report(
         "deviceInfo": { "model": config.info.model, "serialNumber": config.info.serial_number },
         "firmware": config.info.firmware,
         "status": { "state": "online", "since": now() },
-        "telemetry": { "queued": queued, "dropped": dropped, "intervalMs": shared.interval_ms.load(Ordering::Relaxed) },
+        "telemetry": {
+            "queued": queued,
+            "dropped": dropped,
+            "intervalMs": shared.interval_ms.load(Ordering::Relaxed),
+        },
     });
     if let Some(rotation) = rotation::completed_report(assignment) {
         // Every connection says it again: the backend retires the old key on seeing it, and a
