@@ -44,7 +44,10 @@ pub enum SasError {
     #[error("malformed SharedAccessSignature token: {0}")]
     Malformed(&'static str),
     /// `se` lies in the past.
-    #[error("the SharedAccessSignature token expired at {expiry} (Unix time); check the device clock or renew the token")]
+    #[error(
+        "the SharedAccessSignature token expired at {expiry} (Unix time); check the device \
+        clock or renew the token"
+    )]
     Expired {
         /// The token's expiry, seconds since the Unix epoch.
         expiry: u64,

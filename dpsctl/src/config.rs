@@ -78,10 +78,14 @@ impl Target {
                 })
             }
             (Some(_), None) => Err(Error::Usage(
-                "no function key: --api-url (or DPSCTL_API_URL) is set, so give its key with --key or DPSCTL_KEY".into(),
+                "no function key: --api-url (or DPSCTL_API_URL) is set, so give its key with \
+                    --key or DPSCTL_KEY"
+                    .into(),
             )),
             (None, Some(_)) => Err(Error::Usage(
-                "no API URL: --key (or DPSCTL_KEY) is set, so give its URL with --api-url or DPSCTL_API_URL".into(),
+                "no API URL: --key (or DPSCTL_KEY) is set, so give its URL with --api-url or \
+                    DPSCTL_API_URL"
+                    .into(),
             )),
             (None, None) => {
                 let path = match &args.endpoints {

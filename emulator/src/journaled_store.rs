@@ -45,7 +45,10 @@ pub enum StoreError {
         source: io::Error,
     },
     /// A file holds something that is not a valid record.
-    #[error("state file {path} is corrupt at line {line}: {reason}; move the state directory away to start afresh")]
+    #[error(
+        "state file {path} is corrupt at line {line}: {reason}; move the state directory away \
+        to start afresh"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -294,7 +297,11 @@ fn replay<M: Model>(path: &Path, model: &mut M) -> Result<(), StoreError> {
             Ok(change) => model.apply(change),
             // The process died in the middle of the last write: that change was never answered.
             Err(_) if lines.peek().is_none() => {
-                tracing::warn!(file = %path.display(), line = index + 1, "dropping a torn last journal line");
+                tracing::warn!(
+                    file = %path.display(),
+                    line = index + 1,
+                    "dropping a torn last journal line"
+                );
             }
             Err(e) => {
                 return Err(StoreError::Corrupt {

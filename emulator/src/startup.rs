@@ -153,13 +153,21 @@ async fn bind(address: IpAddr, port: u16) -> Result<TcpListener, StartError> {
     TcpListener::bind(address).await.map_err(|source| {
         let hint = match source.kind() {
             std::io::ErrorKind::PermissionDenied => {
-                " (ports below 1024 need root or CAP_NET_BIND_SERVICE; pass --https-port 0 to use a free port)"
+                " (ports below 1024 need root or CAP_NET_BIND_SERVICE; pass --https-port 0 to use \
+                    a free port)"
             }
-            std::io::ErrorKind::AddrInUse => " (another emulator may be running; stop it or choose other ports)",
+            std::io::ErrorKind::AddrInUse => {
+                " (another emulator may be running; stop it or \
+                choose other ports)"
+            }
             std::io::ErrorKind::AddrNotAvailable => " (use a loopback address such as 127.0.0.2)",
             _ => "",
         };
-        StartError::Bind { address, source, hint }
+        StartError::Bind {
+            address,
+            source,
+            hint,
+        }
     })
 }
 
@@ -570,7 +578,8 @@ fn router(
                 .cloned()
                 .ok_or_else(|| {
                     StartError::Events(format!(
-                        "a route names endpoint {:?}, which is neither `events` nor an event hub of the namespace",
+                        "a route names endpoint {:?}, which is neither `events` nor an event hub \
+                            of the namespace",
                         route.endpoint
                     ))
                 })?

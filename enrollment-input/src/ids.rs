@@ -23,7 +23,8 @@ impl RegistrationId {
             Ok(Self(text.to_owned()))
         } else {
             Err(InvalidId(format!(
-                "registrationId {:?} is invalid: use 1 to 128 letters, digits, '-', '.', '_' or ':', starting and ending with a letter or digit",
+                "registrationId {:?} is invalid: use 1 to 128 letters, digits, '-', '.', '_' or \
+                    ':', starting and ending with a letter or digit",
                 shorten(text)
             )))
         }
@@ -53,7 +54,8 @@ impl DeviceId {
             Ok(Self(text.to_owned()))
         } else {
             Err(InvalidId(format!(
-                "deviceId {:?} is invalid: use 1 to 128 letters, digits or - . % _ * ? ! ( ) , : = @ $ '",
+                "deviceId {:?} is invalid: use 1 to 128 letters, digits or - . % _ * ? ! ( ) , : \
+                    = @ $ '",
                 shorten(text)
             )))
         }
@@ -82,7 +84,8 @@ impl CustomerId {
             Ok(Self(text.to_owned()))
         } else {
             Err(InvalidId(format!(
-                "customer id {:?} is invalid: use 1 to 128 letters, digits, '-', '.', '_', ':' or '@'",
+                "customer id {:?} is invalid: use 1 to 128 letters, digits, '-', '.', '_', ':' or \
+                    '@'",
                 shorten(text)
             )))
         }

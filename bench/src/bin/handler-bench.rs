@@ -412,7 +412,8 @@ async fn measure_azurite(bench: &Bench) -> anyhow::Result<AzuriteCeiling> {
 
 fn print_start_ups(start_ups: &StartUps, requests: &Requests) {
     println!(
-        "Handler start-up (exec to first answered request, {} starts): median {:.1} ms, worst {:.1} ms",
+        "Handler start-up (exec to first answered request, {} starts): median {:.1} ms, worst \
+            {:.1} ms",
         start_ups.count,
         millis(start_ups.median),
         millis(start_ups.worst)
@@ -465,7 +466,11 @@ fn print_requests(bench: &Bench, requests: &Requests, ceiling: &AzuriteCeiling) 
 fn print_events(bench: &Bench, recorded: &Figures, ceiling: &AzuriteCeiling) {
     let events_rate = recorded.rate() * BATCH as f64;
     let rows_rate = ceiling.batch_insert.rate() * BATCH as f64;
-    println!("Events, batches of {BATCH} ({} in flight), 90% telemetry, 5% twin changes, 5% connection changes, over {} devices:", bench.args.partitions, bench.args.devices);
+    println!(
+        "Events, batches of {BATCH} ({} in flight), 90% telemetry, 5% twin changes, 5% \
+        connection changes, over {} devices:",
+        bench.args.partitions, bench.args.devices
+    );
     println!(
         "{}",
         table_header(&[
@@ -512,7 +517,8 @@ fn print_events(bench: &Bench, recorded: &Figures, ceiling: &AzuriteCeiling) {
 
 fn print_dashboard(bench: &Bench, d: &Dashboard) {
     println!(
-        "Dashboard over {} devices ({} written to storage in {:.1} s, {} failed), one request at a time:",
+        "Dashboard over {} devices ({} written to storage in {:.1} s, {} failed), one request at \
+            a time:",
         bench.args.dashboard_devices,
         d.seeded.count,
         d.seeded.elapsed.as_secs_f64(),
@@ -567,7 +573,8 @@ fn print_dashboard(bench: &Bench, d: &Dashboard) {
         a.percentile(0.5).as_secs_f64() / b.percentile(0.5).as_secs_f64().max(f64::MIN_POSITIVE)
     };
     println!(
-        "The dashboard takes {:.1} times one page of 1,000 devices, {:.2} times reading every record through the API, {:.2} times Azurite's raw scan of the summaries. Handler memory: {} KiB after the dashboard views, {} KiB after the device pages.",
+        "The dashboard takes {:.1} times one page of 1,000 devices, {:.2} times reading every \
+            record through the API, {:.2} times Azurite's raw scan of the summaries. Handler memory: {} KiB after the dashboard views, {} KiB after the device pages.",
         ratio(&d.dashboard, &d.one_page),
         ratio(&d.dashboard, &d.all_pages),
         ratio(&d.dashboard, &d.raw_summaries),

@@ -133,11 +133,13 @@ pub async fn delete(ctx: &mut Context<'_>, args: DeleteArgs) -> Result<()> {
     if !args.yes {
         if !ctx.stdin_terminal {
             return Err(Error::Usage(format!(
-                "not deleting {id}: standard input is not a terminal to ask on; add --yes to delete without asking"
+                "not deleting {id}: standard input is not a terminal to ask on; add --yes to \
+                    delete without asking"
             )));
         }
         eprint_prompt(&format!(
-            "Delete {id}: its enrollment, its DPS registration and its hub identity? The device will have to be enrolled again. [y/N] "
+            "Delete {id}: its enrollment, its DPS registration and its hub identity? The device \
+                will have to be enrolled again. [y/N] "
         ));
         let mut answer = String::new();
         std::io::stdin()

@@ -76,7 +76,8 @@ pub async fn import(ctx: &mut Context<'_>, args: ImportArgs) -> Result<()> {
     let line = format!("imported {total} rows: {}", counts(&results));
     if problems > 0 {
         return Err(Error::RowsNotEnrolled(format!(
-            "{line}; {problems} not enrolled (see the table; failed rows finish when the same import runs again)"
+            "{line}; {problems} not enrolled (see the table; failed rows finish when the same \
+                import runs again)"
         )));
     }
     let _ = writeln!(std::io::stderr(), "{line}");
@@ -156,7 +157,8 @@ fn dry_run(
         Output::Table => result_rows(&lines).write_table(ctx.out, "no rows to show")?,
     }
     let line = format!(
-        "dry run: {} rows, {} valid, {invalid} invalid; nothing was sent (whether a hub is linked or a device is already enrolled only the API can tell)",
+        "dry run: {} rows, {} valid, {invalid} invalid; nothing was sent (whether a hub is linked \
+            or a device is already enrolled only the API can tell)",
         checked.len(),
         checked.len() - invalid
     );

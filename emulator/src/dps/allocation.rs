@@ -215,7 +215,8 @@ impl Dps {
             .find(|h| h.host_name.eq_ignore_ascii_case(&answer.iot_hub_host_name))
             .ok_or_else(|| {
                 format!(
-                    "the custom allocation webhook chose {:?}, which is not one of the linked hubs ({})",
+                    "the custom allocation webhook chose {:?}, which is not one of the linked \
+                        hubs ({})",
                     answer.iot_hub_host_name,
                     linked_hubs.join(", ")
                 )

@@ -49,7 +49,12 @@ pub async fn session(dps: Arc<Dps>, accepted: Accepted) {
     let admission = match dps.authenticate(&scope, &registration_id, password) {
         Ok(admission) => admission,
         Err(error) => {
-            tracing::info!(%peer, registration.id = %registration_id, %error, "DPS MQTT connection refused");
+            tracing::info!(
+                %peer,
+                registration.id = %registration_id,
+                %error,
+                "DPS MQTT connection refused"
+            );
             writer.send(refuse(ConnectReturnCode::NotAuthorized));
             return writer.close();
         }
@@ -154,7 +159,10 @@ impl Session<'_> {
         } else if let Some(params) = publish.topic.strip_prefix(STATUS_PREFIX) {
             (Request::Status, params)
         } else {
-            tracing::debug!(topic = %publish.topic, "DPS MQTT publish to an unknown topic; closing");
+            tracing::debug!(
+                topic = %publish.topic,
+                "DPS MQTT publish to an unknown topic; closing"
+            );
             return false;
         };
         let param = |name: &str| {

@@ -268,7 +268,8 @@ impl Dps {
                 // device went to the one linked hub); two different hubs make no sense.
                 if named.len() > 1 {
                     return Err(DpsError::BadRequest(
-                        "static allocation takes one hub in iotHubs (or iotHubHostName), not several"
+                        "static allocation takes one hub in iotHubs (or iotHubHostName), not \
+                            several"
                             .into(),
                     ));
                 }

@@ -177,16 +177,22 @@ impl Dps {
             Err(last)
         };
         match individual {
-            Some(enrollment) if enrollment.settings.attestation.kind != AttestationType::SymmetricKey => {
+            Some(enrollment)
+                if enrollment.settings.attestation.kind != AttestationType::SymmetricKey =>
+            {
                 Err(DpsError::Unauthorized(
-                    "the enrollment does not use symmetric-key attestation; emulated devices register with symmetric keys".into(),
+                    "the enrollment does not use symmetric-key attestation; emulated devices \
+                        register with symmetric keys"
+                        .into(),
                 ))
             }
             Some(enrollment) => {
                 let admission = Admission::Individual(Box::new(enrollment));
                 match verify(&admission) {
                     Ok(()) => Ok(admission),
-                    Err(error) if admission.disabled() => group_match().map(|_| admission).map_err(|_| unauthorized(error)),
+                    Err(error) if admission.disabled() => group_match()
+                        .map(|_| admission)
+                        .map_err(|_| unauthorized(error)),
                     Err(error) => Err(unauthorized(error)),
                 }
             }

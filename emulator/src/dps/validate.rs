@@ -10,7 +10,8 @@ pub fn registration_id(id: &str) -> Result<(), DpsError> {
         Ok(())
     } else {
         Err(DpsError::BadRequest(format!(
-            "invalid id {:?}: use 1 to 128 letters, digits, '-', '.', '_' or ':', starting and ending with a letter or digit",
+            "invalid id {:?}: use 1 to 128 letters, digits, '-', '.', '_' or ':', starting and \
+                ending with a letter or digit",
             truncate(id)
         )))
     }

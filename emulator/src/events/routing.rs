@@ -89,7 +89,10 @@ impl RouteConfig {
             )
         })?;
         let source = Source::parse(source.trim()).ok_or_else(|| {
-            format!("route source {source:?} is not DeviceMessages, TwinChangeEvents, DeviceLifecycleEvents or DeviceConnectionStateEvents")
+            format!(
+                "route source {source:?} is not DeviceMessages, TwinChangeEvents, \
+                DeviceLifecycleEvents or DeviceConnectionStateEvents"
+            )
         })?;
         let endpoint = endpoint.trim();
         if endpoint.is_empty() {

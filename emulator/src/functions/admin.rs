@@ -295,11 +295,19 @@ async fn run_on_demand(front: &Front, function: &super::app::FunctionDef) -> Res
         .await
     {
         Ok(_) => {
-            tracing::info!(function = %function.name, invocation.id = %invocation_id, "ran a function on demand");
+            tracing::info!(
+                function = %function.name,
+                invocation.id = %invocation_id,
+                "ran a function on demand"
+            );
             json(StatusCode::ACCEPTED, &json!({}))
         }
         Err(e) => {
-            tracing::warn!(function = %function.name, error = %e, "a function run on demand failed");
+            tracing::warn!(
+                function = %function.name,
+                error = %e,
+                "a function run on demand failed"
+            );
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "FunctionFailed",

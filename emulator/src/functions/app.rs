@@ -331,7 +331,8 @@ impl FunctionApp {
         } else {
             Err(invalid(
                 host_path,
-                "set customHandler.enableProxyingHttpRequest (or the older enableForwardingHttpRequest) to true: the stand-in hands HTTP requests to the handler as they are, and does not build the HTTP invocation payload",
+                "set customHandler.enableProxyingHttpRequest (or the older \
+                    enableForwardingHttpRequest) to true: the stand-in hands HTTP requests to the handler as they are, and does not build the HTTP invocation payload",
             ))
         }
     }

@@ -65,26 +65,57 @@ impl Delivery {
                     for line in logs {
                         tracing::info!(target: "function", function, "{line}");
                     }
-                    tracing::info!(function, invocation.id = %invocation_id, %what, attempt, elapsed_ms, "invocation succeeded");
+                    tracing::info!(
+                        function,
+                        invocation.id = %invocation_id,
+                        %what,
+                        attempt,
+                        elapsed_ms,
+                        "invocation succeeded"
+                    );
                     return true;
                 }
                 Err(error) if self.handler.generation() != start_of_handler => {
                     // The handler died under the invocation: like the real host after a worker
                     // restart, deliver it again from the last checkpoint, not as a retry.
-                    tracing::warn!(function, invocation.id = %invocation_id, %what, %error, "the handler died during the invocation; it is delivered again");
+                    tracing::warn!(
+                        function,
+                        invocation.id = %invocation_id,
+                        %what,
+                        %error,
+                        "the handler died during the invocation; it is delivered again"
+                    );
                     continue;
                 }
                 Err(error) => {
-                    tracing::warn!(function, invocation.id = %invocation_id, %what, attempt, elapsed_ms, %error, "invocation failed");
+                    tracing::warn!(
+                        function,
+                        invocation.id = %invocation_id,
+                        %what,
+                        attempt,
+                        elapsed_ms,
+                        %error,
+                        "invocation failed"
+                    );
                     last_error = Some(error.to_string());
                 }
             }
             let Some(policy) = policy else {
-                tracing::error!(function, %what, "no retry policy: the failed batch is checkpointed and will not be delivered again");
+                tracing::error!(
+                    function,
+                    %what,
+                    "no retry policy: the failed batch is checkpointed and will not be delivered \
+                        again"
+                );
                 return true;
             };
             if policy.max_retries.is_some_and(|max| attempt >= max) {
-                tracing::error!(function, %what, retries = attempt, "retries exhausted: the failed batch is checkpointed");
+                tracing::error!(
+                    function,
+                    %what,
+                    retries = attempt,
+                    "retries exhausted: the failed batch is checkpointed"
+                );
                 return true;
             }
             attempt += 1;
@@ -127,7 +158,12 @@ pub async fn deliver_partition(
             _ = shutdown.changed() => return,
         };
         if batch.skipped > 0 {
-            tracing::warn!(function = %function.name, partition, skipped = batch.skipped, "events expired before delivery (retention)");
+            tracing::warn!(
+                function = %function.name,
+                partition,
+                skipped = batch.skipped,
+                "events expired before delivery (retention)"
+            );
         }
         let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) else {
             continue;
@@ -164,7 +200,12 @@ pub async fn deliver_partition(
         }
         position = next;
         if let Err(error) = checkpoints.save(&consumer, stream.name(), partition, next) {
-            tracing::error!(function = %function.name, partition, %error, "the checkpoint could not be saved; events may be delivered again after a restart");
+            tracing::error!(
+                function = %function.name,
+                partition,
+                %error,
+                "the checkpoint could not be saved; events may be delivered again after a restart"
+            );
         }
     }
 }

@@ -189,7 +189,12 @@ async fn forward(
             response
         }
         Err(LinkError::NoAnswer(reason)) => {
-            tracing::warn!(function = %function.name, invocation.id = %invocation_id, %reason, "the handler did not answer");
+            tracing::warn!(
+                function = %function.name,
+                invocation.id = %invocation_id,
+                %reason,
+                "the handler did not answer"
+            );
             error(
                 StatusCode::BAD_GATEWAY,
                 "HandlerFailed",

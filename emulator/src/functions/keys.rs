@@ -243,7 +243,11 @@ impl KeyStore {
         );
         if created {
             if let Err(e) = self.persist(&secrets) {
-                tracing::warn!(error = %e, "the function keys could not be stored; they live in memory until the next change");
+                tracing::warn!(
+                    error = %e,
+                    "the function keys could not be stored; they live in memory until the next \
+                        change"
+                );
             }
         }
         found.then_some(Grant::Function)

@@ -143,7 +143,8 @@ fn event_source(
         (None, Some(fqns)) => (fqns.trim().trim_end_matches('/').to_owned(), None, None),
         (None, None) => {
             return Err(format!(
-                "neither the app setting {connection:?} named by `connection` nor {identity_setting:?} is set"
+                "neither the app setting {connection:?} named by `connection` nor \
+                    {identity_setting:?} is set"
             ))
         }
     };
@@ -172,7 +173,8 @@ fn event_source(
     }
     if key.is_none() {
         return Err(format!(
-            "{identity_setting} names {host}, which is not the Event Hubs namespace {}; a hub's built-in endpoint takes connection strings only",
+            "{identity_setting} names {host}, which is not the Event Hubs namespace {}; a hub's \
+                built-in endpoint takes connection strings only",
             namespace.host_name
         ));
     }
@@ -181,7 +183,8 @@ fn event_source(
         .ok_or_else(|| format!("no emulated hub or namespace serves the endpoint {host}"))?;
     if !name.eq_ignore_ascii_case(hub.settings().name.as_str()) {
         return Err(format!(
-            "the event hub {name:?} is not the stream of hub {} (EntityPath or eventHubName must be {:?})",
+            "the event hub {name:?} is not the stream of hub {} (EntityPath or eventHubName must \
+                be {:?})",
             host,
             hub.settings().name
         ));

@@ -61,7 +61,11 @@ pub async fn session(hub: Arc<Hub>, accepted: Accepted) {
         .and_then(|u| u.get(..expected.len()))
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case(&expected));
     if !username_ok {
-        tracing::debug!(%peer, device.id = %device_id, "IoT Hub MQTT user name does not name this hub and device");
+        tracing::debug!(
+            %peer,
+            device.id = %device_id,
+            "IoT Hub MQTT user name does not name this hub and device"
+        );
         return refuse(ConnectReturnCode::BadUsernameOrPassword);
     }
     let password = connect
@@ -75,7 +79,13 @@ pub async fn session(hub: Arc<Hub>, accepted: Accepted) {
     let expiry = match authenticated {
         Ok(expiry) => expiry,
         Err(reason) => {
-            tracing::info!(%peer, device.id = %device_id, module.id = ?module_id, %reason, "IoT Hub MQTT connection refused");
+            tracing::info!(
+                %peer,
+                device.id = %device_id,
+                module.id = ?module_id,
+                %reason,
+                "IoT Hub MQTT connection refused"
+            );
             return refuse(ConnectReturnCode::NotAuthorized);
         }
     };
@@ -124,7 +134,13 @@ pub async fn session(hub: Arc<Hub>, accepted: Accepted) {
             _ = &mut token_expired => break "the SAS token expired".into(),
         }
     };
-    tracing::debug!(%peer, device.id = %device_id, module.id = ?module_id, %reason, "device disconnected");
+    tracing::debug!(
+        %peer,
+        device.id = %device_id,
+        module.id = ?module_id,
+        %reason,
+        "device disconnected"
+    );
     writer.close();
     if hub.sessions.close(&session) {
         announce(false);

@@ -134,7 +134,11 @@ impl Hub {
         match self.router.route(event) {
             Ok(_) => true,
             Err(error) => {
-                tracing::error!(hub = %self.settings.name, %error, "an event could not be recorded");
+                tracing::error!(
+                    hub = %self.settings.name,
+                    %error,
+                    "an event could not be recorded"
+                );
                 false
             }
         }

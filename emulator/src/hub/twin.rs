@@ -16,7 +16,10 @@ pub enum TwinError {
     #[error("a twin patch must be a JSON object")]
     NotAnObject,
     /// A property name IoT Hub forbids.
-    #[error("property name {0:?} is not allowed: names must be non-empty and may not contain '.', '$', '#' or spaces")]
+    #[error(
+        "property name {0:?} is not allowed: names must be non-empty and may not contain '.', \
+        '$', '#' or spaces"
+    )]
     BadName(String),
     /// Nested too deeply.
     #[error("twin objects may be nested at most {MAX_DEPTH} levels")]

@@ -119,7 +119,8 @@ async fn bare_request_rate(emulator: &Emulator, devices: usize, concurrency: usi
 /// A results row: the transport's figures next to its reference rate.
 fn row(transport: &str, result: &Measurement, reference: f64, reference_is: &str) -> String {
     format!(
-        "| {transport} | {} | {:.0} | {:.1} ms | {:.1} ms | {} | {reference:.0} {reference_is} | {:.2} |",
+        "| {transport} | {} | {:.0} | {:.1} ms | {:.1} ms | {} | {reference:.0} {reference_is} | \
+            {:.2} |",
         result.devices,
         result.rate(),
         millis(result.latency(0.5)),

@@ -80,13 +80,15 @@ pub async fn run(emulator: &Emulator, rows: usize, batch: usize) -> anyhow::Resu
     let elapsed = started.elapsed();
     let rate = created as f64 / elapsed.as_secs_f64();
     println!(
-        "Import of {rows} CSV rows through the admin API, {batch} rows a request, next to DPS's bulk create alone ({IMPORT_DPS_IN_FLIGHT} calls of {} in flight, as the import makes them):",
+        "Import of {rows} CSV rows through the admin API, {batch} rows a request, next to DPS's \
+            bulk create alone ({IMPORT_DPS_IN_FLIGHT} calls of {} in flight, as the import makes them):",
         emulator::dps::enrollments::BULK_LIMIT
     );
     println!("| operation | rows/s | rows | took | not created |");
     println!("|---|---|---|---|---|");
     println!(
-        "| handler: import (POST /api/enrollments/import) | {rate:.0} | {created} | {:.1} s | {other} |",
+        "| handler: import (POST /api/enrollments/import) | {rate:.0} | {created} | {:.1} s | \
+            {other} |",
         elapsed.as_secs_f64()
     );
     println!(

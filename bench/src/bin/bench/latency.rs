@@ -58,7 +58,8 @@ pub async fn run(emulator: &Emulator, samples: usize) -> anyhow::Result<()> {
     latencies.sort_unstable();
     let at = |p: f64| millis(quantile(&latencies, p));
     println!(
-        "Event to readable record ({samples} reported-property changes, through the hub's event stream, the Functions host stand-in and the handler): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "Event to readable record ({samples} reported-property changes, through the hub's event \
+            stream, the Functions host stand-in and the handler): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         at(0.5),
         at(0.99),
         at(1.0)

@@ -90,8 +90,14 @@ pub async fn run(emulator: &Emulator, args: SoakArgs<'_>) -> anyhow::Result<()> 
     )
     .await?;
     println!(
-        "{} devices, {:.1} min: {} messages, {} reported-property patches, {} re-provisionings, {} failures",
-        args.devices, args.minutes, report.messages, report.reports, report.reprovisions, report.failures
+        "{} devices, {:.1} min: {} messages, {} reported-property patches, {} re-provisionings, \
+            {} failures",
+        args.devices,
+        args.minutes,
+        report.messages,
+        report.reports,
+        report.reprovisions,
+        report.failures
     );
     print_memory(&report.samples);
     if let Some(svg) = args.svg {

@@ -275,18 +275,27 @@ async fn hand_out_code(
     id: &str,
     dpsctl: Option<&std::path::Path>,
 ) -> anyhow::Result<ProvisioningCode> {
-    println!("3. The customer receives one provisioning code (GET .../provisioning-code, also as a QR code):");
+    println!(
+        "3. The customer receives one provisioning code (GET .../provisioning-code, also as \
+        a QR code):"
+    );
     let code = api.code(id).await?;
     match dpsctl {
         Some(dpsctl) => {
-            println!("   The administrator prints it with dpsctl, the admin command line: $ dpsctl code {id}");
+            println!(
+                "   The administrator prints it with dpsctl, the admin command line: $ \
+                dpsctl code {id}"
+            );
             for line in dpsctl_code(dpsctl, functions, id).await?.lines() {
                 println!("   {line}");
             }
         }
         None => println!("   {}", elided(&code)),
     }
-    println!("   It carries the ID scope, registration id, device key and DPS endpoint, with check digits;");
+    println!(
+        "   It carries the ID scope, registration id, device key and DPS endpoint, with \
+        check digits;"
+    );
     println!("   a phone scans the QR code into the portal's form.");
     Ok(code)
 }
@@ -300,7 +309,10 @@ async fn set_up_device(
     println!("4. On the device, the setup portal runs at {portal} (`device portal`).");
     println!("   The customer opens it, pastes the code and presses \"Connect this device\".");
     let (hub_host, device_id) = submit_code(portal, &code.expose()).await?;
-    println!("   -> The portal registered the device with DPS (HTTPS, a SAS token signed with its key) and shows:");
+    println!(
+        "   -> The portal registered the device with DPS (HTTPS, a SAS token signed with its \
+        key) and shows:"
+    );
     println!(
         "      \"provisioned to IoT hub {} as device {device_id}\"",
         emulator.hub_name(&hub_host)
@@ -310,9 +322,18 @@ async fn set_up_device(
 
 /// Step 5: the device connected and reporting, as the backend sees it through the middleware.
 async fn follow_device(emulator: &Emulator, api: &AdminApi, device_id: &str) -> anyhow::Result<()> {
-    println!("5. The telemetry sender (a second program on the device) reads the stored assignment, connects");
-    println!("   to the hub over MQTT with TLS, reports its provisioning status and starts sending readings.");
-    println!("   The backend sees it through the middleware (GET /api/devices/{device_id}), learned from IoT Hub's events:");
+    println!(
+        "5. The telemetry sender (a second program on the device) reads the stored \
+        assignment, connects"
+    );
+    println!(
+        "   to the hub over MQTT with TLS, reports its provisioning status and starts \
+        sending readings."
+    );
+    println!(
+        "   The backend sees it through the middleware (GET /api/devices/{device_id}), \
+        learned from IoT Hub's events:"
+    );
     let record = wait_for(api, &format!("/devices/{device_id}"), |d| {
         d["reported"]["provisioningStatus"] == "provisioned"
             && d["connection"]["state"] == "connected"
@@ -334,7 +355,10 @@ async fn follow_device(emulator: &Emulator, api: &AdminApi, device_id: &str) -> 
 
 /// Step 6: a direct method through the middleware, the device's diagnostics.
 async fn ask_for_diagnostics(api: &AdminApi, device_id: &str) -> anyhow::Result<()> {
-    println!("6. The backend asks the device for its diagnostics (POST /api/devices/{device_id}/commands/GetDiagnostics):");
+    println!(
+        "6. The backend asks the device for its diagnostics (POST \
+        /api/devices/{device_id}/commands/GetDiagnostics):"
+    );
     // Ask until the first readings are through (the enrollment set a 2 s interval).
     let deadline = Instant::now() + Duration::from_secs(20);
     let diagnostics = loop {
@@ -357,15 +381,23 @@ async fn ask_for_diagnostics(api: &AdminApi, device_id: &str) -> anyhow::Result<
     };
     let payload = &diagnostics["payload"];
     println!(
-        "   -> {} readings accepted, {} acknowledged by the hub, {} waiting, {} dropped; interval {} ms",
-        payload["accepted"], payload["acknowledged"], payload["queued"], payload["dropped"], payload["intervalMs"]
+        "   -> {} readings accepted, {} acknowledged by the hub, {} waiting, {} dropped; interval \
+            {} ms",
+        payload["accepted"],
+        payload["acknowledged"],
+        payload["queued"],
+        payload["dropped"],
+        payload["intervalMs"]
     );
     Ok(())
 }
 
 /// Step 7: a desired property through the middleware, acknowledged by the device.
 async fn change_reporting_interval(api: &AdminApi, device_id: &str) -> anyhow::Result<()> {
-    println!("7. ...and changes how often it reports (PATCH /api/devices/{device_id}/desired, telemetryIntervalSeconds = 1):");
+    println!(
+        "7. ...and changes how often it reports (PATCH /api/devices/{device_id}/desired, \
+        telemetryIntervalSeconds = 1):"
+    );
     let desired = api
         .call(
             reqwest::Method::PATCH,
@@ -379,7 +411,8 @@ async fn change_reporting_interval(api: &AdminApi, device_id: &str) -> anyhow::R
     })
     .await?;
     println!(
-        "   -> the device applied it and acknowledged desired version {} (seen in the record, from the twin-change event)",
+        "   -> the device applied it and acknowledged desired version {} (seen in the record, \
+            from the twin-change event)",
         acknowledged["reported"]["properties"]["acknowledgedDesiredVersion"]
     );
     Ok(())
@@ -439,7 +472,10 @@ async fn print_history(emulator: &Emulator, api: &AdminApi, device_id: &str) -> 
 /// Step 10: the status notifications the webhook receiver got for the device, and their
 /// signatures.
 async fn print_notifications(received: &Received, device_id: &str) {
-    println!("10. Each change of the device's provisioning status was POSTed to a webhook (a Logic App in");
+    println!(
+        "10. Each change of the device's provisioning status was POSTed to a webhook (a \
+        Logic App in"
+    );
     println!("    Azure; here a receiver in this program), signed with HMAC-SHA256:");
     let deadline = Instant::now() + Duration::from_secs(20);
     let notes = loop {
