@@ -10,6 +10,7 @@ use clap::Parser;
 use std::ffi::OsString;
 use std::path::Path;
 
+mod dps;
 mod portal;
 mod sender;
 

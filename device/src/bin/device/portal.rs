@@ -1,11 +1,11 @@
 //! The `portal` role (`device portal`, or the binary called as `device-portal`): the setup page a
 //! device serves to its owner (see `device::portal`).
 
+use crate::dps::DpsArgs;
 use anyhow::Context;
 use clap::Parser;
 use device::assignment::StateDir;
 use device::portal::{serve, Portal, PortalConfig};
-use device::provision::{DeviceInfo, DpsTransport, Provisioner};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -29,21 +29,8 @@ pub struct Args {
     /// A file holding the device's setup password (needed to change a provisioned device).
     #[arg(long, env = "DEVICE_SETUP_PASSWORD_FILE")]
     setup_password_file: Option<PathBuf>,
-    /// A PEM file of an extra CA to trust (the emulator's).
-    #[arg(long, env = "EXTRA_TRUSTED_CA_FILE")]
-    extra_ca_file: Option<PathBuf>,
-    /// How the device reaches DPS.
-    #[arg(long, value_enum, default_value = "https")]
-    dps_transport: DpsTransport,
-    /// DPS's MQTT port, for `--dps-transport mqtt`.
-    #[arg(long, default_value_t = 8883)]
-    dps_mqtt_port: u16,
-    /// The device's model, sent to DPS.
-    #[arg(long, env = "DEVICE_MODEL")]
-    model: Option<String>,
-    /// The device's serial number, sent to DPS.
-    #[arg(long, env = "DEVICE_SERIAL")]
-    serial: Option<String>,
+    #[command(flatten)]
+    dps: DpsArgs,
     /// A file the bound address is written to once listening (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -51,12 +38,7 @@ pub struct Args {
 
 /// Serves the portal until Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let extra_ca = match &args.extra_ca_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let extra_ca = args.dps.extra_ca()?;
     let setup_password = match &args.setup_password_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -66,14 +48,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut provisioner = Provisioner::new(extra_ca.as_deref()).map_err(anyhow::Error::msg)?;
-    provisioner.transport = args.dps_transport;
-    provisioner.mqtt_port = args.dps_mqtt_port;
-    provisioner.info = DeviceInfo {
-        model: args.model,
-        serial_number: args.serial,
-        firmware: Some(env!("CARGO_PKG_VERSION").into()),
-    };
+    let info = args.dps.info(env!("CARGO_PKG_VERSION").into());
+    let provisioner = args.dps.provisioner(extra_ca.as_deref(), info)?;
     let portal = Portal::new(PortalConfig {
         state: StateDir::new(&args.state_dir),
         provisioner,

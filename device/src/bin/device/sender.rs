@@ -2,10 +2,10 @@
 //! provisioned device connected to its hub and sends telemetry (see `device::sender`). Runs until
 //! SIGTERM or Ctrl-C, then flushes what it can.
 
+use crate::dps::DpsArgs;
 use anyhow::Context;
 use clap::Parser;
 use device::assignment::StateDir;
-use device::provision::{DeviceInfo, DpsTransport, Provisioner};
 use device::sender::{SenderConfig, Stats};
 use device::telemetry::Source;
 use std::collections::BTreeMap;
@@ -41,21 +41,8 @@ pub struct Args {
     /// A hub's port when it differs (the emulator on free ports): HOST=PORT, repeatable.
     #[arg(long = "hub-port", value_name = "HOST=PORT")]
     hub_ports: Vec<String>,
-    /// A PEM file of an extra CA to trust (the emulator's).
-    #[arg(long, env = "EXTRA_TRUSTED_CA_FILE")]
-    extra_ca_file: Option<PathBuf>,
-    /// How `Reprovision` reaches DPS.
-    #[arg(long, value_enum, default_value = "https")]
-    dps_transport: DpsTransport,
-    /// DPS's MQTT port, for `--dps-transport mqtt`.
-    #[arg(long, default_value_t = 8883)]
-    dps_mqtt_port: u16,
-    /// The device's model, reported to the twin and DPS.
-    #[arg(long, env = "DEVICE_MODEL")]
-    model: Option<String>,
-    /// The device's serial number.
-    #[arg(long, env = "DEVICE_SERIAL")]
-    serial: Option<String>,
+    #[command(flatten)]
+    dps: DpsArgs,
     /// The firmware version.
     #[arg(long, env = "DEVICE_FIRMWARE", default_value = env!("CARGO_PKG_VERSION"))]
     firmware: String,
@@ -63,12 +50,7 @@ pub struct Args {
 
 /// Sends telemetry until SIGTERM or Ctrl-C, then drains the outbox for a while.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let extra_ca = match &args.extra_ca_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let extra_ca = args.dps.extra_ca()?;
     let mut hub_ports = BTreeMap::new();
     for pair in &args.hub_ports {
         let (host, port) = pair.split_once('=').context("--hub-port takes HOST=PORT")?;
@@ -77,15 +59,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             port.parse().context("--hub-port takes HOST=PORT")?,
         );
     }
-    let info = DeviceInfo {
-        model: args.model.clone(),
-        serial_number: args.serial.clone(),
-        firmware: Some(args.firmware.clone()),
-    };
-    let mut provisioner = Provisioner::new(extra_ca.as_deref()).map_err(anyhow::Error::msg)?;
-    provisioner.transport = args.dps_transport;
-    provisioner.mqtt_port = args.dps_mqtt_port;
-    provisioner.info = info.clone();
+    let info = args.dps.info(args.firmware.clone());
+    let provisioner = args.dps.provisioner(extra_ca.as_deref(), info.clone())?;
     let source = match &args.telemetry_file {
         Some(path) => Source::from_file(path).map_err(anyhow::Error::msg)?,
         None => Source::simulated(),
